@@ -1,0 +1,1 @@
+"""Thin rclpy lifecycle nodes over vidseg_ros.core."""
