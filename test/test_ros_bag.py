@@ -1,0 +1,144 @@
+"""vidseg_bag_play on a small KITTI-layout drive (rgb8 1242x375 on /kitti/camera_color_left/image_raw,
+as kitti2mcap writes it) built here from Cityscapes frames: pace, /clock, remap, and a full replay
+through the graph recorded to an mcap bag."""
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+pytest.importorskip('rosbags')
+
+from vidseg_ros.ros import graph  # noqa: E402
+from vidseg_ros.ros.testing import Probe, read_log, start_process, stop_processes  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.shared, pytest.mark.timeout(240)]
+
+KITTI_TOPIC = '/kitti/camera_color_left/image_raw'
+T0 = 1_317_000_000_000_000_000  # 2011-09-26, like the KITTI raw drives
+PERIOD = 103_600_000            # ~9.65 Hz
+
+
+def make_kitti_bag(shared, path, n):
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0001').glob('*_leftImg8bit.jpg'))[:n]
+    store = get_typestore(Stores.ROS2_KILTED)
+    Image, Header, Time = (store.types[t] for t in ('sensor_msgs/msg/Image', 'std_msgs/msg/Header',
+                                                    'builtin_interfaces/msg/Time'))
+    frames, stamps = [], []
+    with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection(KITTI_TOPIC, 'sensor_msgs/msg/Image', typestore=store)
+        for i, f in enumerate(files):
+            rgb = cv2.resize(cv2.imread(str(f))[:, :, ::-1], (1242, 375), interpolation=cv2.INTER_AREA)
+            ns = T0 + i * PERIOD
+            msg = Image(header=Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id='camera_color_left'),
+                        height=375, width=1242, encoding='rgb8', is_bigendian=0, step=1242 * 3,
+                        data=np.ascontiguousarray(rgb).reshape(-1))
+            w.write(conn, ns, store.serialize_cdr(msg, 'sensor_msgs/msg/Image'))
+            frames.append(rgb)
+            stamps.append(ns)
+    return frames, stamps
+
+
+@pytest.fixture
+def kitti_bag(shared, tmp_path):
+    path = tmp_path / 'kitti_drive'
+    frames, stamps = make_kitti_bag(shared, path, 6)
+    return path, frames, stamps
+
+
+def test_replay_pace_clock_remap(ros_domain, kitti_bag, tmp_path):
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from vidseg_ros.ros.conversions import image_to_rgb, stamp_to_ns
+    path, frames, stamps = kitti_bag
+    probe = Probe()
+    proc = None
+    try:
+        probe.record(Image, graph.CAMERA_TOPIC)
+        probe.record(Clock, '/clock')
+        rate = 2.0
+        proc = start_process([sys.executable, '-m', 'vidseg_ros.ros.bag_replay', str(path), '--topic', KITTI_TOPIC,
+                              '--remap-to', graph.CAMERA_TOPIC, '--rate', str(rate), '--clock',
+                              '--wait-subscribers', '1'], str(tmp_path / 'play.log'))
+        assert probe.wait_for(lambda: probe.count(graph.CAMERA_TOPIC) == len(frames), 60), read_log(proc)
+        proc.wait(20)
+        assert proc.returncode == 0, read_log(proc)
+        msgs = probe.messages[graph.CAMERA_TOPIC]
+        for (t, m), rgb, ns in zip(msgs, frames, stamps):
+            assert stamp_to_ns(m.header.stamp) == ns and m.header.frame_id == 'camera_color_left'
+            assert np.array_equal(image_to_rgb(m), rgb)
+        span = msgs[-1][0] - msgs[0][0]
+        expect = (stamps[-1] - stamps[0]) / 1e9 / rate
+        assert 0.8 * expect < span < 1.5 * expect + 0.2, (span, expect)
+        clocks = [stamp_to_ns(m.clock) for _, m in probe.messages['/clock']]
+        assert len(clocks) >= len(frames)
+        assert all(b >= a for a, b in zip(clocks, clocks[1:]))
+        assert clocks[0] >= stamps[0] and clocks[-1] == stamps[-1]
+        assert 'played 6 messages' in read_log(proc)
+    finally:
+        probe.close()
+        stop_processes([proc])
+
+
+def test_bad_bag_is_a_clear_error(tmp_path, kitti_bag):
+    from vidseg_ros.ros import bag_replay
+    path, _, _ = kitti_bag
+    assert bag_replay.main([str(tmp_path / 'nope')]) == 2
+    assert bag_replay.main([str(path), '--topic', '/nope', '--rate', '0']) == 2
+
+
+@pytest.mark.slow
+def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path):
+    """Replay (sim time, paced) through the graph on the KITTI topic; the recorded bag has one label
+    image per input frame with its stamp and the input size."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+    from vidseg_ros.core.propagation import semantics_from_probs
+    try:  # 1242x375 -> probability planes 311x94 from the 512x256 network output (non-integer ratio)
+        semantics_from_probs(np.full((20, 256, 512), 0.05, np.float32), list(range(19)) + [255], (1242, 375))
+    except Exception as e:  # noqa: BLE001
+        pytest.xfail(f'core bug: semantics_from_probs fails for 20 planes at 1242x375 ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0][:120]})')
+    path, frames, stamps = kitti_bag
+    out = tmp_path / 'labels_bag'
+    cmd = [sys.executable, '-m', 'vidseg_ros.ros.runner', '--model', 'espnetv2_s0.5_512x256', '--schedule', 'fixed:3',
+           '--camera-topic', KITTI_TOPIC, '--use-sim-time', '--log-dir', str(tmp_path / 'logs'),
+           '--param', 'keyframe_node:backend=torch', '--param', 'keyframe_node:num_threads=1',
+           '--param', 'propagation_node:keyframe_wait=30.0']  # deterministic: frames wait for keyframes
+    for n in ('flow_node', 'keyframe_node', 'propagation_node'):
+        cmd += ['--param', f'{n}:input_qos=reliable']
+    graph_proc = start_process(cmd, str(tmp_path / 'runner.log'))
+    play = None
+    try:
+        probe = Probe()
+        try:  # wait until the graph is active
+            deadline = time.monotonic() + 120
+            while not all(probe.get_state(n, 2.0) == 'active'
+                          for n in ('flow_node', 'keyframe_node', 'propagation_node')):
+                assert time.monotonic() < deadline and graph_proc.poll() is None, read_log(graph_proc)
+                time.sleep(0.3)
+        finally:
+            probe.close()
+        play = start_process([sys.executable, '-m', 'vidseg_ros.ros.bag_replay', str(path), '--rate', '0',
+                              '--clock', '--wait-subscribers', '3', '--paced', graph.LABELS_TOPIC,
+                              '--record', str(out), '--record-topics', graph.LABELS_TOPIC, graph.CLASSES_TOPIC,
+                              '--tail', '0.5'], str(tmp_path / 'play.log'))
+        play.wait(150)
+        logs = ''.join(f.read_text()[-2000:] for f in sorted((tmp_path / 'logs').glob('*.log')))
+        assert play.returncode == 0, read_log(play) + read_log(graph_proc) + logs
+    finally:
+        stop_processes([play, graph_proc], grace=15)
+    with AnyReader([out], default_typestore=get_typestore(Stores.ROS2_KILTED)) as r:
+        conns = [c for c in r.connections if c.topic == graph.LABELS_TOPIC]
+        labels = [r.deserialize(raw, c.msgtype) for c, _, raw in r.messages(connections=conns)]
+        classes = [c for c in r.connections if c.topic == graph.CLASSES_TOPIC]
+        assert classes and classes[0].msgcount == 1
+    assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in labels] == stamps
+    for m in labels:
+        assert (m.width, m.height, m.encoding, m.header.frame_id) == (1242, 375, 'mono8', 'camera_color_left')
+        lab = np.asarray(m.data, np.uint8).reshape(375, 1242)
+        assert (lab < 19).mean() > 0.95

@@ -1,0 +1,73 @@
+"""flow_node in its own process: lifecycle, parameter validation, flow equal to the core's."""
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+
+from vidseg_ros.ros import graph  # noqa: E402
+from vidseg_ros.ros.conversions import image_to_ndarray, ndarray_to_image, ns_to_stamp, stamp_to_ns  # noqa: E402
+from vidseg_ros.ros.testing import Probe, read_log, start_node, stop_processes  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
+
+
+def _frames(n=4, w=160, h=96, seed=0):
+    rng = np.random.default_rng(seed)
+    base = (rng.random((h + 20, w + 40, 3)) * 255).astype(np.uint8)
+    base = np.ascontiguousarray(np.repeat(np.repeat(base[::4, ::4], 4, 0), 4, 1)[:h + 20, :w + 40])
+    return [np.ascontiguousarray(base[5:5 + h, 2 * i:2 * i + w]) for i in range(n)]
+
+
+def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.flow_node import make_flow_fn, working_gray
+
+    proc = start_node('flow_node', {'scale': 2, 'preset': 'ultrafast', 'method': 'nope',
+                                    'input_qos': 'reliable'}, log_dir=str(tmp_path))
+    probe = Probe()
+    try:
+        probe.record(Image, graph.FLOW_TOPIC)
+        cam = probe.publisher(Image, graph.CAMERA_TOPIC)
+        # a bad parameter value fails configure with the reason logged; fixing it lets configure pass
+        assert not probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
+        assert probe.get_state('flow_node') == 'unconfigured'
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+        req = SetParameters.Request(parameters=[Parameter(name='method', value=ParameterValue(
+            type=ParameterType.PARAMETER_STRING, string_value='dis'))])
+        assert probe.call(SetParameters, '/flow_node/set_parameters', req).results[0].successful
+        assert probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
+        assert probe.transition('flow_node', Transition.TRANSITION_ACTIVATE)
+        assert probe.wait_subscribers(cam)
+        frames = _frames()
+        for i, f in enumerate(frames):
+            hdr = Header(frame_id='cam_left', stamp=ns_to_stamp(10**9 + i * 50_000_000))
+            cam.publish(ndarray_to_image(f[:, :, ::-1].copy(), 'bgr8', hdr))  # bgr8 input
+            assert probe.wait_for(lambda: probe.count(graph.FLOW_TOPIC) == i + 1, 10), read_log(proc)
+        msgs = [m for _, m in probe.messages[graph.FLOW_TOPIC]]
+        assert [stamp_to_ns(m.header.stamp) for m in msgs] == [10**9 + i * 50_000_000 for i in range(4)]
+        assert all(m.header.frame_id == 'cam_left' for m in msgs)
+        assert msgs[0].height == 0 and msgs[0].width == 0  # chain start: no predecessor
+        fn = make_flow_fn('dis', 'ultrafast', True)
+        for i in range(1, 4):
+            arr = image_to_ndarray(msgs[i])
+            assert msgs[i].encoding == '32FC4'
+            bwd, fwd = fn(working_gray(frames[i - 1], 2), working_gray(frames[i], 2))
+            assert arr.shape[:2] == bwd.shape[:2] and arr.shape[1] < 80  # native (coarse) resolution
+            np.testing.assert_array_equal(arr[..., :2], bwd)
+            np.testing.assert_array_equal(arr[..., 2:], fwd)
+            # content moves left by 2 px per frame: +2 px backward, -2 px forward (in native pixels)
+            expect = 2.0 * arr.shape[1] / 160
+            assert abs(np.median(arr[..., 0]) - expect) < 0.5 * expect
+            assert abs(np.median(arr[..., 2]) + expect) < 0.5 * expect
+        assert probe.transition('flow_node', Transition.TRANSITION_DEACTIVATE)
+        assert probe.transition('flow_node', Transition.TRANSITION_CLEANUP)
+        assert probe.get_state('flow_node') == 'unconfigured'
+        log = read_log(proc)
+        assert "method must be 'dis' or 'farneback', got 'nope'" in log
+    finally:
+        probe.close()
+        stop_processes([proc])
+    assert proc.returncode is not None

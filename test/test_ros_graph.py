@@ -1,0 +1,197 @@
+"""The whole graph (vidseg_graph runner: 3 lifecycle nodes + manager) in separate processes.
+
+One isolated ROS domain, bounded time, processes always killed. Checks, on real Cityscapes frames with
+the small ESPNetv2 s0.5 512x256 model:
+* lifecycle transitions in order (configure all in order, activate all in order; on SIGINT deactivate
+  in reverse order), observed on /<node>/transition_event;
+* every input frame yields exactly one /semantic/labels message with the identical header;
+* paced input + fixed schedule: the graph's labels equal the offline VideoSegmenter's pixel for pixel;
+* a schedule switch through the manager changes the measured keyframe ratio; an invalid one is refused;
+* a killed node is respawned by the runner and re-activated by the manager.
+"""
+import os
+import re
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+
+from vidseg_ros.ros import graph  # noqa: E402
+from vidseg_ros.ros.conversions import image_to_ndarray, ndarray_to_image, ns_to_stamp, stamp_to_ns  # noqa: E402
+from vidseg_ros.ros.testing import Probe, start_process, stop_processes  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.shared, pytest.mark.slow, pytest.mark.timeout(300)]
+
+MODEL = 'espnetv2_s0.5_512x256'
+NODES = [s.name for s in graph.MANAGED_NODES]
+
+
+def _frames(shared, n):
+    import cv2
+    d = shared / 'data' / 'cityscapes_seq' / 'seq0000'
+    files = sorted(d.glob('*_leftImg8bit.jpg'))[:n]
+    if len(files) < n:
+        pytest.skip(f'need {n} frames in {d}')
+    return [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (512, 256), interpolation=cv2.INTER_AREA) for f in files]
+
+
+def _offline(frames, switch_at):
+    """Core VideoSegmenter labels: fixed:3, then fixed:1 from frame ``switch_at``."""
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.pipeline import VideoSegmenter
+    from vidseg_ros.core.schedule import OperatingPoint
+    seg = VideoSegmenter(load_model(MODEL, backend='torch'), OperatingPoint('t', 1, 3, True, False))
+    out = []
+    for i, f in enumerate(frames):
+        if i == switch_at:
+            seg.set_schedule('fixed:1')
+        out.append(seg.process(f).labels.copy())
+    return out
+
+
+def _events(probe, name):
+    return [(m.start_state.label, m.goal_state.label, t) for t, m in probe.messages[f'ev/{name}']]
+
+
+def test_graph_end_to_end(ros_domain, shared, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from lifecycle_msgs.msg import TransitionEvent
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header, String
+    from std_srvs.srv import Trigger
+
+    n_a, n_b = 9, 5
+    frames = _frames(shared, n_a + n_b + 2)
+    logs = tmp_path / 'logs'
+    reliable = [f'{n}:input_qos=reliable' for n in NODES]
+    cmd = [sys.executable, '-m', 'vidseg_ros.ros.runner', '--model', MODEL, '--schedule', 'fixed:3',
+           '--log-dir', str(logs), '--stop-timeout', '20',
+           '--param', 'keyframe_node:backend=torch', '--param', 'keyframe_node:num_threads=1',
+           '--param', 'propagation_node:keyframe_wait=30.0', '--param', 'propagation_node:flow_timeout=30.0',
+           '--param', 'lifecycle_manager:autostart=false', '--param', 'lifecycle_manager:health_period=0.5',
+           '--param', 'lifecycle_manager:health_timeout=2.0']
+    for r in reliable:
+        cmd += ['--param', r]
+    runner = start_process(cmd, str(tmp_path / 'runner.log'))
+    probe = Probe()
+
+    def logs_text():
+        out = [(tmp_path / 'runner.log').read_text(errors='replace')]
+        for f in sorted(logs.glob('*.log')) if logs.is_dir() else []:
+            out.append(f'--- {f.name}\n' + f.read_text(errors='replace')[-3000:])
+        return '\n'.join(out)
+
+    try:
+        for n in NODES:
+            probe.record(TransitionEvent, f'/{n}/transition_event', key=f'ev/{n}')
+        probe.record(Image, graph.LABELS_TOPIC)
+        probe.record(Image, graph.KEYFRAME_LABELS_TOPIC)
+        probe.record(String, graph.SCHEDULE_STATUS_TOPIC)
+        probe.record(String, graph.CLASSES_TOPIC)
+        probe.record(DiagnosticArray, graph.DIAGNOSTICS_TOPIC)
+        cam = probe.publisher(Image, graph.CAMERA_TOPIC)
+        cmd_pub = probe.publisher(String, graph.SCHEDULE_CMD_TOPIC)
+        # the transition_event publishers must be matched before the manager starts the graph
+        deadline = time.monotonic() + 90
+        while not all(probe.node.count_publishers(f'/{n}/transition_event') for n in NODES):
+            assert time.monotonic() < deadline, logs_text()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        res = probe.call(Trigger, '/lifecycle_manager/startup', Trigger.Request(), timeout=120)
+        assert res is not None and res.success, logs_text()
+        assert probe.wait_for(lambda: all(len(_events(probe, n)) >= 4 for n in NODES), 10), logs_text()
+        seq = sorted((t, n, s, g) for n in NODES for s, g, t in _events(probe, n))
+        assert [(n, g) for _, n, s, g in seq] == (
+            [(n, g) for n in NODES for g in ('configuring', 'inactive')]
+            + [(n, g) for n in NODES for g in ('activating', 'active')]), seq
+        assert probe.wait_subscribers(cam, 3)
+
+        sent = []
+
+        def send(i, frame_id='camera_left'):
+            hdr = Header(frame_id=frame_id, stamp=ns_to_stamp(1_600_000_000_000_000_000 + i * 58_823_529))
+            sent.append(hdr)
+            cam.publish(ndarray_to_image(frames[i], 'rgb8', hdr))
+            assert probe.wait_for(lambda: probe.count(graph.LABELS_TOPIC) == len(sent), 60), logs_text()
+
+        # phase A: fixed:3, paced
+        for i in range(n_a):
+            send(i)
+        kf_a = probe.count(graph.KEYFRAME_LABELS_TOPIC)
+        assert kf_a == 3  # frames 0, 3, 6
+        # an invalid schedule is refused with the reason; a valid one is applied
+        cmd_pub.publish(String(data='fixed:0'))
+        assert probe.wait_for(lambda: probe.count(graph.SCHEDULE_STATUS_TOPIC) >= 1, 20), logs_text()
+        import json
+        st = json.loads(probe.messages[graph.SCHEDULE_STATUS_TOPIC][-1][1].data)
+        assert st['ok'] is False and 'interval' in st['reason']
+        cmd_pub.publish(String(data='fixed:1'))
+        assert probe.wait_for(lambda: probe.count(graph.SCHEDULE_STATUS_TOPIC) >= 2, 20), logs_text()
+        st = json.loads(probe.messages[graph.SCHEDULE_STATUS_TOPIC][-1][1].data)
+        assert st['ok'] is True and st['schedule'] == 'fixed:1', st
+        # phase B: fixed:1 -> every frame is a keyframe
+        for i in range(n_a, n_a + n_b):
+            send(i)
+        kf_b = probe.count(graph.KEYFRAME_LABELS_TOPIC) - kf_a
+        assert kf_b == n_b and kf_a / n_a < 0.5 < kf_b / n_b
+
+        labels = [m for _, m in probe.messages[graph.LABELS_TOPIC]]
+        assert len(labels) == len(sent)
+        for hdr, m in zip(sent, labels):
+            assert m.header.frame_id == hdr.frame_id and stamp_to_ns(m.header.stamp) == stamp_to_ns(hdr.stamp)
+            assert (m.width, m.height, m.encoding) == (512, 256, 'mono8')
+        classes = json.loads(probe.messages[graph.CLASSES_TOPIC][-1][1].data)
+        assert classes['names'][0] == 'road' and len(classes['colors']) == 19
+
+        offline = _offline(frames[:len(sent)], n_a)
+        for i, (m, ref) in enumerate(zip(labels, offline)):
+            got = image_to_ndarray(m)
+            assert np.array_equal(got, ref), f'frame {i}: {np.mean(got != ref):.4%} pixels differ'
+        assert len(np.unique(offline[n_a - 1])) > 3  # real segmentation, not a constant map
+
+        def flow_diag(pred):
+            def check():
+                arrs = probe.messages[graph.DIAGNOSTICS_TOPIC]
+                for _, arr in arrs[-3:]:
+                    for s in arr.status:
+                        if s.name == 'vidseg: lifecycle/flow_node' and pred(s, {kv.key: kv.value for kv in s.values}):
+                            return True
+                return False
+            return check
+
+        # a node that stops answering is reported on /diagnostics, and recovers when it answers again
+        pid = int(re.search(r'started flow_node \(pid (\d+)\)', (tmp_path / 'runner.log').read_text()).group(1))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert probe.wait_for(flow_diag(lambda s, v: s.message == 'not responding' and s.level == b'\x02'), 15)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert probe.wait_for(flow_diag(lambda s, v: s.message == 'active' and s.level == b'\x00'), 15)
+        # a killed node is respawned by the runner and re-activated by the manager
+        n_ev = len(_events(probe, 'flow_node'))
+        os.killpg(pid, signal.SIGKILL)
+        assert probe.wait_for(lambda: any(g == 'active' for _, g, _ in _events(probe, 'flow_node')[n_ev:]), 90), \
+            logs_text()
+        send(n_a + n_b)
+        send(n_a + n_b + 1)
+
+        assert probe.wait_for(flow_diag(lambda s, v: v['restarts'] == '1' and v['state'] == 'active'), 10)
+        diag_names = {s.name for _, a in probe.messages[graph.DIAGNOSTICS_TOPIC] for s in a.status}
+        assert {'vidseg: propagation_node', 'vidseg: keyframe_node', 'vidseg: flow_node'} <= diag_names
+
+        # clean stop: the manager deactivates the nodes in reverse order
+        n_ev = {n: len(_events(probe, n)) for n in NODES}
+        os.killpg(runner.pid, signal.SIGINT)
+        runner.wait(60)
+        assert runner.returncode == 0, logs_text()
+        time.sleep(0.2)
+        seq = sorted((t, n, g) for n in NODES for _, g, t in _events(probe, n)[n_ev[n]:])
+        deact = [n for _, n, g in seq if g == 'deactivating']
+        assert deact == NODES[::-1], seq
+    finally:
+        probe.close()
+        stop_processes([runner], grace=20)

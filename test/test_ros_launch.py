@@ -1,0 +1,148 @@
+"""launch/pipeline.launch.py: compiles, and (with fake launch/launch_ros modules) declares the same
+processes, parameters and remappings as the vidseg_graph runner (both come from ros/graph.py)."""
+import importlib.util
+import py_compile
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from vidseg_ros.ros import graph, runner
+
+LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'pipeline.launch.py'
+
+
+class _Rec:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration:
+    def __init__(self, name, default=None):
+        self.name = name
+
+    def perform(self, context):
+        return context.launch_configurations[self.name]
+
+
+def _fake_modules():
+    mods = {name: types.ModuleType(name) for name in
+            ('launch', 'launch.actions', 'launch.substitutions', 'launch_ros', 'launch_ros.actions')}
+    mods['launch'].LaunchDescription = type('LaunchDescription', (_Rec,), {})
+    for cls in ('DeclareLaunchArgument', 'OpaqueFunction'):
+        setattr(mods['launch.actions'], cls, type(cls, (_Rec,), {}))
+    mods['launch.substitutions'].LaunchConfiguration = _LaunchConfiguration
+    for cls in ('LifecycleNode', 'Node'):
+        setattr(mods['launch_ros.actions'], cls, type(cls, (_Rec,), {}))
+    mods['launch'].actions = mods['launch.actions']
+    mods['launch'].substitutions = mods['launch.substitutions']
+    mods['launch_ros'].actions = mods['launch_ros.actions']
+    return mods
+
+
+def _load(monkeypatch):
+    for name, mod in _fake_modules().items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location('pipeline_launch', LAUNCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _expand(mod, **overrides):
+    ld = mod.generate_launch_description()
+    entities = ld.args[0]
+    declared = {e.args[0] if e.args else e.kwargs['name']: e.kwargs['default_value']
+                for e in entities if type(e).__name__ == 'DeclareLaunchArgument'}
+    ctx = types.SimpleNamespace(launch_configurations=dict(declared, **overrides))
+    opaque = [e for e in entities if type(e).__name__ == 'OpaqueFunction']
+    assert len(opaque) == 1
+    return declared, opaque[0].kwargs['function'](ctx)
+
+
+def test_launch_file_compiles():
+    py_compile.compile(str(LAUNCH), doraise=True)
+
+
+def test_launch_declares_arguments(monkeypatch):
+    declared, _ = _expand(_load(monkeypatch))
+    for name in ('camera_topic', 'config', 'use_sim_time', 'model', 'schedule', 'operating_point', 'respawn'):
+        assert name in declared
+    assert declared['camera_topic'] == '/camera/image_raw'
+
+
+@pytest.mark.parametrize('overrides,cli', [
+    ({}, []),
+    ({'camera_topic': '/kitti/camera_color_left/image_raw', 'model': 'espnetv2_s0.5_512x256',
+      'schedule': 'fixed:3', 'use_sim_time': 'true'},
+     ['--camera-topic', '/kitti/camera_color_left/image_raw', '--model', 'espnetv2_s0.5_512x256',
+      '--schedule', 'fixed:3', '--use-sim-time']),
+    ({'operating_point': 'warp_s5'}, ['--operating-point', 'warp_s5']),
+])
+def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
+    _, actions = _expand(_load(monkeypatch), **overrides)
+    cmds = runner.commands(runner.build_parser().parse_args(cli))
+    assert len(actions) == len(cmds) == len(graph.NODES)
+    for act, (inv, argv) in zip(actions, cmds):
+        kw = act.kwargs
+        assert type(act).__name__ == ('LifecycleNode' if inv.lifecycle else 'Node')
+        assert kw['package'] == 'vidseg_ros' and kw['namespace'] == ''
+        assert (kw['name'], kw['executable']) == (inv.name, inv.executable)
+        assert kw['parameters'] == inv.parameters
+        assert kw['remappings'] == inv.remappings
+        # the runner's command line carries exactly these parameters and remappings
+        assert argv[argv.index('--params-file') + 1] == inv.parameters[0]
+        for k in inv.parameters[1]:
+            assert any(a.startswith(f'{k}:=') for a in argv)
+        for src, dst in inv.remappings:
+            assert f'{src}:={dst}' in argv
+    names = [a.kwargs['name'] for a in actions]
+    assert names == ['flow_node', 'keyframe_node', 'propagation_node', 'lifecycle_manager']
+    camera_nodes = {a.kwargs['name'] for a in actions if a.kwargs['remappings']}
+    if overrides.get('camera_topic'):
+        assert camera_nodes == {'flow_node', 'keyframe_node', 'propagation_node'}
+        assert actions[0].kwargs['remappings'] == [('/camera/image_raw', overrides['camera_topic'])]
+        assert actions[1].kwargs['parameters'][1]['schedule'] == 'fixed:3'
+        assert all(a.kwargs['parameters'][1]['use_sim_time'] is True for a in actions)
+    if overrides.get('operating_point'):
+        assert actions[1].kwargs['parameters'][1]['schedule'] == 'fixed:5'
+
+
+def test_bad_schedule_is_a_clear_error(monkeypatch):
+    from vidseg_ros.core.errors import ConfigError
+    mod = _load(monkeypatch)
+    with pytest.raises(ConfigError, match='interval'):
+        _expand(mod, schedule='fixed:0')
+    assert runner.main(['--schedule', 'fixed:0']) == 2
+    assert runner.main(['--param', 'nonode:x=1']) == 2
+
+
+def test_config_yaml_matches_declared_parameters():
+    """Every parameter in config/pipeline.yaml is one the node declares (typos would be ignored)."""
+    import yaml
+    cfg = yaml.safe_load(Path(graph.default_config_path()).read_text())
+    assert set(cfg) == {s.name for s in graph.NODES}
+    pytest.importorskip('rclpy')
+    import rclpy
+    from vidseg_ros.ros.flow_node import FlowNode
+    from vidseg_ros.ros.keyframe_node import KeyframeNode
+    from vidseg_ros.ros.manager import LifecycleManager
+    from vidseg_ros.ros.propagation_node import PropagationNode
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=231)
+    try:
+        for cls, name in ((FlowNode, 'flow_node'), (KeyframeNode, 'keyframe_node'),
+                          (PropagationNode, 'propagation_node'), (LifecycleManager, 'lifecycle_manager')):
+            kw = {'context': ctx}
+            if cls is LifecycleManager:
+                from rclpy.parameter import Parameter
+                kw['parameter_overrides'] = [Parameter('autostart', Parameter.Type.BOOL, False)]
+            node = cls(**kw)
+            try:
+                declared = set(node._parameters)
+                assert set(cfg[name]['ros__parameters']) <= declared, name
+            finally:
+                node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)

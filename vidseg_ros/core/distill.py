@@ -1,0 +1,290 @@
+"""Distil our own compact keyframe model from the ESPNetv2 s2.0 teacher (``vidseg train distill``).
+
+Recipe (see vidseg_ros/weights/MODEL_CARD.md for the numbers of the committed model):
+- student: ESPNetv2 at width ``--width`` (default 0.5), initialised from the published s0.5
+  Cityscapes checkpoint when it exists (``--init``), 20 outputs like the teacher;
+- teacher: ESPNetv2 s2.0 1024x512 (``--teacher``), frozen, run on the same augmented crop;
+- data: every real frame in ``<shared>/data`` except CamVid test (kept unseen for evaluation) and
+  the Cityscapes snippets named by ``--holdout`` (kept for a held-out check): Cityscapes sequence
+  frames, CamVid train (+ its human labels mapped to Cityscapes train ids where a class maps
+  cleanly), Udacity highway video frames;
+- loss: temperature-scaled KL to the teacher's soft labels on every pixel + cross-entropy with
+  human labels where they exist (weight ``--human-weight``);
+- augmentation: random 2:1 crops at 50-100 % scale, horizontal flips, brightness/contrast jitter;
+- Adam + cosine decay, fixed seed, resumable checkpoints every ``--ckpt-every`` iterations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classes import CAMVID_TO_CITYSCAPES, IGNORE
+from .errors import ConfigError, InputError
+from .paths import WEIGHTS_DIR, shared_dir
+
+MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def _video_frames(path: Path, every: int = 1):
+    cap = cv2.VideoCapture(str(path))
+    i = 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i % every == 0:
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        i += 1
+    cap.release()
+
+
+def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024):
+    """List of (rgb uint8, human label uint8 in Cityscapes train ids or None, source name).
+
+    Images are kept at most ``max_side`` wide (the teacher's input width) to bound memory.
+    """
+    items = []
+
+    def add(rgb, lab, src):
+        h, w = rgb.shape[:2]
+        if w > max_side:
+            s = max_side / w
+            size = (max_side, int(round(h * s)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            if lab is not None:
+                lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)
+        items.append((np.ascontiguousarray(rgb), lab, src))
+
+    cs = root / 'data' / 'cityscapes_seq'
+    for seq in sorted(cs.glob('seq*')):
+        if seq.name in holdout:
+            continue
+        for f in sorted(seq.glob('*.jpg')) + sorted(seq.glob('*.png')):
+            bgr = cv2.imread(str(f))
+            if bgr is not None:
+                add(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None, 'cityscapes_seq')
+    cv = root / 'data' / 'camvid'
+    for f in sorted((cv / 'train').glob('*')):
+        bgr = cv2.imread(str(f))
+        ann = cv2.imread(str(cv / 'trainannot' / (f.stem + '.png')), cv2.IMREAD_GRAYSCALE)
+        if bgr is None:
+            continue
+        lab = CAMVID_TO_CITYSCAPES[ann] if ann is not None else None
+        add(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), lab, 'camvid_train')
+    for v in sorted((root / 'data' / 'udacity').glob('*.mp4')):
+        for rgb in _video_frames(v, every=2):
+            add(rgb, None, 'udacity')
+    if not items:
+        raise InputError(f'no training frames found under {root / "data"}')
+    return items
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random 2:1 crops (50-100 % of the largest 2:1 window), flips and photometric jitter."""
+
+    def __init__(self, items, size_wh, length, seed=0):
+        self.items, self.size, self.length, self.seed = items, tuple(size_wh), length, seed
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, idx):
+        rng = random.Random(self.seed * 1_000_003 + idx)
+        rgb, lab, _ = self.items[rng.randrange(len(self.items))]
+        h, w = rgb.shape[:2]
+        tw, th = self.size
+        aspect = tw / th
+        cw_max = min(w, int(h * aspect))
+        cw = int(cw_max * rng.uniform(0.5, 1.0))
+        ch = int(cw / aspect)
+        x0, y0 = rng.randrange(0, w - cw + 1), rng.randrange(0, h - ch + 1)
+        img = cv2.resize(rgb[y0:y0 + ch, x0:x0 + cw], (tw, th), interpolation=cv2.INTER_LINEAR)
+        if lab is not None:
+            lab = cv2.resize(lab[y0:y0 + ch, x0:x0 + cw], (tw, th), interpolation=cv2.INTER_NEAREST)
+        else:
+            lab = np.full((th, tw), IGNORE, np.uint8)
+        if rng.random() < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        a, b = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+        img = np.clip(img.astype(np.float32) * a + b, 0, 255).astype(np.uint8)
+        return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
+                torch.from_numpy(np.ascontiguousarray(lab)).long())
+
+
+def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
+    x = x_uint8.float() / 255.0
+    return (x - MEAN.to(x.device)) / STD.to(x.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def distillation_loss(student_logits, teacher_logits, labels, temperature=1.0, human_weight=1.0):
+    t = temperature
+    log_p = F.log_softmax(student_logits / t, dim=1)
+    q = F.softmax(teacher_logits / t, dim=1)
+    kd = (q * (torch.log(q.clamp_min(1e-8)) - log_p)).sum(1).mean() * (t * t)
+    valid = labels != IGNORE
+    ce = F.cross_entropy(student_logits, labels, ignore_index=IGNORE) if valid.any() \
+        else student_logits.sum() * 0
+    return kd + human_weight * ce, kd.detach(), ce.detach()
+
+
+def _build(width, path=None):
+    from .models.espnetv2 import ESPNetv2Seg
+    from .models import load_state_dict
+    net = ESPNetv2Seg(width=width, num_classes=20)
+    if path is not None:
+        net.load_state_dict(load_state_dict(path), strict=True)
+    return net
+
+
+def train(args) -> Path:
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    dev = torch.device(args.device)
+    root = Path(args.shared) if args.shared else shared_dir()
+    teacher_w = root / 'models' / 'espnetv2' / 'espnetv2_s_2.0_city_1024x512.pth'
+    if not teacher_w.is_file():
+        raise InputError(f'teacher weights not found: {teacher_w}')
+    init = args.init
+    if init == 'auto':
+        cand = root / 'models' / 'espnetv2' / f'espnetv2_s_{args.width}_city_1024x512.pth'
+        init = str(cand) if cand.is_file() else None
+    elif init in ('none', ''):
+        init = None
+    size = tuple(int(v) for v in args.size.lower().split('x'))
+    if size[0] % 16 or size[1] % 16:
+        raise ConfigError(f'--size {args.size}: width and height must be multiples of 16')
+
+    teacher = _build(2.0, teacher_w).to(dev).eval()
+    student = _build(args.width, init).to(dev).train()
+    items = collect_training_set(root, holdout=tuple(args.holdout))
+    n_h = sum(lab is not None for _, lab, _ in items)
+    print(f'[distill] {len(items)} frames ({n_h} with human labels), student s{args.width} '
+          f'init={init}, train size {size[0]}x{size[1]}, device {dev}', flush=True)
+
+    ckdir = Path(args.ckpt_dir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.Adam(student.parameters(), lr=args.lr, weight_decay=1e-5)
+    total = [args.iters]   # shrunk once the measured speed says --time-budget would be exceeded
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total[0]) / total[0])))
+    start = 0
+    last = ckdir / 'last.ckpt'
+    if last.is_file() and not args.restart:
+        ck = torch.load(last, map_location=dev, weights_only=False)
+        student.load_state_dict(ck['student'])
+        opt.load_state_dict(ck['opt'])
+        sched.load_state_dict(ck['sched'])
+        start = ck['iter']
+        print(f'[distill] resumed from {last} at iteration {start}', flush=True)
+
+    ds = CropDataset(items, size, length=args.iters * args.batch, seed=args.seed)
+    sampler = list(range(start * args.batch, args.iters * args.batch))
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler,
+                                         num_workers=args.workers, drop_last=True,
+                                         persistent_workers=args.workers > 0)
+    from tqdm import tqdm
+    it = start
+    hist = []
+    t0 = time.time()
+    for img, lab in tqdm(loader, total=args.iters - start, desc='distill', mininterval=5):
+        img, lab = img.to(dev, non_blocking=True), lab.to(dev, non_blocking=True)
+        x = normalise(img)
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = student(x)
+        loss, kd, ce = distillation_loss(s_logits, t_logits, lab, args.temperature, args.human_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        it += 1
+        if args.time_budget and it == start + 20:
+            rate = 20 / max(time.time() - t0, 1e-6)
+            fit = start + int(rate * (args.time_budget - (time.time() - t0))) + 20
+            if fit < total[0]:
+                total[0] = max(fit, it + 1)
+                print(f'\n[distill] {rate:.2f} it/s: --time-budget {args.time_budget}s allows '
+                      f'{total[0]} iterations (cosine schedule shortened)', flush=True)
+        if it % 50 == 0:
+            hist.append({'iter': it, 'loss': float(loss), 'kd': float(kd), 'ce': float(ce)})
+        if it % args.ckpt_every == 0 or it >= total[0]:
+            torch.save({'student': student.state_dict(), 'opt': opt.state_dict(),
+                        'sched': sched.state_dict(), 'iter': it}, last)
+        if it >= total[0]:
+            break
+    student.eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    torch.save(sd, out / 'default.pt')
+    cfg = {'name': f'vidseg_compact_s{args.width}', 'arch': 'espnetv2', 'width': args.width,
+           'input_size': list(args.deploy_size), 'class_set': 'cityscapes', 'num_outputs': 20,
+           'output_to_class': list(range(19)) + [255], 'weights': 'default.pt'}
+    import yaml
+    (out / 'default.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (out / 'training.json').write_text(json.dumps({
+        'recipe': {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+                   if k != 'func'},
+        'frames': len(items), 'frames_with_human_labels': n_h,
+        'sources': sorted({s for _, _, s in items}),
+        'init': init, 'iterations': it, 'train_seconds': round(time.time() - t0, 1), 'loss_history': hist},
+        indent=1))
+    print(f'[distill] wrote {out / "default.pt"} and default.yaml', flush=True)
+    return out / 'default.pt'
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument('--width', type=float, default=0.5, help='student ESPNetv2 width (0.5, 1.0, ...)')
+    p.add_argument('--init', default='auto',
+                   help="student init: 'auto' (published checkpoint of that width if present), "
+                        "'none', or a .pth path")
+    p.add_argument('--size', default='1024x512', help='training crop size WxH (multiples of 16)')
+    p.add_argument('--deploy-size', type=int, nargs=2, default=(1024, 512), metavar=('W', 'H'),
+                   help='input size written into the model config')
+    p.add_argument('--iters', type=int, default=2000)
+    p.add_argument('--batch', type=int, default=8)
+    p.add_argument('--lr', type=float, default=5e-4)
+    p.add_argument('--temperature', type=float, default=1.0)
+    p.add_argument('--human-weight', type=float, default=0.5)
+    p.add_argument('--holdout', nargs='*', default=['seq0003'],
+                   help='Cityscapes snippets kept out of training')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--time-budget', type=float, default=0,
+                   help='seconds; fewer iterations (with the cosine schedule fitted) if needed')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument('--ckpt-dir', default='runs/distill')
+    p.add_argument('--ckpt-every', type=int, default=200)
+    p.add_argument('--restart', action='store_true', help='ignore an existing checkpoint')
+    p.add_argument('--shared', default=None, help='shared data root (default: ../shared)')
+    p.add_argument('--out', default=str(WEIGHTS_DIR), help='where default.pt/default.yaml go')
+
+
+def cli_main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog='vidseg train distill', description=__doc__.splitlines()[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    train(args)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(cli_main())

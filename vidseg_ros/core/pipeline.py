@@ -1,0 +1,208 @@
+"""In-process keyframe video segmentation (``vidseg run``): model + flow + schedule + Propagator.
+
+Per frame (RGB uint8, any size):
+
+1. the frame is area-downscaled to the *working resolution* (input / D);
+2. the schedule decides keyframe or not (the adaptive schedule sees the IAM inconsistent fraction of
+   the previous propagated frame);
+3. keyframe: the network segments the full frame (resized to its input size by the model) and its
+   softmax becomes the Propagator's :class:`~vidseg_ros.core.propagation.Semantics` (labels at working
+   resolution, uint8 probabilities at a quarter of it);
+   otherwise: backward and forward DIS flow between the previous and the current working frame
+   (computed at DIS's native coarse resolution, exactly what the ROS flow node publishes) and the
+   Propagator warps (W), computes the IAM and refines (R);
+4. labels are upsampled (nearest) to the input resolution. ``confidence`` stays at working resolution.
+
+``out.timings`` holds seconds per stage: flow, keyframe (network), warp, iam, refine, upsample, total.
+A change of the input resolution resets the state and forces a keyframe.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .propagation import (FrameOutput, LowResNetworkRefiner, Propagator, Semantics,
+                          semantics_from_segmentation)
+from .schedule import OperatingPoint, Schedule, make_schedule
+
+__all__ = ['VideoSegmenter', 'working_size', 'default_flow', 'STAGES', 'make_low_res_refiner']
+
+STAGES = ('flow', 'keyframe', 'warp', 'iam', 'refine', 'upsample', 'total')
+
+
+def working_size(size_wh, scale: int) -> tuple:
+    """Working resolution (w, h) for an input of ``size_wh`` and downscale factor D (rounded, >= 8 px)."""
+    w, h = int(size_wh[0]), int(size_wh[1])
+    d = int(scale)
+    return (max(8, int(round(w / d))), max(8, int(round(h / d))))
+
+
+def default_flow(preset: str = 'ultrafast'):
+    """The propagation flow: DIS ``preset`` (ultrafast by default: ~6 ms per field at 1024x512)."""
+    from .flow import FlowEstimator
+    return FlowEstimator('dis', preset=preset)
+
+
+def make_low_res_refiner(model, factor: int = 4) -> LowResNetworkRefiner:
+    """:class:`LowResNetworkRefiner` running the keyframe network at 1/``factor`` of its input size
+    (rounded to multiples of 16). Loads a second copy of the weights at that size when the model comes
+    from the registry/a file; otherwise the same model on a downscaled image."""
+    w, h = model.input_size
+    size = (max(16, int(round(w / factor / 16)) * 16), max(16, int(round(h / factor / 16)) * 16))
+    low = None
+    try:
+        from .models import load_model
+        # torch backend: no one-off ONNX export for this small second copy
+        low = load_model(model.config.name, weights=getattr(model, 'weights', None),
+                         device=getattr(model, 'device', 'cpu'), input_size=size, backend='torch')
+    except Exception:  # noqa: BLE001 - any model that cannot be re-loaded: reuse it on a small image
+        low = None
+    if low is None:
+        return LowResNetworkRefiner(model, input_size=size)
+    return LowResNetworkRefiner(low)
+
+
+class VideoSegmenter:
+    """Keyframe video segmentation of a frame stream (see module docstring).
+
+    ``model``: a KeyframeModel. ``op``: OperatingPoint (D, S, W, R; default per-frame).
+    ``flow``: a FlowEstimator (default DIS ultrafast). ``schedule``: a Schedule or spec (default: the
+    op's). ``refiner``: a Refiner callable (default when ``op.refine``: :func:`make_low_res_refiner`).
+    ``native_flow``: compute flow at DIS's native coarse resolution (as the ROS flow node does).
+    ``keyframe_fn(frame_index, rgb) -> Segmentation | Semantics`` and ``flow_fn(frame_index, prev_work, work) ->
+    (flow_bwd, flow_fwd)`` replace the network / flow calls (benchmarks use them to share cached
+    results across operating points).
+    """
+
+    def __init__(self, model, op: Optional[OperatingPoint] = None, flow=None, schedule=None,
+                 refiner=None, use_iam: bool = True, history: int = 30, confidence_decay: float = 0.97,
+                 native_flow: bool = True, keyframe_fn: Optional[Callable] = None,
+                 flow_fn: Optional[Callable] = None, iam_params: Optional[dict] = None):
+        self.model = model
+        self.op = op if op is not None else OperatingPoint('per_frame', 1, 1, True, False)
+        if not isinstance(self.op, OperatingPoint):
+            raise ConfigError(f'op must be an OperatingPoint, got {type(self.op).__name__}')
+        self.flow = flow if flow is not None else default_flow()
+        self.schedule: Schedule = make_schedule(schedule) if schedule is not None else self.op.make_schedule()
+        if self.op.refine and refiner is None:
+            refiner = make_low_res_refiner(model)
+        self.refiner = refiner if self.op.refine else None
+        self.use_iam = bool(use_iam)
+        self.native_flow = bool(native_flow)
+        self.keyframe_fn = keyframe_fn
+        self.flow_fn = flow_fn
+        self.class_map = np.asarray(model.output_to_class, np.uint8)
+        self.propagator = Propagator(warp=self.op.warp, refiner=self.refiner, use_iam=self.use_iam,
+                                     history=history, confidence_decay=confidence_decay,
+                                     iam_params=iam_params)
+        self._time_sum = {k: 0.0 for k in STAGES}
+        self._time_n = {'keyframe': 0, 'propagated': 0}
+        self._kf_total = 0.0
+        self._prop_total = 0.0
+        self.resets = 0
+        self.reset()
+        self.resets = 0
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Drop all state: the next frame is a keyframe (also called on a resolution change)."""
+        self.propagator.reset()
+        self.schedule.reset()
+        self._prev_work = None
+        self._size = None
+        self._work_size = None
+        self.frame_index = 0
+        self._last_frac = None
+        self.resets += 1
+
+    def set_schedule(self, spec) -> None:
+        """Switch the keyframe schedule at run time (the next frame is a keyframe)."""
+        self.schedule = make_schedule(spec)
+
+    # ------------------------------------------------------------------ processing
+    def _flows(self, idx, prev, cur):
+        if self.flow_fn is not None:
+            return self.flow_fn(idx, prev, cur)
+        fn = self.flow.compute_native if self.native_flow else self.flow
+        bwd = fn(cur, prev)
+        fwd = fn(prev, cur) if (self.use_iam and self.op.warp) else None
+        return bwd, fwd
+
+    def process(self, rgb: np.ndarray, stamp: float | None = None) -> FrameOutput:
+        """Segment the next frame; returns labels at the input resolution (see module docstring)."""
+        t0 = time.perf_counter()
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise InputError(f'expected an RGB uint8 image (H, W, 3), got '
+                             f'{getattr(rgb, "shape", type(rgb).__name__)} {getattr(rgb, "dtype", "")}')
+        size = (rgb.shape[1], rgb.shape[0])
+        if self._size is not None and size != self._size:
+            self.reset()
+        if self._size is None:
+            self._size = size
+            self._work_size = working_size(size, self.op.scale)
+        idx = self.frame_index
+        self.frame_index += 1
+        ws = self._work_size
+        work = rgb if ws == size else cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(work, cv2.COLOR_RGB2GRAY)
+        stats = {'timestamp': stamp}
+        if self._last_frac is not None:
+            stats['inconsistent_fraction'] = self._last_frac
+        is_kf = self.schedule.is_keyframe(idx, stats)
+        timings = {}
+        prop = self.propagator
+        if is_kf:
+            t1 = time.perf_counter()
+            seg = self.keyframe_fn(idx, rgb) if self.keyframe_fn is not None else self.model.segment(rgb)
+            sem = seg if isinstance(seg, Semantics) else semantics_from_segmentation(seg, self.class_map, ws)
+            timings['keyframe'] = time.perf_counter() - t1
+            prop.set_keyframe(idx, sem)
+            out = prop.step(idx, None, None, None)
+            self._last_frac = None
+        else:
+            bwd = fwd = None
+            if self.op.warp:
+                t1 = time.perf_counter()
+                bwd, fwd = self._flows(idx, self._prev_work, gray)
+                timings['flow'] = time.perf_counter() - t1
+            out = prop.step(idx, bwd, fwd, work if self.refiner is not None else None)
+            self._last_frac = out.inconsistent_fraction if out.mask is not None else None
+        timings.update(out.timings)
+        self._prev_work = gray
+        t2 = time.perf_counter()
+        if ws != size:
+            out.labels = cv2.resize(out.labels, size, interpolation=cv2.INTER_NEAREST)
+        timings['upsample'] = time.perf_counter() - t2
+        timings['total'] = time.perf_counter() - t0
+        out.timings = timings
+        self.schedule.observe(is_kf, timings['total'])
+        for k in STAGES:
+            self._time_sum[k] += timings.get(k, 0.0)
+        self._time_n['keyframe' if is_kf else 'propagated'] += 1
+        if is_kf:
+            self._kf_total += timings['total']
+        else:
+            self._prop_total += timings['total']
+        return out
+
+    # ------------------------------------------------------------------ reporting
+    def summary(self) -> dict:
+        """Counts and mean seconds per stage (over all frames) and per frame kind."""
+        n = sum(self._time_n.values())
+        nk, npr = self._time_n['keyframe'], self._time_n['propagated']
+        mean = {k: (v / n if n else None) for k, v in self._time_sum.items()}
+        return {
+            'frames': n, 'keyframes': nk, 'propagated': npr,
+            'mean_s': mean,
+            'mean_keyframe_s': self._kf_total / nk if nk else None,
+            'mean_propagated_s': self._prop_total / npr if npr else None,
+            'fps': (n / self._time_sum['total']) if self._time_sum['total'] > 0 else None,
+            'operating_point': self.op.to_dict(),
+            'schedule': self.schedule.to_dict(),
+            'propagator': dict(self.propagator.stats),
+            'resets': self.resets,
+        }

@@ -1,0 +1,220 @@
+"""Shared plumbing of the vidseg nodes: parameters, QoS, main(), rate/latency counters, diagnostics."""
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import threading
+import time
+
+from vidseg_ros.core.errors import ConfigError
+
+# ROS message/rclpy imports are deferred to functions so that this module imports without ROS.
+
+
+def sensor_qos(depth: int = 5):
+    """Best effort, volatile, keep last ``depth``: the camera input (rclpy's sensor-data profile)."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth),
+                      reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+
+
+def reliable_qos(depth: int = 10):
+    """Reliable, volatile, keep last ``depth``: internal topics and outputs."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth),
+                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+def latched_qos():
+    """Reliable + transient local, depth 1: published once, delivered to late joiners."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def input_qos(name: str, depth: int):
+    """QoS for the camera input by parameter value: 'sensor_data' (best effort) or 'reliable'."""
+    if name == 'sensor_data':
+        return sensor_qos(depth)
+    if name == 'reliable':
+        return reliable_qos(depth)
+    raise ConfigError(f"input_qos must be 'sensor_data' or 'reliable', got {name!r}")
+
+
+class ParamsMixin:
+    """Declare parameters with descriptors and read them back as a dict."""
+
+    def declare(self, name, default, description, read_only=False, **ranges):
+        from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+        d = ParameterDescriptor(description=description, read_only=read_only)
+        if 'int_range' in ranges:
+            lo, hi = ranges['int_range']
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        if 'float_range' in ranges:
+            lo, hi = ranges['float_range']
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        if isinstance(default, list) and not default:
+            from rclpy.parameter import Parameter
+            self.declare_parameter(name, Parameter.Type.STRING_ARRAY, d)
+        else:
+            self.declare_parameter(name, default, d)
+
+    def params(self, *names) -> dict:
+        return {n: self.get_parameter(n).value for n in names}
+
+
+def check(cond: bool, message: str):
+    if not cond:
+        raise ConfigError(message)
+
+
+class RateCounter:
+    """Counts events and reports the rate over a sliding window (seconds)."""
+
+    def __init__(self, window: float = 5.0):
+        self.window = window
+        self.times = collections.deque()
+        self.total = 0
+
+    def tick(self, now: float | None = None):
+        now = time.monotonic() if now is None else now
+        self.total += 1
+        self.times.append(now)
+        while self.times and now - self.times[0] > self.window:
+            self.times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self.times and now - self.times[0] > self.window:
+            self.times.popleft()
+        if len(self.times) < 2:
+            return 0.0
+        span = max(now - self.times[0], 1e-6)
+        return (len(self.times) - 1) / span if span > 0 else 0.0
+
+
+class LatencyStats:
+    """Running mean / max and the last value of a latency (seconds)."""
+
+    def __init__(self, window: int = 100):
+        self.values = collections.deque(maxlen=window)
+
+    def add(self, v: float):
+        self.values.append(float(v))
+
+    def summary(self) -> dict:
+        if not self.values:
+            return {'mean_ms': 0.0, 'max_ms': 0.0, 'last_ms': 0.0}
+        v = list(self.values)
+        return {'mean_ms': 1000 * sum(v) / len(v), 'max_ms': 1000 * max(v), 'last_ms': 1000 * v[-1]}
+
+
+def diagnostic_status(name: str, hardware_id: str, level: int, message: str, values: dict):
+    """diagnostic_msgs/DiagnosticStatus with stringified key/values."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+    st = DiagnosticStatus(name=name, hardware_id=hardware_id, message=message)
+    st.level = bytes([level]) if isinstance(st.level, bytes) else level
+    st.values = [KeyValue(key=str(k), value=(f'{v:.4g}' if isinstance(v, float) else str(v)))
+                 for k, v in values.items()]
+    return st
+
+
+def diag_level(name: str) -> int:
+    from diagnostic_msgs.msg import DiagnosticStatus
+    return int.from_bytes(getattr(DiagnosticStatus, name), 'little') \
+        if isinstance(getattr(DiagnosticStatus, name), bytes) else int(getattr(DiagnosticStatus, name))
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, separators=(',', ':'), sort_keys=True)
+
+
+def run_node(factory, args=None, multithreaded: bool = False) -> int:
+    """main() body of every node: init, spin, clean shutdown on Ctrl-C / SIGTERM / external shutdown."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+    args = sys.argv if args is None else args
+    rclpy.init(args=args)
+    node = None
+    rc = 0
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor(num_threads=3) if multithreaded else SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ConfigError as e:
+        print(f'error: {e}', file=sys.stderr)
+        rc = 2
+    finally:
+        if node is not None:
+            try:
+                stop = getattr(node, 'stop_workers', None)
+                if stop:
+                    stop()
+                node.destroy_node()
+            except Exception:
+                pass
+        rclpy.try_shutdown()
+    return rc
+
+
+class Worker:
+    """A single background thread that processes the newest submitted item (older ones are skipped)."""
+
+    def __init__(self, fn, name='worker', on_skip=None):
+        self.fn = fn
+        self.on_skip = on_skip
+        self.name = name
+        self._cv = threading.Condition()
+        self._item = None
+        self._has = False
+        self._stop = False
+        self.busy = False
+        self.skipped = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item) -> None:
+        with self._cv:
+            replaced = self._item if self._has else None
+            if self._has:
+                self.skipped += 1
+            self._item, self._has = item, True
+            self._cv.notify()
+        if replaced is not None and self.on_skip is not None:
+            self.on_skip(replaced)
+
+    def idle(self) -> bool:
+        with self._cv:
+            return not self._has and not self.busy
+
+    def _loop(self):
+        while True:
+            with self._cv:
+                while not self._has and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                item, self._item, self._has = self._item, None, False
+                self.busy = True
+            try:
+                self.fn(item)
+            except Exception as e:  # keep the worker alive; the callback logs its own errors
+                self.errors += 1
+                print(f'{self.name}: {type(e).__name__}: {e}', file=sys.stderr, flush=True)
+            finally:
+                with self._cv:
+                    self.busy = False
+                    self._cv.notify_all()
+
+    def stop(self, timeout: float = 5.0):
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)

@@ -1,0 +1,147 @@
+"""sensor_msgs/Image <-> numpy, matching cv_bridge (``imgmsg_to_cv2`` / ``cv2_to_imgmsg`` passthrough).
+
+Pure Python/numpy: works on any object with the Image fields (height, width, encoding,
+is_bigendian, step, data), so it is unit-testable without a ROS graph. Like cv_bridge:
+single-channel images come back as ``(H, W)``, multi-channel as ``(H, W, C)``; rows may be
+padded (``step >= width * pixel bytes``); big-endian multi-byte data is byte-swapped to native.
+"""
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+
+from vidseg_ros.core.errors import InputError
+
+
+class ConversionError(InputError):
+    """An Image message that cannot be converted (encoding, size, step, data)."""
+
+
+# Named encodings (sensor_msgs/image_encodings.hpp) -> (dtype, channels).
+_NAMED = {
+    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4), 'bgra8': (np.uint8, 4),
+    'mono8': (np.uint8, 1), 'mono16': (np.uint16, 1),
+    'rgb16': (np.uint16, 3), 'bgr16': (np.uint16, 3), 'rgba16': (np.uint16, 4), 'bgra16': (np.uint16, 4),
+}
+_DEPTHS = {'8U': np.uint8, '8S': np.int8, '16U': np.uint16, '16S': np.int16,
+           '32S': np.int32, '32F': np.float32, '64F': np.float64}
+_GENERIC = re.compile(r'^(8U|8S|16U|16S|32S|32F|64F)C(?:(\d+)|\((\d+)\))$')
+_CV_CN_MAX = 512
+
+
+def encoding_info(encoding: str) -> tuple[np.dtype, int]:
+    """(dtype, channels) of an encoding such as ``rgb8``, ``32FC2``, ``8UC(20)``."""
+    if encoding in _NAMED:
+        dt, ch = _NAMED[encoding]
+        return np.dtype(dt), ch
+    m = _GENERIC.match(encoding or '')
+    if m:
+        ch = int(m.group(2) or m.group(3))
+        if 1 <= ch <= _CV_CN_MAX:
+            return np.dtype(_DEPTHS[m.group(1)]), ch
+    raise ConversionError(f'unsupported image encoding {encoding!r}')
+
+
+def generic_encoding(dtype, channels: int) -> str:
+    """The ``<depth>C<n>`` encoding of a dtype/channel count (cv_bridge passthrough naming)."""
+    dt = np.dtype(dtype)
+    for depth, d in _DEPTHS.items():
+        if np.dtype(d) == dt.newbyteorder('='):
+            return f'{depth}C{channels}' if channels <= 4 else f'{depth}C({channels})'
+    raise ConversionError(f'unsupported array dtype {dt} for an Image message')
+
+
+def image_to_ndarray(msg) -> np.ndarray:
+    """Decode an Image message like ``cv_bridge.imgmsg_to_cv2(msg, 'passthrough')`` (always a copy)."""
+    dtype, ch = encoding_info(msg.encoding)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ConversionError(f'empty {msg.encoding} image ({w}x{h})')
+    row = w * ch * dtype.itemsize
+    if step < row:
+        raise ConversionError(f'{msg.encoding} image {w}x{h}: step {step} < width*pixel bytes {row}')
+    data = msg.data
+    buf = (np.asarray(data, dtype=np.uint8).ravel() if isinstance(data, (list, tuple))
+           else np.frombuffer(data, dtype=np.uint8))
+    need = step * h
+    if buf.size < need:
+        raise ConversionError(f'{msg.encoding} image {w}x{h} (step {step}): data has {buf.size} bytes, '
+                              f'expected {need}')
+    rows = buf[:need].reshape(h, step)[:, :row]
+    arr = np.ascontiguousarray(rows).view(dtype).reshape((h, w) if ch == 1 else (h, w, ch))
+    if dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == 'big'):
+        arr = arr.byteswap()
+    return arr
+
+
+def ndarray_to_image(arr: np.ndarray, encoding: str = 'passthrough', header=None):
+    """Build a sensor_msgs/Image like ``cv_bridge.cv2_to_imgmsg`` (packed rows, native byte order)."""
+    from sensor_msgs.msg import Image
+
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ConversionError(f'cannot make an Image from an array of shape {arr.shape}')
+    ch = 1 if arr.ndim == 2 else arr.shape[2]
+    if encoding == 'passthrough':
+        encoding = generic_encoding(arr.dtype, ch)
+    dtype, want_ch = encoding_info(encoding)
+    if arr.dtype.newbyteorder('=') != dtype or want_ch != ch:
+        raise ConversionError(f'encoding {encoding} needs {dtype} x{want_ch} channels, '
+                              f'array is {arr.dtype} x{ch}')
+    arr = np.ascontiguousarray(arr)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = arr.dtype.byteorder == '>' or (arr.dtype.byteorder == '=' and sys.byteorder == 'big')
+    msg.step = int(msg.width * ch * arr.dtype.itemsize)
+    msg.data = arr.tobytes()
+    return msg
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """Camera Image (rgb8, bgr8, rgba8, bgra8, mono8, or their 16-bit forms) -> (H, W, 3) uint8 RGB."""
+    enc = msg.encoding
+    if enc not in _NAMED:
+        raise ConversionError(f'camera image encoding {enc!r} is not supported '
+                              f'(expected one of {", ".join(_NAMED)})')
+    arr = image_to_ndarray(msg)
+    if arr.dtype == np.uint16:  # cv_bridge scales 16 -> 8 bit by 255/65535
+        arr = np.round(arr.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if enc.startswith('bgr'):
+        arr = arr[:, :, 2::-1]
+    else:
+        arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr)
+
+
+def rgb_to_image(rgb: np.ndarray, header=None):
+    """(H, W, 3) uint8 RGB -> rgb8 Image."""
+    return ndarray_to_image(rgb, 'rgb8', header)
+
+
+def empty_image(encoding: str, header=None):
+    """A 0x0 Image (used on /vidseg/flow for 'no predecessor frame')."""
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.encoding = encoding
+    return msg
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds (the core's frame id)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))

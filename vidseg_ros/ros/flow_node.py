@@ -1,0 +1,119 @@
+"""flow_node: DIS optical flow between consecutive camera frames.
+
+Subscribes ``/camera/image_raw`` (remappable; rgb8/bgr8/mono8/rgba8/bgra8/...), publishes
+``/vidseg/flow`` as sensor_msgs/Image ``32FC4`` (backward dx, dy = flow(t, t-1) on t's grid; forward
+dx, dy = flow(t-1, t)) or ``32FC2`` (backward only, ``forward:=false``) at the flow's native (coarse)
+resolution, with the newer frame's exact header. A 0x0 message marks a chain start (first frame,
+size change, time jump) where no flow exists. All computation is ``core.flow`` / ``core.pipeline``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from vidseg_ros.core.errors import ConfigError
+from vidseg_ros.ros import graph
+from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, reliable_qos,
+                                   run_node)
+from vidseg_ros.ros.conversions import ConversionError, empty_image, image_to_rgb, ndarray_to_image, stamp_to_ns
+from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
+
+
+def make_flow_fn(method: str = 'dis', preset: str = 'ultrafast', forward: bool = True):
+    """(prev_gray, cur_gray) at working resolution -> (flow_bwd, flow_fwd | None) at the flow's native
+    resolution: the same calls as ``VideoSegmenter`` (``FlowEstimator.compute_native``)."""
+    from vidseg_ros.core.flow import FlowEstimator
+    est = FlowEstimator(method=method, preset=preset) if method == 'dis' else FlowEstimator(method=method)
+
+    def fn(prev, cur):
+        bwd = est.compute_native(cur, prev)
+        fwd = est.compute_native(prev, cur) if forward else None
+        return bwd, fwd
+    return fn
+
+
+def working_gray(rgb: np.ndarray, scale: int) -> np.ndarray:
+    """Input RGB -> grey working-resolution frame, exactly as ``VideoSegmenter.process`` makes it."""
+    import cv2
+    from vidseg_ros.core.pipeline import working_size
+    size = (rgb.shape[1], rgb.shape[0])
+    ws = working_size(size, scale)
+    work = rgb if ws == size else cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(work, cv2.COLOR_RGB2GRAY)
+
+
+class FlowNode(VidsegLifecycleNode):
+    def __init__(self, **kw):
+        super().__init__('flow_node', **kw)
+
+    def declare_params(self):
+        self.declare('scale', 1, 'working-resolution downscale D (flow on input/D)', int_range=(1, 16))
+        self.declare('method', 'dis', "flow method: 'dis' or 'farneback'")
+        self.declare('preset', 'ultrafast', "DIS preset: 'ultrafast', 'fast' or 'medium'")
+        self.declare('forward', True, 'also compute the forward flow (needed by the IAM)')
+        self.declare('input_qos', 'sensor_data', "camera QoS: 'sensor_data' (best effort) or 'reliable'")
+        self.declare('queue_depth', 5, 'camera subscription depth', int_range=(1, 1000))
+        self.declare('max_gap', 0.0, 'seconds between frames above which the flow chain restarts (0 = off)',
+                     float_range=(0.0, 3600.0))
+
+    def configure(self):
+        from sensor_msgs.msg import Image
+        p = self.params('scale', 'method', 'preset', 'forward', 'input_qos', 'queue_depth', 'max_gap')
+        check(p['method'] in ('dis', 'farneback'), f"method must be 'dis' or 'farneback', got {p['method']!r}")
+        qos = input_qos(p['input_qos'], p['queue_depth'])
+        self.cfg = p
+        self.flow_fn = make_flow_fn(p['method'], p['preset'], p['forward'])
+        self.encoding = '32FC4' if p['forward'] else '32FC2'
+        self.prev = None  # (stamp_ns, rgb)
+        self.frames = RateCounter()
+        self.latency = LatencyStats()
+        self.counts = dict(frames=0, flows=0, chain_starts=0, bad_images=0, dropped_inactive=0)
+        self.flow_pub = self.pub(Image, graph.FLOW_TOPIC, reliable_qos(10))
+        self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos)
+
+    def deactivate(self):
+        self.prev = None
+
+    def on_image(self, msg):
+        if not self.active:
+            self.counts['dropped_inactive'] += 1
+            return
+        t0 = time.perf_counter()
+        try:
+            rgb = image_to_rgb(msg)
+        except ConversionError as e:
+            self.counts['bad_images'] += 1
+            self.get_logger().error(str(e), throttle_duration_sec=5.0)
+            return
+        ns = stamp_to_ns(msg.header.stamp)
+        gray = working_gray(rgb, self.cfg['scale'])
+        self.counts['frames'] += 1
+        self.frames.tick()
+        prev = self.prev
+        gap = self.cfg['max_gap']
+        if (prev is None or prev[1].shape != gray.shape or ns <= prev[0]
+                or (gap > 0 and (ns - prev[0]) * 1e-9 > gap)):
+            out = empty_image(self.encoding, msg.header)
+            self.counts['chain_starts'] += 1
+        else:
+            bwd, fwd = self.flow_fn(prev[1], gray)
+            arr = bwd if fwd is None else np.concatenate([bwd, fwd], axis=2)
+            out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, msg.header)
+            self.counts['flows'] += 1
+        self.prev = (ns, gray)
+        self.flow_pub.publish(out)
+        self.latency.add(time.perf_counter() - t0)
+
+    def diagnostics(self):
+        return [('', diag_level('OK'), 'running',
+                 dict(self.counts, input_rate_hz=self.frames.rate(), **self.latency.summary()))]
+
+
+def main(args=None) -> int:
+    return run_node(FlowNode, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

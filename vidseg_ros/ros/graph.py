@@ -1,0 +1,163 @@
+"""The ROS graph, described once: used by ``launch/pipeline.launch.py`` and ``vidseg_graph`` (runner).
+
+``invocations(...)`` returns, for every process of the graph, its node name, executable, Python
+module, parameters (the YAML params file first, then overrides) and remappings. The launch file
+turns these into ``launch_ros`` actions; the runner into ``--ros-args`` command lines.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vidseg_ros.core.errors import ConfigError, InputError
+
+PACKAGE = 'vidseg_ros'
+CAMERA_TOPIC = '/camera/image_raw'
+
+# Topics (absolute; the camera input is the only one meant to be remapped).
+FLOW_TOPIC = '/vidseg/flow'
+KEYFRAME_LABELS_TOPIC = '/vidseg/keyframe/labels'
+KEYFRAME_PROBS_TOPIC = '/vidseg/keyframe/probs'
+KEYFRAME_DECISION_TOPIC = '/vidseg/keyframe/decision'
+KEYFRAME_INFO_TOPIC = '/vidseg/keyframe/info'
+SCHEDULE_CMD_TOPIC = '/vidseg/schedule_cmd'
+SCHEDULE_STATUS_TOPIC = '/vidseg/schedule_status'
+STATS_TOPIC = '/vidseg/propagation/stats'
+LABELS_TOPIC = '/semantic/labels'
+LABELS_COLOR_TOPIC = '/semantic/labels_color'
+CONFIDENCE_TOPIC = '/semantic/confidence'
+CLASSES_TOPIC = '/semantic/classes'
+DIAGNOSTICS_TOPIC = '/diagnostics'
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    executable: str
+    module: str
+    lifecycle: bool = True
+    camera_input: bool = False
+
+
+#: Managed nodes in activation order (the manager deactivates in reverse).
+MANAGED_NODES = (
+    NodeSpec('flow_node', 'flow_node', 'vidseg_ros.ros.flow_node', camera_input=True),
+    NodeSpec('keyframe_node', 'keyframe_node', 'vidseg_ros.ros.keyframe_node', camera_input=True),
+    NodeSpec('propagation_node', 'propagation_node', 'vidseg_ros.ros.propagation_node', camera_input=True),
+)
+MANAGER = NodeSpec('lifecycle_manager', 'lifecycle_manager', 'vidseg_ros.ros.manager', lifecycle=False)
+NODES = MANAGED_NODES + (MANAGER,)
+
+#: Launch arguments (name, default, description); '' means "keep the value from the config file".
+LAUNCH_ARGUMENTS = (
+    ('camera_topic', CAMERA_TOPIC, 'camera image topic (sensor_msgs/Image) remapped onto /camera/image_raw'),
+    ('config', '', 'parameters YAML (default: share/vidseg_ros/config/pipeline.yaml)'),
+    ('use_sim_time', 'false', 'use /clock (set true when replaying bags with vidseg_bag_play --clock)'),
+    ('model', '', 'keyframe model: registry name or path (default: from the config)'),
+    ('weights', '', 'keyframe model weights (default: from the config)'),
+    ('device', '', 'keyframe model device, e.g. cpu or cuda (default: from the config)'),
+    ('schedule', '', "keyframe schedule, e.g. 'fixed:5', 'adaptive:10', 'budget:camera_rate_hz=10'"),
+    ('operating_point', '', 'EVS operating point preset (sets scale, schedule, warp, refine)'),
+)
+
+
+@dataclass
+class Invocation:
+    name: str
+    executable: str
+    module: str
+    lifecycle: bool
+    parameters: list = field(default_factory=list)   # [params_file_path, {overrides}]
+    remappings: list = field(default_factory=list)   # [(from, to)]
+
+
+def default_config_path() -> str:
+    """share/vidseg_ros/config/pipeline.yaml when installed (ament index), else the source tree's."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        p = Path(get_package_share_directory(PACKAGE)) / 'config' / 'pipeline.yaml'
+        if p.is_file():
+            return str(p)
+    except Exception:  # not installed / AMENT_PREFIX_PATH not set
+        pass
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent.parent / 'config' / 'pipeline.yaml', here.parent / 'config' / 'pipeline.yaml'):
+        if cand.is_file():
+            return str(cand)
+    raise InputError('config/pipeline.yaml not found (install the package or pass --config)')
+
+
+def _truthy(v) -> bool:
+    return str(v).strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time=False,
+                model: str = '', weights: str = '', device: str = '', schedule: str = '',
+                operating_point: str = '') -> list:
+    """The processes of the graph (managed nodes in activation order, then the manager)."""
+    config = config or default_config_path()
+    if not Path(config).is_file():
+        raise InputError(f'config file not found: {config}')
+    camera_topic = camera_topic or CAMERA_TOPIC
+    if not camera_topic.startswith('/'):
+        camera_topic = '/' + camera_topic
+    common = {'use_sim_time': _truthy(use_sim_time)}
+    per_node = {s.name: dict(common) for s in NODES}
+    if operating_point:
+        from vidseg_ros.core.schedule import get_operating_point
+        op = get_operating_point(operating_point)
+        sched = op.schedule if op.schedule is not None else f'fixed:{op.interval}'
+        if not isinstance(sched, str):
+            import json
+            sched = json.dumps(sched)
+        for n in ('flow_node', 'keyframe_node', 'propagation_node'):
+            per_node[n]['scale'] = op.scale
+        per_node['keyframe_node']['schedule'] = sched
+        per_node['propagation_node'].update(warp=op.warp, refine=op.refine)
+    if schedule:
+        from vidseg_ros.core.schedule import make_schedule
+        make_schedule(_parse_schedule(schedule))  # validate early: ConfigError names the problem
+        per_node['keyframe_node']['schedule'] = schedule
+    for key, val in (('model', model), ('weights', weights), ('device', device)):
+        if val:
+            per_node['keyframe_node'][key] = val
+    out = []
+    for spec in NODES:
+        remaps = [(CAMERA_TOPIC, camera_topic)] if spec.camera_input and camera_topic != CAMERA_TOPIC else []
+        out.append(Invocation(spec.name, spec.executable, spec.module, spec.lifecycle,
+                              [config, per_node[spec.name]], remaps))
+    return out
+
+
+def _parse_schedule(text: str):
+    """A schedule parameter: JSON dict text or the string spec."""
+    t = str(text).strip()
+    if t.startswith('{'):
+        import json
+        try:
+            return json.loads(t)
+        except ValueError as e:
+            raise ConfigError(f'schedule {t!r} is not valid JSON ({e})') from None
+    return t
+
+
+parse_schedule = _parse_schedule
+
+
+def ros_args(inv: Invocation) -> list:
+    """``--ros-args`` for one invocation: node name, params file, ``-p`` overrides, ``-r`` remaps."""
+    import yaml
+    args = ['--ros-args', '-r', f'__node:={inv.name}']
+    for p in inv.parameters:
+        if isinstance(p, (str, os.PathLike)):
+            args += ['--params-file', str(p)]
+        else:
+            for k, v in p.items():
+                val = yaml.safe_dump(v, default_flow_style=True, width=1 << 16).strip()
+                if val.endswith('\n...') or val.endswith(' ...'):
+                    val = val[:-4].strip()
+                args += ['-p', f'{k}:={val}']
+    for src, dst in inv.remappings:
+        args += ['-r', f'{src}:={dst}']
+    return args

@@ -1,0 +1,283 @@
+"""keyframe_node: runs the keyframe network on the frames the active schedule selects.
+
+Subscribes ``/camera/image_raw``; per frame the schedule (parameter ``schedule``: 'fixed:5',
+'adaptive:...', 'budget:...' or a JSON dict; switchable at run time, e.g. by the lifecycle manager
+with SetParameters) decides whether it is a keyframe. The network runs on a worker thread; frames
+arriving meanwhile are skipped (counted) and the schedule decides on the newest one when the worker is
+free, so nothing queues without bound. For a keyframe it publishes, stamped with that frame's header:
+
+* ``/vidseg/keyframe/decision`` (std_msgs/String JSON ``{"stamp_ns", "keyframe", "reason"}``) for EVERY
+  frame right away (``reason``: 'schedule' or 'busy' for frames skipped while the network ran), so the
+  propagation node can wait (bounded, ``keyframe_wait``) for a result it knows is coming;
+* ``/vidseg/keyframe/labels`` (mono8 class ids at the working resolution);
+* ``/vidseg/keyframe/probs`` (``8UC(K)``: uint8 quantised probabilities at 1/4 working resolution);
+
+and once, latched, ``/vidseg/keyframe/info`` (std_msgs/String JSON: model, class set, class_map).
+``/vidseg/propagation/stats`` (JSON from the propagation node) feeds the adaptive/budget schedules.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from vidseg_ros.core.errors import ConfigError, VidsegError
+from vidseg_ros.ros import graph
+from vidseg_ros.ros.common import (LatencyStats, RateCounter, Worker, check, diag_level, input_qos,
+                                   latched_qos, reliable_qos, run_node)
+from vidseg_ros.ros.conversions import ConversionError, generic_encoding, image_to_rgb, ndarray_to_image, stamp_to_ns
+from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
+
+
+def parse_size(text: str):
+    """'512x256' -> (512, 256); '' -> None."""
+    t = str(text).strip().lower()
+    if not t:
+        return None
+    try:
+        w, h = (int(v) for v in t.split('x'))
+        if w > 0 and h > 0:
+            return (w, h)
+    except ValueError:
+        pass
+    raise ConfigError(f"size must look like '512x256', got {text!r}")
+
+
+def working_size(size_wh, scale: int) -> tuple:
+    """Working resolution (w, h) for an input size and downscale D (the core's rule when it has one)."""
+    try:
+        from vidseg_ros.core.pipeline import working_size as _ws  # type: ignore
+        return tuple(_ws(size_wh, scale))
+    except ImportError:
+        w, h = size_wh
+        return (max(1, int(round(w / scale))), max(1, int(round(h / scale))))
+
+
+def make_semantics_fn(model, scale: int):
+    """rgb -> core Semantics of the keyframe (the same call the offline pipeline makes)."""
+    from vidseg_ros.core.propagation import semantics_from_segmentation
+    try:
+        from vidseg_ros.core.pipeline import keyframe_semantics as _ks  # type: ignore
+    except ImportError:
+        _ks = None
+    if _ks is not None:
+        return lambda rgb: _ks(model, rgb, scale)
+
+    def fn(rgb):
+        seg = model.segment(rgb)
+        return semantics_from_segmentation(seg, model.output_to_class,
+                                           working_size((rgb.shape[1], rgb.shape[0]), scale))
+    return fn
+
+
+def semantics_to_msgs(sem, header):
+    """core Semantics -> (labels mono8 Image, probs 8UC(K) Image or None)."""
+    labels = ndarray_to_image(sem.labels, 'mono8', header)
+    probs = None
+    if sem.probs is not None:
+        hwk = np.ascontiguousarray(sem.probs.transpose(1, 2, 0))
+        if hwk.shape[2] == 1:
+            hwk = hwk[:, :, 0]
+        probs = ndarray_to_image(hwk, generic_encoding(np.uint8, sem.probs.shape[0]), header)
+    return labels, probs
+
+
+def _transfer_history(old, new):
+    """Keep the last-keyframe bookkeeping across a schedule switch (no forced keyframe)."""
+    if old is None:
+        return
+    for attr in ('_last_kf', '_last_kf_time', '_last_index'):
+        if hasattr(old, attr) and hasattr(new, attr):
+            setattr(new, attr, getattr(old, attr))
+
+
+class KeyframeNode(VidsegLifecycleNode):
+    def __init__(self, **kw):
+        super().__init__('keyframe_node', **kw)
+        self.add_on_set_parameters_callback(self._on_set_params)
+
+    def declare_params(self):
+        self.declare('model', 'default', 'model registry name, config yaml or model file')
+        self.declare('weights', '', 'weights file overriding the model spec (empty = from the spec)')
+        self.declare('device', 'cpu', "'cpu' or 'cuda[:N]'")
+        self.declare('backend', 'auto', "'auto', 'torch', 'torchscript' or 'onnxruntime'")
+        self.declare('input_size', '', "network input WxH overriding the model's, e.g. '512x256'")
+        self.declare('num_threads', 0, 'torch/onnxruntime threads (0 = library default)', int_range=(0, 256))
+        self.declare('scale', 1, 'working-resolution downscale D (labels at input/D)', int_range=(1, 16))
+        self.declare('schedule', 'fixed:5', "keyframe schedule: 'fixed:5', 'adaptive:...', 'budget:...', JSON")
+        self.declare('input_qos', 'sensor_data', "camera QoS: 'sensor_data' (best effort) or 'reliable'")
+        self.declare('queue_depth', 5, 'camera subscription depth', int_range=(1, 1000))
+        self.declare('warmup', True, 'run the network once on configure (steady first-keyframe latency)')
+
+    # ------------------------------------------------------------------ parameters at run time
+    def _on_set_params(self, params):
+        from rcl_interfaces.msg import SetParametersResult
+        for p in params:
+            if p.name == 'schedule':
+                try:
+                    from vidseg_ros.core.schedule import make_schedule
+                    sched = make_schedule(graph.parse_schedule(p.value))
+                except VidsegError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+                with self.lock:
+                    if getattr(self, 'schedule', None) is not None:
+                        self._next_schedule = sched
+                self.get_logger().info(f'schedule -> {sched!r}')
+            elif p.name in ('model', 'weights', 'device', 'backend', 'input_size', 'scale') and self.active:
+                return SetParametersResult(successful=False,
+                                           reason=f'{p.name} can only change while inactive (reconfigure)')
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def configure(self):
+        import torch
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+        from vidseg_ros.core.models import load_model
+        from vidseg_ros.core.schedule import make_schedule
+        p = self.params('model', 'weights', 'device', 'backend', 'input_size', 'num_threads', 'scale',
+                        'schedule', 'input_qos', 'queue_depth', 'warmup')
+        qos = input_qos(p['input_qos'], p['queue_depth'])
+        self.schedule = make_schedule(graph.parse_schedule(p['schedule']))
+        self._next_schedule = None
+        size = parse_size(p['input_size'])
+        check(p['model'] != '', 'model must not be empty')
+        if p['num_threads'] > 0:
+            torch.set_num_threads(p['num_threads'])
+        t0 = time.perf_counter()
+        self.model = load_model(p['model'], weights=p['weights'] or None, device=p['device'],
+                                backend=p['backend'], input_size=size,
+                                num_threads=p['num_threads'] or None)
+        self.get_logger().info(f'model {self.model!r} loaded in {time.perf_counter() - t0:.2f}s; '
+                               f'schedule {self.schedule!r}')
+        self.cfg = p
+        self.semantics_fn = make_semantics_fn(self.model, p['scale'])
+        if p['warmup']:
+            w, h = self.model.input_size
+            self.model.segment(np.zeros((h, w, 3), np.uint8))
+        self.counts = dict(frames=0, keyframes=0, skipped_busy=0, bad_images=0, errors=0, dropped_inactive=0)
+        self.rate = RateCounter()
+        self.latency = LatencyStats()
+        self.frame_index = 0
+        self.last_stats = {}
+        self.labels_pub = self.pub(Image, graph.KEYFRAME_LABELS_TOPIC, reliable_qos(10))
+        self.probs_pub = self.pub(Image, graph.KEYFRAME_PROBS_TOPIC, reliable_qos(10))
+        self.decision_pub = self.pub(String, graph.KEYFRAME_DECISION_TOPIC, reliable_qos(50))
+        self.info_pub = self.pub(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
+        self.info = {'model': self.model.name, 'class_set': self.model.class_set.to_dict(),
+                     'class_map': [int(v) for v in self.model.output_to_class],
+                     'num_outputs': int(self.model.num_outputs), 'input_size': list(self.model.input_size),
+                     'scale': p['scale']}
+        self.worker = None
+        self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos)
+        self.sub(String, graph.STATS_TOPIC, self.on_stats, reliable_qos(10))
+
+    def activate(self):
+        from std_msgs.msg import String
+        self.worker = Worker(self._process, 'keyframe_worker', on_skip=self._on_skip)
+        self._info_published = False
+        self._publish_info = lambda: self.info_pub.publish(String(data=json.dumps(self.info)))
+
+    def deactivate(self):
+        if self.worker is not None:
+            self.worker.stop()
+            self.counts['skipped_busy'] += self.worker.skipped
+            self.worker = None
+
+    def teardown(self):
+        self.deactivate()
+
+    # ------------------------------------------------------------------ data
+    def on_stats(self, msg):
+        try:
+            s = json.loads(msg.data)
+        except ValueError:
+            return
+        if isinstance(s, dict):
+            self.last_stats = s
+            cost = s.get('cost_s')
+            if cost is not None and getattr(self, 'schedule', None) is not None:
+                with self.lock:
+                    self.schedule.observe(False, float(cost))
+
+    def on_image(self, msg):
+        with self.lock:
+            if not self.active or self.worker is None:
+                if hasattr(self, 'counts'):
+                    self.counts['dropped_inactive'] += 1
+                return
+            if not self._info_published:  # after activation: the latched publisher is enabled now
+                self._publish_info()
+                self._info_published = True
+            idx = self.frame_index
+            self.frame_index += 1
+            self.counts['frames'] += 1
+            self.rate.tick()
+            self.worker.submit((idx, msg))
+
+    def _decision(self, msg, keyframe: bool, reason: str):
+        from std_msgs.msg import String
+        self.decision_pub.publish(String(data=json.dumps(
+            {'stamp_ns': stamp_to_ns(msg.header.stamp), 'keyframe': bool(keyframe), 'reason': reason})))
+
+    def _on_skip(self, item):
+        self._decision(item[1], False, 'busy')
+
+    def _process(self, item):
+        idx, msg = item
+        with self.lock:
+            if not self.active:
+                return
+            if self._next_schedule is not None:
+                _transfer_history(self.schedule, self._next_schedule)
+                self.schedule, self._next_schedule = self._next_schedule, None
+            stats = dict(self.last_stats)
+            stats['timestamp'] = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+            stats.pop('force', None)
+            kf = self.schedule.is_keyframe(idx, stats)
+        rgb = None
+        if kf:
+            try:
+                rgb = image_to_rgb(msg)
+            except ConversionError as e:
+                self.counts['bad_images'] += 1
+                self.get_logger().error(str(e), throttle_duration_sec=5.0)
+                kf = False
+        self._decision(msg, kf, 'schedule')
+        if not kf:
+            return
+        t0 = time.perf_counter()
+        try:
+            sem = self.semantics_fn(rgb)
+        except Exception as e:  # noqa: BLE001 - a failing frame must not stop the node
+            self.counts['errors'] += 1
+            msg_text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            self.get_logger().error(f'keyframe failed: {type(e).__name__}: {msg_text}',
+                                    throttle_duration_sec=5.0)
+            return
+        cost = time.perf_counter() - t0
+        labels, probs = semantics_to_msgs(sem, msg.header)
+        if probs is not None:
+            self.probs_pub.publish(probs)  # probs first: the propagation node joins on labels
+        self.labels_pub.publish(labels)
+        with self.lock:
+            self.schedule.observe(True, cost)
+            self.counts['keyframes'] += 1
+        self.latency.add(cost)
+
+    def diagnostics(self):
+        skipped = self.counts['skipped_busy'] + (self.worker.skipped if self.worker else 0)
+        frames = max(self.counts['frames'], 1)
+        vals = dict(self.counts, skipped_busy=skipped, keyframe_ratio=self.counts['keyframes'] / frames,
+                    input_rate_hz=self.rate.rate(), schedule=repr(self.schedule), **self.latency.summary())
+        return [('', diag_level('OK'), 'running', vals)]
+
+
+def main(args=None) -> int:
+    return run_node(KeyframeNode, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Base class of the managed vidseg nodes (ros2/demos lifecycle_py style).
+
+Subclasses declare parameters in ``declare_params()``, validate them and build their core objects and
+ROS entities in ``configure()`` (raise a VidsegError to fail the transition: the reason is logged and
+the node stays unconfigured), and may override ``activate()`` / ``deactivate()`` / ``teardown()``.
+Entities made with ``self.pub`` / ``self.sub`` / ``self.timer`` are destroyed on cleanup/shutdown.
+"""
+from __future__ import annotations
+
+import threading
+
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+from vidseg_ros.core.errors import VidsegError
+from vidseg_ros.ros.common import ParamsMixin, diagnostic_status, reliable_qos
+from vidseg_ros.ros import graph
+
+
+class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
+    def __init__(self, node_name: str, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.active = False
+        self._pubs, self._subs, self._timers = [], [], []
+        self._diag_pub = None
+        self.lock = threading.RLock()
+        self.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages (0 = off)',
+                     float_range=(0.0, 3600.0))
+        self.declare_params()
+
+    # ---------------------------------------------------------------- for subclasses
+    def declare_params(self):
+        pass
+
+    def configure(self):
+        raise NotImplementedError
+
+    def activate(self):
+        pass
+
+    def deactivate(self):
+        pass
+
+    def teardown(self):
+        pass
+
+    def diagnostics(self) -> list:
+        """[(name_suffix, level, message, values)] for /diagnostics."""
+        return []
+
+    # ---------------------------------------------------------------- entity helpers
+    def pub(self, msg_type, topic, qos):
+        p = self.create_lifecycle_publisher(msg_type, topic, qos)
+        self._pubs.append(p)
+        return p
+
+    def sub(self, msg_type, topic, cb, qos, **kw):
+        s = self.create_subscription(msg_type, topic, cb, qos, **kw)
+        self._subs.append(s)
+        return s
+
+    def timer(self, period, cb, **kw):
+        t = self.create_timer(period, cb, **kw)
+        self._timers.append(t)
+        return t
+
+    def _destroy_entities(self):
+        for t in self._timers:
+            self.destroy_timer(t)
+        for s in self._subs:
+            self.destroy_subscription(s)
+        for p in self._pubs:
+            self.destroy_lifecycle_publisher(p)
+        self._pubs, self._subs, self._timers = [], [], []
+        self._diag_pub = None
+
+    # ---------------------------------------------------------------- transitions
+    def on_configure(self, state):
+        try:
+            self.configure()
+            period = float(self.get_parameter('diagnostics_period').value)
+            if period > 0:
+                from diagnostic_msgs.msg import DiagnosticArray
+                self._diag_pub = self.pub(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, reliable_qos(10))
+                self.timer(period, self._publish_diagnostics)
+        except VidsegError as e:
+            self.get_logger().error(f'configure failed: {e}')
+            self._safe_teardown()
+            return TransitionCallbackReturn.FAILURE
+        except Exception as e:  # unexpected: still fail the transition with the reason
+            self.get_logger().error(f'configure failed: {type(e).__name__}: {e}')
+            self._safe_teardown()
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info('configured')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state):
+        with self.lock:
+            self.activate()
+            self.active = True
+        self.get_logger().info('activated')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        with self.lock:
+            self.active = False
+            self.deactivate()
+        self.get_logger().info('deactivated')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state):
+        self._safe_teardown()
+        self.get_logger().info('cleaned up')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state):
+        with self.lock:
+            self.active = False
+        self._safe_teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state):
+        self.get_logger().error(f'error in state {state.label}; cleaning up')
+        with self.lock:
+            self.active = False
+        self._safe_teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _safe_teardown(self):
+        try:
+            self.teardown()
+        finally:
+            self._destroy_entities()
+
+    def stop_workers(self):
+        with self.lock:
+            self.active = False
+        self.teardown()
+
+    def _publish_diagnostics(self):
+        if self._diag_pub is None or not self.active:
+            return
+        from diagnostic_msgs.msg import DiagnosticArray
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        for suffix, level, message, values in self.diagnostics():
+            arr.status.append(diagnostic_status(f'vidseg: {self.get_name()}{suffix}', self.get_name(), level,
+                                                message, values))
+        if arr.status:
+            self._diag_pub.publish(arr)

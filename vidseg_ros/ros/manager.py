@@ -1,0 +1,379 @@
+"""Lifecycle manager: brings the managed nodes up in order, down in reverse, watches their health and
+switches the keyframe schedule at run time.
+
+Interfaces (all with the stock message/service types of the pip wheels):
+
+* parameters ``node_names`` (activation order), ``autostart``, ``transition_timeout``,
+  ``health_period``, ``health_timeout``, ``reactivate`` (bring a node that comes back unconfigured, e.g.
+  respawned by the runner or launch ``respawn=True``, back to active), ``keyframe_node``, ``schedule``;
+* ``~/startup``, ``~/shutdown`` (std_srvs/Trigger);
+* schedule switching: set the manager's ``schedule`` parameter (``ros2 param set /lifecycle_manager
+  schedule fixed:10`` -- a real service call, rejected with the reason when invalid) or publish a
+  std_msgs/String on ``/vidseg/schedule_cmd``; the manager validates the spec and forwards it with
+  ``SetParameters`` to the keyframe node; the outcome is published on ``/vidseg/schedule_status`` (JSON);
+* ``/diagnostics``: per node state, response time, restarts.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+
+from vidseg_ros.ros import graph
+from vidseg_ros.ros.common import ParamsMixin, diag_level, diagnostic_status, latched_qos, reliable_qos
+
+try:
+    from rclpy.node import Node
+except ImportError:  # pragma: no cover - documentation builds without ROS
+    Node = object
+
+_STATE_NAMES = {0: 'unknown', 1: 'unconfigured', 2: 'inactive', 3: 'active', 4: 'finalized'}
+
+
+class _Managed:
+    def __init__(self, node, name):
+        from lifecycle_msgs.srv import ChangeState, GetState
+        from rcl_interfaces.srv import SetParameters
+        self.name = name
+        self.change = node.create_client(ChangeState, f'/{name}/change_state', callback_group=node.cbg)
+        self.get = node.create_client(GetState, f'/{name}/get_state', callback_group=node.cbg)
+        self.setp = node.create_client(SetParameters, f'/{name}/set_parameters', callback_group=node.cbg)
+        self.state = 0
+        self.responsive = None
+        self.last_ok = None
+        self.pending = None
+        self.pending_since = 0.0
+        self.restarts = 0
+        self.unresponsive_events = 0
+        self.last_rtt = 0.0
+        self.busy = False          # the manager is transitioning this node (probes paused)
+        self.probe_stale = False   # the pending probe was sent during a transition
+        self.answered_at = None
+
+
+class LifecycleManager(ParamsMixin, Node):
+    def __init__(self, **kwargs):
+        from rclpy.callback_groups import ReentrantCallbackGroup
+        from diagnostic_msgs.msg import DiagnosticArray
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+        super().__init__('lifecycle_manager', **kwargs)
+        self.cbg = ReentrantCallbackGroup()
+        self.declare('node_names', [s.name for s in graph.MANAGED_NODES], 'managed nodes, activation order')
+        self.declare('autostart', True, 'configure and activate the nodes on start')
+        self.declare('transition_timeout', 30.0, 'seconds to wait for one transition', float_range=(0.1, 3600))
+        self.declare('startup_timeout', 60.0, 'seconds to wait for the nodes to appear', float_range=(0.1, 3600))
+        self.declare('health_period', 1.0, 'seconds between get_state probes', float_range=(0.05, 60))
+        self.declare('health_timeout', 3.0, 'a node not answering get_state within this is unhealthy',
+                     float_range=(0.05, 600))
+        self.declare('reactivate', True, 'bring nodes that come back unconfigured (respawned) to active')
+        self.declare('keyframe_node', 'keyframe_node', 'node whose schedule parameter the manager sets')
+        self.declare('schedule', '', 'keyframe schedule; setting it forwards to the keyframe node')
+        p = self.params('node_names', 'autostart', 'transition_timeout', 'startup_timeout', 'health_period',
+                        'health_timeout', 'reactivate', 'keyframe_node')
+        self.cfg = p
+        self.nodes = [_Managed(self, n) for n in p['node_names']]
+        self._by_name = {m.name: m for m in self.nodes}
+        self.want_active = False
+        self._lock = threading.RLock()
+        self._ops = threading.Lock()  # one transition sequence at a time
+        self._stopping = False
+        self.schedule_spec = None
+        self.diag_pub = self.create_publisher(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, reliable_qos(10))
+        self.status_pub = self.create_publisher(String, graph.SCHEDULE_STATUS_TOPIC, latched_qos())
+        self.create_subscription(String, graph.SCHEDULE_CMD_TOPIC, self._on_schedule_cmd, reliable_qos(10),
+                                 callback_group=self.cbg)
+        self.create_service(Trigger, '~/startup', self._srv_startup, callback_group=self.cbg)
+        self.create_service(Trigger, '~/shutdown', self._srv_shutdown, callback_group=self.cbg)
+        self.add_on_set_parameters_callback(self._on_set_params)
+        self.create_timer(p['health_period'], self._health_tick, callback_group=self.cbg)
+        if p['autostart']:
+            threading.Thread(target=self._autostart, daemon=True).start()
+
+    # ------------------------------------------------------------------ service calls
+    def _call(self, client, request, timeout):
+        """Blocking service call from a non-executor thread (None on timeout / unavailable)."""
+        if not client.wait_for_service(timeout_sec=min(timeout, 5.0)):
+            return None
+        fut = client.call_async(request)
+        ev = threading.Event()
+        fut.add_done_callback(lambda _f: ev.set())
+        if not ev.wait(timeout):
+            client.remove_pending_request(fut)
+            return None
+        return fut.result()
+
+    def _transition(self, m: _Managed, transition_id: int) -> bool:
+        from lifecycle_msgs.srv import ChangeState
+        req = ChangeState.Request()
+        req.transition.id = transition_id
+        t0 = time.monotonic()
+        m.busy, m.probe_stale = True, True
+        try:
+            res = self._call(m.change, req, self.cfg['transition_timeout'])
+        finally:
+            m.busy = False
+        ok = bool(res is not None and res.success)
+        label = {1: 'configure', 2: 'cleanup', 3: 'activate', 4: 'deactivate'}.get(transition_id, transition_id)
+        if ok:
+            self.get_logger().info(f'{m.name}: {label} ok ({time.monotonic() - t0:.2f}s)')
+        else:
+            self.get_logger().error(f'{m.name}: {label} failed' + (' (no answer)' if res is None else ''))
+        return ok
+
+    def _get_state(self, m: _Managed, timeout: float):
+        from lifecycle_msgs.srv import GetState
+        res = self._call(m.get, GetState.Request(), timeout)
+        return None if res is None else int(res.current_state.id)
+
+    def _bring_up(self, m: _Managed) -> tuple:
+        """unconfigured/inactive -> active. Returns (active, transitions made)."""
+        from lifecycle_msgs.msg import State, Transition
+        st = self._get_state(m, self.cfg['transition_timeout'])
+        changed = 0
+        if st == State.PRIMARY_STATE_UNCONFIGURED:
+            if not self._transition(m, Transition.TRANSITION_CONFIGURE):
+                return False, changed
+            st, changed = State.PRIMARY_STATE_INACTIVE, changed + 1
+        if st == State.PRIMARY_STATE_INACTIVE:
+            if not self._transition(m, Transition.TRANSITION_ACTIVATE):
+                return False, changed
+            st, changed = State.PRIMARY_STATE_ACTIVE, changed + 1
+        m.state = st or 0
+        return st == State.PRIMARY_STATE_ACTIVE, changed
+
+    def startup(self) -> tuple[bool, str]:
+        """Wait for the nodes, configure all in order, then activate all in order."""
+        from lifecycle_msgs.msg import State, Transition
+        with self._ops:
+            self.want_active = True
+            deadline = time.monotonic() + self.cfg['startup_timeout']
+            for m in self.nodes:
+                while not m.change.wait_for_service(timeout_sec=0.5):
+                    if time.monotonic() > deadline or self._stopping:
+                        return False, f'{m.name} did not appear within {self.cfg["startup_timeout"]}s'
+            for phase, tid, from_state in (('configure', Transition.TRANSITION_CONFIGURE,
+                                            State.PRIMARY_STATE_UNCONFIGURED),
+                                           ('activate', Transition.TRANSITION_ACTIVATE,
+                                            State.PRIMARY_STATE_INACTIVE)):
+                for m in self.nodes:
+                    st = self._get_state(m, self.cfg['transition_timeout'])
+                    if st == from_state and not self._transition(m, tid):
+                        return False, f'{m.name}: {phase} failed'
+            for m in self.nodes:
+                m.state = self._get_state(m, self.cfg['transition_timeout']) or 0
+            if self.schedule_spec:
+                self._forward_schedule(self.schedule_spec)
+            return True, 'all nodes active'
+
+    def shutdown_nodes(self) -> tuple[bool, str]:
+        """Deactivate in reverse order, then clean up in reverse order."""
+        from lifecycle_msgs.msg import State, Transition
+        with self._ops:
+            self.want_active = False
+            ok = True
+            for tid, from_state in ((Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_ACTIVE),
+                                    (Transition.TRANSITION_CLEANUP, State.PRIMARY_STATE_INACTIVE)):
+                for m in reversed(self.nodes):
+                    st = self._get_state(m, min(self.cfg['transition_timeout'], 5.0))
+                    if st == from_state:
+                        ok &= self._transition(m, tid)
+            return ok, 'nodes deactivated' if ok else 'some transitions failed'
+
+    def _autostart(self):
+        ok, msg = self.startup()
+        if ok:
+            self.get_logger().info(f'startup: {msg}')
+        else:
+            self.get_logger().error(f'startup: {msg}')
+
+    def _srv_startup(self, req, res):
+        res.success, res.message = self.startup()
+        return res
+
+    def _srv_shutdown(self, req, res):
+        res.success, res.message = self.shutdown_nodes()
+        return res
+
+    # ------------------------------------------------------------------ health
+    def _health_tick(self):
+        from lifecycle_msgs.msg import State
+        from lifecycle_msgs.srv import GetState
+        now = time.monotonic()
+        for m in self.nodes:
+            if m.busy:  # a transition is running (e.g. loading a model): its services may block
+                continue
+            if m.pending is not None:
+                if m.pending.done():
+                    try:
+                        st = int(m.pending.result().current_state.id)
+                        if not m.probe_stale:
+                            m.state = st
+                        m.responsive, m.last_ok = True, now
+                        m.last_rtt = (m.answered_at or now) - m.pending_since
+                    except Exception:
+                        m.responsive = False
+                    m.pending = None
+                elif now - m.pending_since > self.cfg['health_timeout']:
+                    m.get.remove_pending_request(m.pending)
+                    m.pending = None
+                    if m.responsive is not False:
+                        m.unresponsive_events += 1
+                        self.get_logger().warning(f'{m.name}: no get_state answer within '
+                                                  f'{self.cfg["health_timeout"]}s')
+                    m.responsive = False
+            if m.pending is None:
+                if m.get.service_is_ready():
+                    m.probe_stale = self._ops.locked()
+                    m.answered_at = None
+                    m.pending = m.get.call_async(GetState.Request())
+                    m.pending.add_done_callback(lambda _f, m=m: setattr(m, 'answered_at', time.monotonic()))
+                    m.pending_since = now
+                elif m.responsive is not None or self.want_active:
+                    if m.responsive is not False and m.responsive is not None:
+                        m.unresponsive_events += 1
+                        self.get_logger().warning(f'{m.name}: lifecycle services gone')
+                    m.responsive = False
+            # a node that came back unconfigured (respawned) while the graph should be active
+            if (self.want_active and self.cfg['reactivate'] and m.responsive and not self._ops.locked()
+                    and m.state == State.PRIMARY_STATE_UNCONFIGURED):
+                m.state = 0
+                threading.Thread(target=self._recover, args=(m,), daemon=True).start()
+        self._publish_diagnostics()
+
+    def _recover(self, m: _Managed):
+        with self._ops:
+            if not self.want_active:
+                return
+            ok, changed = self._bring_up(m)
+            if ok and changed:
+                m.restarts += 1
+                self.get_logger().warning(f'{m.name}: came back unconfigured; re-activated')
+                if m.name == self.cfg['keyframe_node'] and self.schedule_spec:
+                    self._forward_schedule(self.schedule_spec)
+
+    def _publish_diagnostics(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        for m in self.nodes:
+            name = _STATE_NAMES.get(m.state, str(m.state))
+            if m.responsive is False:
+                level, msg = diag_level('ERROR'), 'not responding'
+            elif m.responsive is None:
+                level, msg = diag_level('STALE'), 'not seen yet'
+            elif self.want_active and name != 'active':
+                level, msg = diag_level('WARN'), name
+            else:
+                level, msg = diag_level('OK'), name
+            arr.status.append(diagnostic_status(
+                f'vidseg: lifecycle/{m.name}', m.name, level, msg,
+                {'state': name, 'responsive': m.responsive, 'rtt_ms': 1000 * m.last_rtt,
+                 'restarts': m.restarts, 'unresponsive_events': m.unresponsive_events}))
+        self.diag_pub.publish(arr)
+
+    # ------------------------------------------------------------------ schedule switching
+    def _validate_schedule(self, spec: str):
+        from vidseg_ros.core.errors import VidsegError
+        from vidseg_ros.core.schedule import make_schedule
+        try:
+            make_schedule(graph.parse_schedule(spec))
+            return None
+        except VidsegError as e:
+            return str(e)
+
+    def _on_set_params(self, params):
+        from rcl_interfaces.msg import SetParametersResult
+        for p in params:
+            if p.name == 'schedule' and p.value:
+                err = self._validate_schedule(p.value)
+                if err:
+                    return SetParametersResult(successful=False, reason=err)
+                threading.Thread(target=self._switch_schedule, args=(p.value,), daemon=True).start()
+            elif p.name in ('node_names', 'keyframe_node'):
+                return SetParametersResult(successful=False, reason=f'{p.name} is fixed at start')
+        return SetParametersResult(successful=True)
+
+    def _on_schedule_cmd(self, msg):
+        spec = msg.data.strip()
+        err = self._validate_schedule(spec)
+        if err:
+            self._status(spec, False, err)
+            return
+        threading.Thread(target=self._switch_schedule, args=(spec,), daemon=True).start()
+
+    def _switch_schedule(self, spec: str):
+        self.schedule_spec = spec
+        self._forward_schedule(spec)
+
+    def _forward_schedule(self, spec: str) -> bool:
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+        m = self._by_name.get(self.cfg['keyframe_node'])
+        if m is None:
+            self._status(spec, False, f'keyframe node {self.cfg["keyframe_node"]!r} is not managed')
+            return False
+        req = SetParameters.Request()
+        req.parameters = [Parameter(name='schedule', value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                                          string_value=spec))]
+        res = self._call(m.setp, req, self.cfg['transition_timeout'])
+        if res is None:
+            self._status(spec, False, f'{m.name} did not answer set_parameters')
+            return False
+        r = res.results[0]
+        self._status(spec, bool(r.successful), r.reason)
+        return bool(r.successful)
+
+    def _status(self, spec, ok, reason):
+        from std_msgs.msg import String
+        text = f'schedule {spec!r}: {"applied" if ok else "rejected"}{": " + reason if reason else ""}'
+        if ok:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().error(text)
+        self.status_pub.publish(String(data=json.dumps({'schedule': spec, 'ok': ok, 'reason': reason,
+                                                        'time': time.time()})))
+
+
+def main(args=None) -> int:
+    """Spin the manager; on Ctrl-C / SIGTERM deactivate the nodes (reverse order) before exiting."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=sys.argv if args is None else args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    node = LifecycleManager()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    try:
+        while not stop.wait(0.2):
+            if not rclpy.ok():
+                break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stopping = True
+        if rclpy.ok():
+            try:
+                node.shutdown_nodes()
+            except Exception as e:  # keep shutting down
+                print(f'lifecycle_manager: shutdown error: {e}', file=sys.stderr)
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

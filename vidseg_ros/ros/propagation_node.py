@@ -1,0 +1,418 @@
+"""propagation_node: joins camera frames, flow and keyframe semantics and runs the core Propagator.
+
+Inputs: ``/camera/image_raw`` (headers, output size, timing; the pixels only when refining),
+``/vidseg/flow`` (32FC4/32FC2 at native resolution, 0x0 = chain start), ``/vidseg/keyframe/{labels,probs}``
+(+ latched ``/vidseg/keyframe/info`` for the class map) and ``/vidseg/keyframe/decision`` (per frame).
+
+For EVERY input frame it publishes, with the input image's exact header: ``/semantic/labels`` (mono8
+class ids at the input resolution), ``/semantic/labels_color`` (rgb8 palette), ``/semantic/confidence``
+(mono8, 255 = 1.0); once (latched) ``/semantic/classes`` (std_msgs/String JSON); per frame
+``/vidseg/propagation/stats`` (JSON, feeds adaptive schedules); and ``/diagnostics``.
+
+Join (own bounded buffer, keyed by stamp): frames are stepped in stamp order; a frame waits for its
+flow at most ``flow_timeout`` s (then it is output as degraded: labels held). Keyframe results are
+handed to the Propagator as they arrive: before their frame (used there), or late (re-propagated to the
+newest frame by the Propagator; the newest frame's labels always come from the latest semantics
+available). ``keyframe_wait`` > 0 (deterministic mode) lets a frame wait up to that long for the keyframe
+node's decision and, for a keyframe, its result (0 = never wait, the live default). Every dropped or
+degraded frame is counted.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+
+import numpy as np
+
+from vidseg_ros.core.errors import VidsegError
+from vidseg_ros.ros import graph
+from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, latched_qos,
+                                   reliable_qos, run_node)
+from vidseg_ros.ros.conversions import image_to_ndarray, image_to_rgb, ndarray_to_image, stamp_to_ns
+from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
+
+
+class _Slot:
+    __slots__ = ('ns', 'image', 'flow', 'has_flow', 't_first', 't_image', 't_ready')
+
+    def __init__(self, ns, now):
+        self.ns = ns
+        self.image = None      # the camera Image message
+        self.flow = None       # (bwd, fwd) arrays, or None for a chain start
+        self.has_flow = False
+        self.t_first = now
+        self.t_image = None
+        self.t_ready = None    # when image + flow were both present (keyframe wait starts here)
+
+
+def decode_flow(msg):
+    """/vidseg/flow message -> (bwd, fwd|None), or None for a 0x0 chain-start message."""
+    if msg.height == 0 or msg.width == 0:
+        return None
+    arr = image_to_ndarray(msg)
+    if arr.ndim != 3 or arr.shape[2] not in (2, 4) or arr.dtype != np.float32:
+        raise VidsegError(f'flow message must be 32FC2 or 32FC4, got {msg.encoding}')
+    bwd = np.ascontiguousarray(arr[:, :, :2])
+    fwd = np.ascontiguousarray(arr[:, :, 2:]) if arr.shape[2] == 4 else None
+    return bwd, fwd
+
+
+def semantics_from_msgs(labels_msg, probs_msg, class_map):
+    """Keyframe labels (mono8) + probs (8UC(K)) messages -> core Semantics."""
+    from vidseg_ros.core.propagation import Semantics
+    labels = image_to_ndarray(labels_msg)
+    probs = None
+    if probs_msg is not None:
+        p = image_to_ndarray(probs_msg)
+        p = p[:, :, None] if p.ndim == 2 else p
+        probs = np.ascontiguousarray(p.transpose(2, 0, 1))
+    cm = None if class_map is None else np.asarray(class_map, np.uint8)
+    return Semantics(labels, probs, cm)
+
+
+class PropagationNode(VidsegLifecycleNode):
+    def __init__(self, **kw):
+        super().__init__('propagation_node', **kw)
+
+    def declare_params(self):
+        self.declare('scale', 1, 'working-resolution downscale D (as flow_node/keyframe_node)',
+                     int_range=(1, 16))
+        self.declare('warp', True, 'propagate labels with the flow (false: hold keyframe labels)')
+        self.declare('use_iam', True, 'compute the inconsistency attention mask (needs forward flow)')
+        self.declare('refine', False, 'repair IAM regions with a low-resolution network pass')
+        self.declare('model', 'default', 'model for the refiner (refine:=true)')
+        self.declare('weights', '', 'refiner weights (empty = from the model spec)')
+        self.declare('device', 'cpu', 'refiner device')
+        self.declare('history', 30, 'frames of flow kept for late keyframes', int_range=(1, 10000))
+        self.declare('confidence_decay', 0.97, 'confidence factor per frame since the keyframe',
+                     float_range=(0.0, 1.0))
+        self.declare('max_distance', 0, 'frames after a keyframe beyond which output is degraded (0 = never)',
+                     int_range=(0, 100000))
+        self.declare('flow_timeout', 0.5, 'max seconds a frame waits for its flow', float_range=(0.0, 60.0))
+        self.declare('keyframe_wait', 0.0, 'max seconds a frame waits for the keyframe decision and, for a '
+                     'keyframe, the network result (0 = never wait)', float_range=(0.0, 60.0))
+        self.declare('max_pending', 30, 'max frames buffered in the join', int_range=(1, 10000))
+        self.declare('class_set', 'cityscapes', 'class set until the keyframe node publishes its own')
+        self.declare('publish_color', True, 'publish /semantic/labels_color')
+        self.declare('publish_confidence', True, 'publish /semantic/confidence')
+        self.declare('input_qos', 'sensor_data', "camera QoS: 'sensor_data' (best effort) or 'reliable'")
+        self.declare('queue_depth', 10, 'camera subscription depth', int_range=(1, 1000))
+
+    # -------------------------------------------------------------- lifecycle
+    def configure(self):
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+        from vidseg_ros.core.classes import get_class_set
+        from vidseg_ros.core.propagation import Propagator
+        p = self.params('scale', 'warp', 'use_iam', 'refine', 'model', 'weights', 'device', 'history',
+                        'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
+                        'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
+        qos = input_qos(p['input_qos'], p['queue_depth'])
+        check(p['confidence_decay'] > 0, f'confidence_decay must be in (0, 1], got {p["confidence_decay"]}')
+        check(not (p['refine'] and not p['warp']), 'refine:=true needs warp:=true')
+        self.cfg = p
+        self.class_set = get_class_set(p['class_set'])
+        refiner = None
+        if p['refine']:
+            from vidseg_ros.core.models import load_model
+            from vidseg_ros.core.pipeline import make_low_res_refiner
+            refiner = make_low_res_refiner(load_model(p['model'], weights=p['weights'] or None,
+                                                      device=p['device']))
+        self.prop = Propagator(warp=p['warp'], refiner=refiner, use_iam=p['use_iam'], history=p['history'],
+                               confidence_decay=p['confidence_decay'],
+                               max_distance=p['max_distance'] or None)
+        self.class_map = None
+        self._reset_join()
+        self.counts = collections.Counter()
+        self.in_rate, self.out_rate = RateCounter(), RateCounter()
+        self.latency = LatencyStats()      # image receipt -> labels published
+        self.age = LatencyStats()          # stamp -> labels published (ROS clock)
+        self.cost = LatencyStats()         # step + conversions
+        self.labels_pub = self.pub(Image, graph.LABELS_TOPIC, reliable_qos(10))
+        self.color_pub = self.pub(Image, graph.LABELS_COLOR_TOPIC, reliable_qos(10)) \
+            if p['publish_color'] else None
+        self.conf_pub = self.pub(Image, graph.CONFIDENCE_TOPIC, reliable_qos(10)) \
+            if p['publish_confidence'] else None
+        self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
+        self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
+        self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos)
+        self.sub(Image, graph.FLOW_TOPIC, self.on_flow, reliable_qos(30))
+        self.sub(Image, graph.KEYFRAME_LABELS_TOPIC, self.on_kf_labels, reliable_qos(10))
+        self.sub(Image, graph.KEYFRAME_PROBS_TOPIC, self.on_kf_probs, reliable_qos(10))
+        self.sub(String, graph.KEYFRAME_DECISION_TOPIC, self.on_decision, reliable_qos(50))
+        self.sub(String, graph.KEYFRAME_INFO_TOPIC, self.on_info, latched_qos())
+        waits = [v for v in (p['flow_timeout'], p['keyframe_wait']) if v > 0]
+        self.timer(min([0.05] + [v / 4 for v in waits]) if waits else 0.05, self.pump)
+
+    def _reset_join(self):
+        self.slots = collections.OrderedDict()   # ns -> _Slot, unprocessed
+        self.kf_parts = collections.OrderedDict()  # ns -> {'labels': msg, 'probs': msg}
+        self.decisions = collections.OrderedDict()  # ns -> True (keyframe coming) / False
+        self.done_ns = None                       # newest processed stamp
+        self.size = None                          # (w, h) of the input
+        self._classes_sent = False
+
+    def activate(self):
+        self._publish_classes()
+
+    def deactivate(self):
+        self.prop.reset()
+        self._reset_join()
+
+    # -------------------------------------------------------------- inputs
+    def _slot(self, ns, now):
+        s = self.slots.get(ns)
+        if s is None:
+            s = _Slot(ns, now)
+            self.slots[ns] = s
+            if len(self.slots) > 1 and next(reversed(self.slots)) != ns:  # keep stamp order
+                self.slots = collections.OrderedDict(sorted(self.slots.items()))
+        return s
+
+    def on_image(self, msg):
+        if not self.active:
+            self.counts['dropped_inactive'] += 1
+            return
+        now = time.monotonic()
+        ns = stamp_to_ns(msg.header.stamp)
+        self.in_rate.tick(now)
+        self.counts['frames_in'] += 1
+        if self.done_ns is not None and ns <= self.done_ns:
+            self._out_of_order(msg, ns)
+            return
+        s = self._slot(ns, now)
+        if s.image is not None:
+            self.counts['duplicate_images'] += 1
+            return
+        s.image, s.t_image = msg, now
+        self.pump()
+
+    def on_flow(self, msg):
+        if not self.active:
+            return
+        now = time.monotonic()
+        ns = stamp_to_ns(msg.header.stamp)
+        try:
+            flow = decode_flow(msg)
+        except VidsegError as e:
+            self.counts['bad_flow'] += 1
+            self.get_logger().error(str(e), throttle_duration_sec=5.0)
+            return
+        if self.done_ns is not None and ns <= self.done_ns:
+            if flow is None and ns < self.done_ns:  # stream restarted (bag loop): start over
+                self.get_logger().warning('time went backwards: resetting the propagation state')
+                self.counts['resets'] += 1
+                self.prop.reset()
+                self._reset_join()
+            else:
+                self.counts['late_flows'] += 1
+                return
+        s = self._slot(ns, now)
+        s.flow, s.has_flow = flow, True
+        self.pump()
+
+    def on_decision(self, msg):
+        if not self.active:
+            return
+        try:
+            d = json.loads(msg.data)
+            ns, kf = int(d['stamp_ns']), bool(d['keyframe'])
+        except (ValueError, KeyError, TypeError):
+            self.counts['bad_decisions'] += 1
+            return
+        if self.decisions.get(ns) != 'received':
+            self.decisions[ns] = kf
+        while len(self.decisions) > 4 * self.cfg['max_pending']:
+            self.decisions.popitem(last=False)
+        self.pump()
+
+    def on_info(self, msg):
+        try:
+            info = json.loads(msg.data)
+            from vidseg_ros.core.classes import ClassSet
+            cs = info['class_set']
+            self.class_set = ClassSet(cs['name'], tuple(cs['names']), np.asarray(cs['palette'], np.uint8),
+                                      int(cs.get('ignore_index', 255)))
+            self.class_map = np.asarray(info['class_map'], np.uint8)
+        except (ValueError, KeyError, TypeError) as e:
+            self.get_logger().error(f'bad keyframe info: {e}')
+            return
+        self._classes_sent = False
+        self._publish_classes()
+        self._try_keyframes()
+        self.pump()
+
+    def _publish_classes(self):
+        from std_msgs.msg import String
+        if self._classes_sent or not self.active:
+            return
+        d = self.class_set.to_dict()
+        d['colors'] = d.pop('palette')
+        self.classes_pub.publish(String(data=json.dumps(d)))
+        self._classes_sent = True
+
+    def on_kf_labels(self, msg):
+        self._kf_part(msg, 'labels')
+
+    def on_kf_probs(self, msg):
+        self._kf_part(msg, 'probs')
+
+    def _kf_part(self, msg, key):
+        if not self.active:
+            return
+        ns = stamp_to_ns(msg.header.stamp)
+        self.kf_parts.setdefault(ns, {})[key] = msg
+        while len(self.kf_parts) > self.cfg['history']:
+            self.kf_parts.popitem(last=False)
+            self.counts['keyframes_dropped_incomplete'] += 1
+        self._try_keyframes()
+        self.pump()
+
+    def _try_keyframes(self):
+        """Hand complete keyframe results (labels + probs + class map) to the Propagator."""
+        if self.class_map is None:
+            return
+        for ns in [n for n, parts in self.kf_parts.items() if 'labels' in parts and 'probs' in parts]:
+            parts = self.kf_parts.pop(ns)
+            try:
+                sem = semantics_from_msgs(parts['labels'], parts['probs'], self.class_map)
+                res = self.prop.set_keyframe(ns, sem)
+            except VidsegError as e:
+                self.counts['bad_keyframes'] += 1
+                self.get_logger().error(f'keyframe rejected: {e}', throttle_duration_sec=5.0)
+                continue
+            self.counts[f'keyframes_{res}'] += 1
+            self.decisions[ns] = 'received'
+
+    # -------------------------------------------------------------- join / processing
+    def pump(self):
+        if not self.active:
+            return
+        now = time.monotonic()
+        p = self.cfg
+        while self.slots:
+            ns, s = next(iter(self.slots.items()))
+            overflow = len(self.slots) > p['max_pending']
+            complete = s.image is not None and s.has_flow
+            if complete and s.t_ready is None:
+                s.t_ready = now
+            timed_out = now - s.t_first > p['flow_timeout']
+            if not (complete or timed_out or overflow):
+                return
+            if complete and p['keyframe_wait'] > 0 and not overflow and now - s.t_ready < p['keyframe_wait']:
+                d = self.decisions.get(ns)
+                if d is None or d is True:
+                    return  # deterministic mode: wait for the decision / the keyframe result
+            del self.slots[ns]
+            if overflow and not complete:
+                self.counts['dropped_overflow'] += 1
+            self._process(s, now)
+
+    def _process(self, s, now):
+        p = self.cfg
+        if self.decisions.get(s.ns) is True:
+            self.counts['keyframe_wait_expired'] += 1
+        self.decisions.pop(s.ns, None)
+        if s.image is not None:
+            size = (int(s.image.width), int(s.image.height))
+            if self.size is not None and size != self.size:
+                self.get_logger().warning(f'input size changed {self.size} -> {size}: resetting')
+                self.counts['resets'] += 1
+                self.prop.reset()
+            self.size = size
+        flow = s.flow if s.has_flow else None
+        if not s.has_flow:
+            self.counts['flow_timeouts'] += 1
+        t0 = time.perf_counter()
+        image = None
+        if self.prop.refiner is not None and s.image is not None:
+            import cv2
+            from vidseg_ros.core.pipeline import working_size
+            rgb = image_to_rgb(s.image)
+            ws = working_size(self.size, p['scale'])
+            image = rgb if ws == self.size else cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA)
+        bwd, fwd = flow if flow is not None else (None, None)
+        try:
+            out = self.prop.step(s.ns, bwd, fwd, image)
+        except VidsegError as e:
+            self.counts['step_errors'] += 1
+            self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)
+            return
+        self.done_ns = s.ns
+        if s.image is None:
+            self.counts['flows_without_image'] += 1
+            return
+        self._publish(s.image, out, now, t0)
+
+    def _out_of_order(self, msg, ns):
+        """An image older than the newest processed frame: labels from the current state (degraded)."""
+        self.counts['out_of_order'] += 1
+        out = self.prop.current_output()
+        if out is None:
+            out = self.prop._no_keyframe_output(ns, None, None)
+        out.degraded = True
+        self._publish(msg, out, time.monotonic(), time.perf_counter())
+
+    def _publish(self, img_msg, out, t_recv, t0):
+        import cv2
+        from vidseg_ros.core.classes import colorize
+        size = (int(img_msg.width), int(img_msg.height))
+        labels = out.labels
+        if (labels.shape[1], labels.shape[0]) != size:
+            labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+        hdr = img_msg.header
+        self.labels_pub.publish(ndarray_to_image(labels, 'mono8', hdr))
+        if self.color_pub is not None:
+            self.color_pub.publish(ndarray_to_image(colorize(labels, self.class_set), 'rgb8', hdr))
+        if self.conf_pub is not None:
+            conf = np.clip(np.rint(out.confidence * 255.0), 0, 255).astype(np.uint8)
+            if (conf.shape[1], conf.shape[0]) != size:
+                conf = cv2.resize(conf, size, interpolation=cv2.INTER_LINEAR)
+            self.conf_pub.publish(ndarray_to_image(conf, 'mono8', hdr))
+        cost = time.perf_counter() - t0
+        self.cost.add(cost)
+        done = time.monotonic()
+        self.latency.add(done - (t_recv if img_msg is None else t_recv))
+        now_ns = self.get_clock().now().nanoseconds
+        self.age.add(max(0, now_ns - stamp_to_ns(hdr.stamp)) * 1e-9)
+        self.out_rate.tick(done)
+        self.counts['frames_out'] += 1
+        if out.degraded:
+            self.counts['degraded'] += 1
+        if out.distance == 0:
+            self.counts['keyframe_frames'] += 1
+        from std_msgs.msg import String
+        st = {'stamp_ns': stamp_to_ns(hdr.stamp), 'cost_s': cost, 'distance': int(out.distance),
+              'degraded': bool(out.degraded)}
+        if out.mask is not None:
+            st['inconsistent_fraction'] = float(out.inconsistent_fraction)
+        self.stats_pub.publish(String(data=json.dumps(st)))
+
+    def diagnostics(self):
+        c = self.counts
+        frames = max(c['frames_out'], 1)
+        drops = c['dropped_overflow'] + c['out_of_order'] + c['late_flows'] + c['flows_without_image']
+        level = diag_level('OK')
+        msg = 'running'
+        if c['degraded'] or drops:
+            level, msg = diag_level('WARN'), f'{c["degraded"]} degraded, {drops} dropped/late'
+        vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
+                'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
+                'drops': drops, 'degraded': c['degraded']}
+        vals.update({f'latency_{k}': v for k, v in self.latency.summary().items()})
+        vals.update({f'age_{k}': v for k, v in self.age.summary().items()})
+        vals.update({f'cost_{k}': v for k, v in self.cost.summary().items()})
+        vals.update(dict(c))
+        vals.update({f'propagator_{k}': v for k, v in self.prop.stats.items()})
+        return [('', level, msg, vals)]
+
+
+
+def main(args=None) -> int:
+    return run_node(PropagationNode, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""vidseg_graph: start the vidseg graph without ``ros2 launch``.
+
+Starts the same processes as ``launch/pipeline.launch.py`` (both read ``vidseg_ros.ros.graph``): the
+managed nodes with ``--params-file <config> -p ... -r /camera/image_raw:=<camera_topic>``, then the
+lifecycle manager (autostart). Dead nodes are respawned (the manager re-activates them). Ctrl-C /
+SIGTERM: the manager deactivates the nodes (reverse order), then the processes are stopped in reverse
+order (SIGINT, then SIGKILL of each process group after a grace period).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from vidseg_ros.core.errors import ConfigError, VidsegError
+from vidseg_ros.ros import graph
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='vidseg_graph', description=__doc__.splitlines()[0])
+    ap.add_argument('--camera-topic', default=graph.CAMERA_TOPIC, help='camera Image topic')
+    ap.add_argument('--config', default='', help='parameters YAML (default: the package config/pipeline.yaml)')
+    ap.add_argument('--use-sim-time', action='store_true', help='use /clock (bag replay with --clock)')
+    ap.add_argument('--model', default='', help='keyframe model (registry name, yaml or file)')
+    ap.add_argument('--weights', default='')
+    ap.add_argument('--device', default='')
+    ap.add_argument('--schedule', default='', help="keyframe schedule, e.g. 'fixed:5'")
+    ap.add_argument('--operating-point', default='', help='EVS operating point preset')
+    ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
+                    help='extra parameter override (repeatable), e.g. keyframe_node:input_size=512x256')
+    ap.add_argument('--executables', action='store_true',
+                    help='run the installed node executables (lib/vidseg_ros/<exe>) instead of python -m')
+    ap.add_argument('--no-manager', action='store_true', help='start the nodes only (unconfigured)')
+    ap.add_argument('--no-respawn', action='store_true', help='do not restart nodes that exit')
+    ap.add_argument('--log-dir', default='', help='write each process output to <dir>/<node>.log')
+    ap.add_argument('--stop-timeout', type=float, default=10.0, help='seconds for a clean stop')
+    return ap
+
+
+def parse_param(text: str):
+    """'node:name=value' -> (node, name, value parsed as YAML)."""
+    import yaml
+    node, sep, rest = text.partition(':')
+    name, eq, value = rest.partition('=')
+    if not sep or not eq or not node or not name:
+        raise ConfigError(f'--param must look like node:name=value, got {text!r}')
+    if node not in [s.name for s in graph.NODES]:
+        raise ConfigError(f'--param {text!r}: unknown node {node!r} (nodes: {", ".join(s.name for s in graph.NODES)})')
+    try:
+        val = yaml.safe_load(value)
+    except yaml.YAMLError:
+        val = value
+    return node, name, value if val is None else val
+
+
+def executable_path(name: str) -> str | None:
+    """lib/vidseg_ros/<name> under an ament prefix, else <name> on PATH."""
+    for prefix in filter(None, os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)):
+        cand = os.path.join(prefix, 'lib', graph.PACKAGE, name)
+        if os.access(cand, os.X_OK):
+            return cand
+    return shutil.which(name)
+
+
+def commands(args) -> list:
+    """[(Invocation, argv)] in start order (managed nodes, then the manager)."""
+    invs = graph.invocations(camera_topic=args.camera_topic, config=args.config, use_sim_time=args.use_sim_time,
+                             model=args.model, weights=args.weights, device=args.device,
+                             schedule=args.schedule, operating_point=args.operating_point)
+    by_name = {i.name: i for i in invs}
+    for text in args.param:
+        node, name, val = parse_param(text)
+        by_name[node].parameters[-1][name] = val
+    out = []
+    for inv in invs:
+        if args.no_manager and inv.name == graph.MANAGER.name:
+            continue
+        if args.executables:
+            exe = executable_path(inv.executable)
+            if exe is None:
+                raise ConfigError(f'executable {inv.executable} not found (install the package or drop --executables)')
+            argv = [exe]
+        else:
+            argv = [sys.executable, '-m', inv.module]
+        out.append((inv, argv + graph.ros_args(inv)))
+    return out
+
+
+class Graph:
+    """The running processes; ``stop()`` is idempotent."""
+
+    def __init__(self, cmds, log_dir='', respawn=True, max_respawns=5):
+        self.cmds = cmds
+        self.log_dir = log_dir
+        self.respawn = respawn
+        self.max_respawns = max_respawns
+        self.procs = {}
+        self.respawns = {}
+        self.stopping = False
+
+    def _start(self, inv, argv):
+        out = subprocess.DEVNULL if self.log_dir == '-' else None
+        if self.log_dir and self.log_dir != '-':
+            os.makedirs(self.log_dir, exist_ok=True)
+            out = open(os.path.join(self.log_dir, f'{inv.name}.log'), 'ab')
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if out is not None else None,
+                             start_new_session=True)
+        self.procs[inv.name] = p
+        return p
+
+    def start(self):
+        for inv, argv in self.cmds:
+            self._start(inv, argv)
+            print(f'[vidseg_graph] started {inv.name} (pid {self.procs[inv.name].pid})', flush=True)
+
+    def poll(self):
+        """Respawn managed nodes that exited (the manager re-activates them)."""
+        for inv, argv in self.cmds:
+            p = self.procs.get(inv.name)
+            if p is None or p.poll() is None or self.stopping:
+                continue
+            n = self.respawns.get(inv.name, 0)
+            if not self.respawn or n >= self.max_respawns:
+                continue
+            print(f'[vidseg_graph] {inv.name} exited with {p.returncode}; respawning ({n + 1}/{self.max_respawns})',
+                  flush=True)
+            self.respawns[inv.name] = n + 1
+            self._start(inv, argv)
+
+    def stop(self, timeout: float = 10.0):
+        if self.stopping:
+            return
+        self.stopping = True
+        order = [inv.name for inv, _ in reversed(self.cmds)]
+        # the manager first (it deactivates the nodes), then the nodes in reverse order
+        if graph.MANAGER.name in order:
+            order.remove(graph.MANAGER.name)
+            order.insert(0, graph.MANAGER.name)
+        for name in order:
+            p = self.procs.get(name)
+            if p is None:
+                continue
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(timeout if name == graph.MANAGER.name else min(timeout, 5.0))
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                p.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
+            print(f'[vidseg_graph] stopped {name} ({p.returncode})', flush=True)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cmds = commands(args)
+    except VidsegError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    g = Graph(cmds, log_dir=args.log_dir, respawn=not args.no_respawn)
+    stop = {'flag': False}
+
+    def _on_signal(signum, frame):
+        stop['flag'] = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        g.start()
+        while not stop['flag']:
+            g.poll()
+            mgr = g.procs.get(graph.MANAGER.name)
+            if mgr is not None and mgr.poll() is not None and mgr.returncode != 0:
+                print(f'[vidseg_graph] lifecycle manager exited with {mgr.returncode}', flush=True)
+                break
+            time.sleep(0.2)
+    finally:
+        g.stop(args.stop_timeout)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
