@@ -11,7 +11,6 @@ import torch
 from vidseg_ros.core.errors import ConfigError, InputError, ModelError, VidsegError
 from vidseg_ros.core.models import (REGISTRY, ModelConfig, Segmentation, load_model,
                                     load_state_dict, registry_names)
-from vidseg_ros.core.models.espnet import ESPNetSeg
 from vidseg_ros.core.models.espnetv2 import ESPNetv2Seg
 
 TOL = 1e-3

@@ -24,20 +24,25 @@ def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
     from std_msgs.msg import Header
     from vidseg_ros.ros.flow_node import make_flow_fn, working_gray
 
-    proc = start_node('flow_node', {'scale': 2, 'preset': 'ultrafast', 'method': 'nope',
+    proc = start_node('flow_node', {'scale': 0, 'preset': 'ultrafast', 'method': 'nope',
                                     'input_qos': 'reliable'}, log_dir=str(tmp_path))
     probe = Probe()
     try:
         probe.record(Image, graph.FLOW_TOPIC)
         cam = probe.publisher(Image, graph.CAMERA_TOPIC)
         # a bad parameter value fails configure with the reason logged; fixing it lets configure pass
-        assert not probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
-        assert probe.get_state('flow_node') == 'unconfigured'
         from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
         from rcl_interfaces.srv import SetParameters
-        req = SetParameters.Request(parameters=[Parameter(name='method', value=ParameterValue(
-            type=ParameterType.PARAMETER_STRING, string_value='dis'))])
-        assert probe.call(SetParameters, '/flow_node/set_parameters', req).results[0].successful
+
+        def set_param(name, **value):
+            req = SetParameters.Request(parameters=[Parameter(name=name, value=ParameterValue(**value))])
+            return probe.call(SetParameters, '/flow_node/set_parameters', req).results[0].successful
+        # out-of-range start-up value (scale:=0): the node stays up, configure fails naming it
+        assert not probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
+        assert probe.get_state('flow_node') == 'unconfigured'
+        assert set_param('scale', type=ParameterType.PARAMETER_INTEGER, integer_value=2)
+        assert not probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
+        assert set_param('method', type=ParameterType.PARAMETER_STRING, string_value='dis')
         assert probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
         assert probe.transition('flow_node', Transition.TRANSITION_ACTIVATE)
         assert probe.wait_subscribers(cam)
@@ -66,7 +71,8 @@ def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
         assert probe.transition('flow_node', Transition.TRANSITION_CLEANUP)
         assert probe.get_state('flow_node') == 'unconfigured'
         log = read_log(proc)
-        assert "method must be 'dis' or 'farneback', got 'nope'" in log
+        assert 'configure failed: parameter scale must be in [1, 16], got 0' in log
+        assert "configure failed: method must be 'dis' or 'farneback', got 'nope'" in log
     finally:
         probe.close()
         stop_processes([proc])

@@ -5,7 +5,7 @@ the small ESPNetv2 s0.5 512x256 model:
 * lifecycle transitions in order (configure all in order, activate all in order; on SIGINT deactivate
   in reverse order), observed on /<node>/transition_event;
 * every input frame yields exactly one /semantic/labels message with the identical header;
-* paced input + fixed schedule: the graph's labels equal the offline VideoSegmenter's pixel for pixel;
+* paced input + fixed schedule at D=2: the graph's labels equal the offline VideoSegmenter's pixel for pixel;
 * a schedule switch through the manager changes the measured keyframe ratio; an invalid one is refused;
 * a killed node is respawned by the runner and re-activated by the manager.
 """
@@ -27,6 +27,7 @@ from vidseg_ros.ros.testing import Probe, start_process, stop_processes  # noqa:
 pytestmark = [pytest.mark.ros, pytest.mark.shared, pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODEL = 'espnetv2_s0.5_512x256'
+SCALE = 2  # 1024x512 input, 512x256 working resolution (EVS D=2)
 NODES = [s.name for s in graph.MANAGED_NODES]
 
 
@@ -36,7 +37,7 @@ def _frames(shared, n):
     files = sorted(d.glob('*_leftImg8bit.jpg'))[:n]
     if len(files) < n:
         pytest.skip(f'need {n} frames in {d}')
-    return [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (512, 256), interpolation=cv2.INTER_AREA) for f in files]
+    return [cv2.resize(cv2.imread(str(f))[:, :, ::-1], (1024, 512), interpolation=cv2.INTER_AREA) for f in files]
 
 
 def _offline(frames, switch_at):
@@ -44,7 +45,7 @@ def _offline(frames, switch_at):
     from vidseg_ros.core.models import load_model
     from vidseg_ros.core.pipeline import VideoSegmenter
     from vidseg_ros.core.schedule import OperatingPoint
-    seg = VideoSegmenter(load_model(MODEL, backend='torch'), OperatingPoint('t', 1, 3, True, False))
+    seg = VideoSegmenter(load_model(MODEL, backend='torch'), OperatingPoint('t', SCALE, 3, True, False))
     out = []
     for i, f in enumerate(frames):
         if i == switch_at:
@@ -54,7 +55,11 @@ def _offline(frames, switch_at):
 
 
 def _events(probe, name):
-    return [(m.start_state.label, m.goal_state.label, t) for t, m in probe.messages[f'ev/{name}']]
+    """(start, goal, publish time) of a node's transition events (source timestamps: the order they
+    happened, independent of delivery delays)."""
+    key = f'ev/{name}'
+    return [(m.start_state.label, m.goal_state.label, ts)
+            for (_, m), ts in zip(probe.messages[key], probe.source_stamps[key])]
 
 
 def test_graph_end_to_end(ros_domain, shared, tmp_path):
@@ -67,7 +72,7 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
     n_a, n_b = 9, 5
     frames = _frames(shared, n_a + n_b + 2)
     logs = tmp_path / 'logs'
-    reliable = [f'{n}:input_qos=reliable' for n in NODES]
+    reliable = [f'{n}:input_qos=reliable' for n in NODES] + [f'{n}:scale={SCALE}' for n in NODES]
     cmd = [sys.executable, '-m', 'vidseg_ros.ros.runner', '--model', MODEL, '--schedule', 'fixed:3',
            '--log-dir', str(logs), '--stop-timeout', '20',
            '--param', 'keyframe_node:backend=torch', '--param', 'keyframe_node:num_threads=1',
@@ -139,11 +144,27 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
         kf_b = probe.count(graph.KEYFRAME_LABELS_TOPIC) - kf_a
         assert kf_b == n_b and kf_a / n_a < 0.5 < kf_b / n_b
 
+        # the same through the manager's parameter (ros2 param set /lifecycle_manager schedule ...)
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        def set_manager_schedule(value):
+            req = SetParameters.Request(parameters=[Parameter(name='schedule', value=ParameterValue(
+                type=ParameterType.PARAMETER_STRING, string_value=value))])
+            return probe.call(SetParameters, '/lifecycle_manager/set_parameters', req).results[0]
+        r = set_manager_schedule('adaptive:min_interval=5,max_interval=2')
+        assert not r.successful and 'min_interval' in r.reason
+        n_status = probe.count(graph.SCHEDULE_STATUS_TOPIC)
+        assert set_manager_schedule('fixed:2').successful
+        assert probe.wait_for(lambda: probe.count(graph.SCHEDULE_STATUS_TOPIC) > n_status, 20)
+        st = json.loads(probe.messages[graph.SCHEDULE_STATUS_TOPIC][-1][1].data)
+        assert st['ok'] is True and st['schedule'] == 'fixed:2', st
+
         labels = [m for _, m in probe.messages[graph.LABELS_TOPIC]]
         assert len(labels) == len(sent)
         for hdr, m in zip(sent, labels):
             assert m.header.frame_id == hdr.frame_id and stamp_to_ns(m.header.stamp) == stamp_to_ns(hdr.stamp)
-            assert (m.width, m.height, m.encoding) == (512, 256, 'mono8')
+            assert (m.width, m.height, m.encoding) == (1024, 512, 'mono8')
         classes = json.loads(probe.messages[graph.CLASSES_TOPIC][-1][1].data)
         assert classes['names'][0] == 'road' and len(classes['colors']) == 19
 
@@ -172,14 +193,13 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
             os.kill(pid, signal.SIGCONT)
         assert probe.wait_for(flow_diag(lambda s, v: s.message == 'active' and s.level == b'\x00'), 15)
         # a killed node is respawned by the runner and re-activated by the manager
-        n_ev = len(_events(probe, 'flow_node'))
         os.killpg(pid, signal.SIGKILL)
-        assert probe.wait_for(lambda: any(g == 'active' for _, g, _ in _events(probe, 'flow_node')[n_ev:]), 90), \
+        assert probe.wait_for(flow_diag(lambda s, v: v['restarts'] == '1' and v['state'] == 'active'), 90), \
             logs_text()
+        assert probe.get_state('flow_node', timeout=30) == 'active'
         send(n_a + n_b)
         send(n_a + n_b + 1)
 
-        assert probe.wait_for(flow_diag(lambda s, v: v['restarts'] == '1' and v['state'] == 'active'), 10)
         diag_names = {s.name for _, a in probe.messages[graph.DIAGNOSTICS_TOPIC] for s in a.status}
         assert {'vidseg: propagation_node', 'vidseg: keyframe_node', 'vidseg: flow_node'} <= diag_names
 

@@ -118,7 +118,7 @@ def test_bad_schedule_is_a_clear_error(monkeypatch):
     assert runner.main(['--param', 'nonode:x=1']) == 2
 
 
-def test_config_yaml_matches_declared_parameters():
+def test_config_yaml_matches_declared_parameters(ros_domain):
     """Every parameter in config/pipeline.yaml is one the node declares (typos would be ignored)."""
     import yaml
     cfg = yaml.safe_load(Path(graph.default_config_path()).read_text())
@@ -130,7 +130,7 @@ def test_config_yaml_matches_declared_parameters():
     from vidseg_ros.ros.manager import LifecycleManager
     from vidseg_ros.ros.propagation_node import PropagationNode
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=231)
+    rclpy.init(context=ctx)
     try:
         for cls, name in ((FlowNode, 'flow_node'), (KeyframeNode, 'keyframe_node'),
                           (PropagationNode, 'propagation_node'), (LifecycleManager, 'lifecycle_manager')):

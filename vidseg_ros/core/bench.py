@@ -9,8 +9,8 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
   the IAM is computed on every propagated frame (its cost is part of the propagated-frame cost) but
   not used: this is the "without IAM" row;
 * ``warp_iam_sN``    -- "with IAM": as warp_sN plus refinement R through the IAM: where the IAM mask
-  is set, the warped probabilities are blended (EVS eq. 4) with those of a low-resolution (1/4) pass
-  of the same network (:class:`~vidseg_ros.core.propagation.LowResNetworkRefiner`, the stand-in for the
+  is set, the warped probabilities are blended (EVS eq. 4) with those of a low-resolution (1/2 by
+  default: 512x256, the registry's 512x256 checkpoint when there is one) pass of the network (:class:`~vidseg_ros.core.propagation.LowResNetworkRefiner`, the stand-in for the
   learned refiner);
 * ``hold_s5``        -- keyframe every 5 frames, labels held (W off);
 * ``adaptive``       -- AdaptiveSchedule (max interval 10, keyframe when the IAM inconsistent
@@ -37,21 +37,22 @@ import numpy as np
 
 from .errors import InputError
 
-DEFAULT_SEQS = ('seq0000', 'seq0001', 'seq0002', 'seq0003')
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--model', default='espnetv2_s2.0', help='keyframe network (default espnetv2_s2.0)')
     p.add_argument('--weights', default=None)
     p.add_argument('--data', default=None, help='cityscapes_seq folder (default ../shared/data/cityscapes_seq)')
-    p.add_argument('--seqs', nargs='+', default=None, help='snippet folders (default: all)')
+    p.add_argument('--seqs', nargs='+', default=None, help='snippet folders (default: every folder with pseudo_labels/)')
     p.add_argument('--frames', type=int, default=30, help='frames per snippet (default 30)')
     p.add_argument('--scale', type=int, default=2, help='working-resolution downscale D (default 2)')
     p.add_argument('--flow-preset', default='ultrafast', choices=('ultrafast', 'fast', 'medium'))
-    p.add_argument('--adaptive-threshold', type=float, default=0.06,
+    p.add_argument('--adaptive-threshold', type=float, default=0.1,
                    help='IAM inconsistent fraction that forces a keyframe in the adaptive row')
     p.add_argument('--backend', default='auto')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--refine-factor', type=int, default=2,
+                   help='the warp_iam rows refine with the network at 1/F of its input size (default 2)')
     p.add_argument('--no-refine', action='store_true', help='skip the warp_iam rows (no low-res network)')
     p.add_argument('--out', default='bench_out', help='output folder (bench.json, bench.md, plots)')
     p.add_argument('-q', '--quiet', action='store_true')
@@ -61,7 +62,7 @@ def run_from_args(args) -> int:
     res = run_bench(model=args.model, weights=args.weights, data=args.data, seqs=args.seqs,
                     frames=args.frames, scale=args.scale, flow_preset=args.flow_preset,
                     adaptive_threshold=args.adaptive_threshold, backend=args.backend, device=args.device,
-                    refine=not args.no_refine, out=args.out, progress=not args.quiet)
+                    refine=not args.no_refine, refine_factor=args.refine_factor, out=args.out, progress=not args.quiet)
     print(res['table_md'])
     print(f'\nwrote {Path(args.out) / "bench.json"}, bench.md, accuracy_vs_distance.png, speed_vs_accuracy.png')
     return 0
@@ -123,9 +124,12 @@ def _load_seq(folder: Path, n: int):
 
 
 def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=30, scale=2,
-              flow_preset='ultrafast', adaptive_threshold=0.06, backend='auto', device='cpu',
-              refine=True, out='bench_out', progress=True) -> dict:
-    """Run the benchmark (see module docstring); writes bench.json, bench.md and two plots to ``out``."""
+              flow_preset='ultrafast', adaptive_threshold=0.1, backend='auto', device='cpu',
+              refine=True, refine_factor=2, out='bench_out', progress=True) -> dict:
+    """Run the benchmark (see module docstring); writes bench.json, bench.md and two plots to ``out``.
+
+    ``model``: a spec for ``load_model`` or a KeyframeModel instance. ``data``: a folder of snippet
+    folders (``<seq>/*.jpg|png`` frames and ``<seq>/pseudo_labels/<stem>.png`` Cityscapes label ids)."""
     from tqdm import tqdm
 
     from .flow import FlowEstimator
@@ -142,17 +146,20 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
     root = Path(data) if data else shared_dir() / 'data' / 'cityscapes_seq'
     if not root.is_dir():
         raise InputError(f'cityscapes_seq not found: {root} (set VIDSEG_SHARED or --data)')
-    seqs = list(seqs) if seqs else [s for s in DEFAULT_SEQS if (root / s).is_dir()]
+    seqs = list(seqs) if seqs else sorted(p.name for p in root.iterdir() if (p / 'pseudo_labels').is_dir())
+    if not seqs:
+        raise InputError(f'no snippet folders with pseudo_labels/ in {root}')
     for s in seqs:
         if not (root / s).is_dir():
             raise InputError(f'snippet folder not found: {root / s}')
     if int(frames) < 2:
         raise InputError(f'--frames must be >= 2, got {frames}')
-    net = load_model(model, weights=weights, device=device, backend=backend)
+    net = model if hasattr(model, 'segment') else load_model(model, weights=weights, device=device,
+                                                              backend=backend)
     cs = net.class_set
     k = cs.num_classes
     class_map = np.asarray(net.output_to_class, np.uint8)
-    refiner_base = make_low_res_refiner(net) if refine else None
+    refiner_base = make_low_res_refiner(net, refine_factor) if refine else None
     prop_flow = FlowEstimator('dis', preset=flow_preset)
     tc_flow = FlowEstimator('dis', preset='medium')
     rows = _rows(refine, adaptive_threshold, scale)
@@ -213,13 +220,13 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
                     fl = flow_cost.get(i, 0.0) if op.warp else 0.0
                     # the refine timing includes the low-res network pass: replace the time actually
                     # spent (0 on a cache hit) by the pass's measured cost
-                    if cref is not None and op.refine:
-                        own += cref.charged - cref.spent
+                    adj = (cref.charged - cref.spent) if (cref is not None and op.refine) else 0.0
+                    own += adj
                     cost = fl + own + tm.get('upsample', 0.0)
                     a['prop_cost'] += fl + own
                     a['prop_n'] += 1
                     for s_ in ('warp', 'iam', 'refine'):
-                        a['stage'][s_] = a['stage'].get(s_, 0.0) + tm.get(s_, 0.0)
+                        a['stage'][s_] = a['stage'].get(s_, 0.0) + tm.get(s_, 0.0) + (adj if s_ == 'refine' else 0.0)
                     a['stage']['flow'] = a['stage'].get('flow', 0.0) + fl
                     if out.mask is not None:
                         a['inconsistent'].append(out.inconsistent_fraction)
@@ -267,7 +274,9 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
                  'input_size': list(size), 'working_size': list(ws)},
         'flow': prop_flow.describe(), 'tc_flow': tc_flow.describe(),
         'refiner': None if not refine else {'type': 'LowResNetworkRefiner',
-                                            'input_size': list(getattr(refiner_base.model, 'input_size', ()))},
+                                            'model': getattr(refiner_base.model, 'name', None),
+                                            'input_size': list(refiner_base.input_size or
+                                                               getattr(refiner_base.model, 'input_size', ()))},
         'mean_keyframe_ms': 1000 * mean_kf,
         'mean_flow_pair_ms': 1000 * float(np.mean(cache_cost['flow'])) if cache_cost['flow'] else None,
         'mean_refine_net_ms': 1000 * float(np.mean(cache_cost['refine_net'])) if cache_cost['refine_net'] else None,

@@ -72,9 +72,10 @@ for _lid, _tid in _LABELID_TO_TRAINID.items():
 TRAINID_TO_LABELID = np.array([lid for lid, _ in sorted(_LABELID_TO_TRAINID.items(), key=lambda kv: kv[1])],
                               dtype=np.uint8)
 
-# CamVid-11 -> Cityscapes train id where the class maps cleanly (255 otherwise).
+# CamVid-11 -> Cityscapes train id where the class maps cleanly (255 otherwise). Bicyclist (10) covers
+# both Cityscapes rider and bicycle, so it has no clean image and is ignored.
 CAMVID_TO_CITYSCAPES = np.full(256, IGNORE, dtype=np.uint8)
-for _cv, _cs in {0: 10, 1: 2, 2: 5, 3: 0, 4: 1, 5: 8, 6: 7, 7: 4, 8: 13, 9: 11, 10: 18}.items():
+for _cv, _cs in {0: 10, 1: 2, 2: 5, 3: 0, 4: 1, 5: 8, 6: 7, 7: 4, 8: 13, 9: 11}.items():
     CAMVID_TO_CITYSCAPES[_cv] = _cs
 
 

@@ -96,8 +96,9 @@ def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024)
 class CropDataset(torch.utils.data.Dataset):
     """Random 2:1 crops (50-100 % of the largest 2:1 window), flips and photometric jitter."""
 
-    def __init__(self, items, size_wh, length, seed=0):
+    def __init__(self, items, size_wh, length, seed=0, student_wh=None):
         self.items, self.size, self.length, self.seed = items, tuple(size_wh), length, seed
+        self.student = tuple(student_wh or size_wh)
 
     def __len__(self):
         return self.length
@@ -112,17 +113,23 @@ class CropDataset(torch.utils.data.Dataset):
         cw = int(cw_max * rng.uniform(0.5, 1.0))
         ch = int(cw / aspect)
         x0, y0 = rng.randrange(0, w - cw + 1), rng.randrange(0, h - ch + 1)
-        img = cv2.resize(rgb[y0:y0 + ch, x0:x0 + cw], (tw, th), interpolation=cv2.INTER_LINEAR)
+        crop = rgb[y0:y0 + ch, x0:x0 + cw]
+        img = cv2.resize(crop, (tw, th), interpolation=cv2.INTER_LINEAR)
+        # the student sees the crop resized straight to its own input size, as at deployment
+        simg = img if self.student == self.size else cv2.resize(crop, self.student,
+                                                                interpolation=cv2.INTER_LINEAR)
         if lab is not None:
             lab = cv2.resize(lab[y0:y0 + ch, x0:x0 + cw], (tw, th), interpolation=cv2.INTER_NEAREST)
         else:
             lab = np.full((th, tw), IGNORE, np.uint8)
         if rng.random() < 0.5:
-            img, lab = img[:, ::-1], lab[:, ::-1]
+            img, simg, lab = img[:, ::-1], simg[:, ::-1], lab[:, ::-1]
         a, b = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
-        img = np.clip(img.astype(np.float32) * a + b, 0, 255).astype(np.uint8)
-        return (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1),
-                torch.from_numpy(np.ascontiguousarray(lab)).long())
+
+        def jitter(im):
+            return torch.from_numpy(np.ascontiguousarray(
+                np.clip(im.astype(np.float32) * a + b, 0, 255).astype(np.uint8))).permute(2, 0, 1)
+        return jitter(img), jitter(simg), torch.from_numpy(np.ascontiguousarray(lab)).long()
 
 
 def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -164,20 +171,30 @@ def train(args) -> Path:
         raise InputError(f'teacher weights not found: {teacher_w}')
     init = args.init
     if init == 'auto':
-        cand = root / 'models' / 'espnetv2' / f'espnetv2_s_{args.width}_city_1024x512.pth'
-        init = str(cand) if cand.is_file() else None
+        d = root / 'models' / 'espnetv2'
+        cands = [d / f'espnetv2_s_{args.width}_city_{args.size}.pth',
+                 d / f'espnetv2_s_{args.width}_city_1024x512.pth']
+        init = next((str(c) for c in cands if c.is_file()), None)
     elif init in ('none', ''):
         init = None
-    size = tuple(int(v) for v in args.size.lower().split('x'))
-    if size[0] % 16 or size[1] % 16:
-        raise ConfigError(f'--size {args.size}: width and height must be multiples of 16')
+    def parse_size(text, opt):
+        try:
+            wh = tuple(int(v) for v in str(text).lower().split('x'))
+        except ValueError:
+            wh = ()
+        if len(wh) != 2 or wh[0] % 16 or wh[1] % 16 or min(wh) <= 0:
+            raise ConfigError(f'{opt} {text}: expected WxH with multiples of 16, e.g. 512x256')
+        return wh
+    size = parse_size(args.size, '--size')                    # student input
+    tsize = parse_size(args.teacher_size, '--teacher-size')    # teacher input (and loss) size
 
     teacher = _build(2.0, teacher_w).to(dev).eval()
     student = _build(args.width, init).to(dev).train()
     items = collect_training_set(root, holdout=tuple(args.holdout))
     n_h = sum(lab is not None for _, lab, _ in items)
     print(f'[distill] {len(items)} frames ({n_h} with human labels), student s{args.width} '
-          f'init={init}, train size {size[0]}x{size[1]}, device {dev}', flush=True)
+          f'init={init}, student size {size[0]}x{size[1]}, teacher size {tsize[0]}x{tsize[1]}, '
+          f'device {dev}', flush=True)
 
     ckdir = Path(args.ckpt_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +212,7 @@ def train(args) -> Path:
         start = ck['iter']
         print(f'[distill] resumed from {last} at iteration {start}', flush=True)
 
-    ds = CropDataset(items, size, length=args.iters * args.batch, seed=args.seed)
+    ds = CropDataset(items, tsize, length=args.iters * args.batch, seed=args.seed, student_wh=size)
     sampler = list(range(start * args.batch, args.iters * args.batch))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler,
                                          num_workers=args.workers, drop_last=True,
@@ -204,12 +221,16 @@ def train(args) -> Path:
     it = start
     hist = []
     t0 = time.time()
-    for img, lab in tqdm(loader, total=args.iters - start, desc='distill', mininterval=5):
-        img, lab = img.to(dev, non_blocking=True), lab.to(dev, non_blocking=True)
-        x = normalise(img)
+    for img, simg, lab in tqdm(loader, total=args.iters - start, desc='distill', mininterval=5):
+        img, simg = img.to(dev, non_blocking=True), simg.to(dev, non_blocking=True)
+        lab = lab.to(dev, non_blocking=True)
         with torch.no_grad():
-            t_logits = teacher(x)
-        s_logits = student(x)
+            t_logits = teacher(normalise(img))
+        s_logits = student(normalise(simg))
+        if s_logits.shape[-2:] != t_logits.shape[-2:]:
+            # compare at the teacher's resolution: the student's labels are upsampled at deployment
+            s_logits = F.interpolate(s_logits, size=t_logits.shape[-2:], mode='bilinear',
+                                     align_corners=False)
         loss, kd, ce = distillation_loss(s_logits, t_logits, lab, args.temperature, args.human_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -224,7 +245,7 @@ def train(args) -> Path:
                 print(f'\n[distill] {rate:.2f} it/s: --time-budget {args.time_budget}s allows '
                       f'{total[0]} iterations (cosine schedule shortened)', flush=True)
         if it % 50 == 0:
-            hist.append({'iter': it, 'loss': float(loss), 'kd': float(kd), 'ce': float(ce)})
+            hist.append({'iter': it, 'loss': float(loss.detach()), 'kd': float(kd), 'ce': float(ce)})
         if it % args.ckpt_every == 0 or it >= total[0]:
             torch.save({'student': student.state_dict(), 'opt': opt.state_dict(),
                         'sched': sched.state_dict(), 'iter': it}, last)
@@ -235,8 +256,8 @@ def train(args) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu() for k, v in student.state_dict().items()}
     torch.save(sd, out / 'default.pt')
-    cfg = {'name': f'vidseg_compact_s{args.width}', 'arch': 'espnetv2', 'width': args.width,
-           'input_size': list(args.deploy_size), 'class_set': 'cityscapes', 'num_outputs': 20,
+    cfg = {'name': f'vidseg_compact_s{args.width}_{size[0]}x{size[1]}', 'arch': 'espnetv2',
+           'width': args.width, 'input_size': list(size), 'class_set': 'cityscapes', 'num_outputs': 20,
            'output_to_class': list(range(19)) + [255], 'weights': 'default.pt'}
     import yaml
     (out / 'default.yaml').write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -256,12 +277,12 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--init', default='auto',
                    help="student init: 'auto' (published checkpoint of that width if present), "
                         "'none', or a .pth path")
-    p.add_argument('--size', default='1024x512', help='training crop size WxH (multiples of 16)')
-    p.add_argument('--deploy-size', type=int, nargs=2, default=(1024, 512), metavar=('W', 'H'),
-                   help='input size written into the model config')
+    p.add_argument('--size', default='512x256',
+                   help='student input size WxH (multiples of 16); also its deployed input size')
+    p.add_argument('--teacher-size', default='1024x512', help='teacher input size WxH')
     p.add_argument('--iters', type=int, default=2000)
     p.add_argument('--batch', type=int, default=8)
-    p.add_argument('--lr', type=float, default=5e-4)
+    p.add_argument('--lr', type=float, default=2e-4)
     p.add_argument('--temperature', type=float, default=1.0)
     p.add_argument('--human-weight', type=float, default=0.5)
     p.add_argument('--holdout', nargs='*', default=['seq0003'],

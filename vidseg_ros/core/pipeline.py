@@ -49,16 +49,23 @@ def default_flow(preset: str = 'ultrafast'):
 
 def make_low_res_refiner(model, factor: int = 4) -> LowResNetworkRefiner:
     """:class:`LowResNetworkRefiner` running the keyframe network at 1/``factor`` of its input size
-    (rounded to multiples of 16). Loads a second copy of the weights at that size when the model comes
-    from the registry/a file; otherwise the same model on a downscaled image."""
+    (rounded to multiples of 16). Loads a second copy of the network at that size (the registry's
+    checkpoint trained at that resolution when one exists, e.g. ``espnetv2_s2.0_512x256``); a model
+    that cannot be re-loaded is reused as is on the downscaled image."""
     w, h = model.input_size
     size = (max(16, int(round(w / factor / 16)) * 16), max(16, int(round(h / factor / 16)) * 16))
     low = None
     try:
-        from .models import load_model
+        from .models import REGISTRY, load_model
+        name = model.config.name
+        cand = f'{name}_{size[0]}x{size[1]}'
+        device = getattr(model, 'device', 'cpu')
         # torch backend: no one-off ONNX export for this small second copy
-        low = load_model(model.config.name, weights=getattr(model, 'weights', None),
-                         device=getattr(model, 'device', 'cpu'), input_size=size, backend='torch')
+        if cand in REGISTRY:
+            low = load_model(cand, device=device, backend='torch')
+        else:
+            low = load_model(name, weights=getattr(model, 'weights', None), device=device,
+                             input_size=size, backend='torch')
     except Exception:  # noqa: BLE001 - any model that cannot be re-loaded: reuse it on a small image
         low = None
     if low is None:

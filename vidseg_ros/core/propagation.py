@@ -63,15 +63,17 @@ def dequantize_probs(q: np.ndarray) -> np.ndarray:
 
 
 def _resize_planes(planes: np.ndarray, size_wh, interpolation) -> np.ndarray:
-    """Resize (K, h, w) planes to (K, H, W) (cv2 handles <= 512 channels in HWC layout)."""
+    """Resize (K, h, w) planes to (K, H, W) (in groups of 4 channels: cv2's INTER_AREA limit)."""
     k = planes.shape[0]
     w, h = int(size_wh[0]), int(size_wh[1])
     if planes.shape[1:] == (h, w):
         return planes
-    if k <= 512:
-        out = cv2.resize(np.ascontiguousarray(planes.transpose(1, 2, 0)), (w, h), interpolation=interpolation)
-        return np.ascontiguousarray(out.reshape(h, w, k).transpose(2, 0, 1))
-    return np.stack([cv2.resize(p, (w, h), interpolation=interpolation) for p in planes])
+    out = np.empty((k, h, w), planes.dtype)
+    for i in range(0, k, 4):
+        grp = np.ascontiguousarray(planes[i:i + 4].transpose(1, 2, 0))
+        r = cv2.resize(grp, (w, h), interpolation=interpolation)
+        out[i:i + 4] = r.reshape(h, w, -1).transpose(2, 0, 1)
+    return out
 
 
 @dataclass
@@ -496,7 +498,9 @@ class Propagator:
         sel = mask > 0.5
         labels = warped.labels.copy()
         if sel.any():
-            up = _resize_planes(blended, (w, h), cv2.INTER_LINEAR)
-            lab_ref = warped.class_map[np.argmax(up, axis=0)]
+            # argmax at probability resolution, nearest-upsampled (cheap; the refiner's own
+            # resolution is no finer than the probability grid)
+            lab_ref = warped.class_map[np.argmax(probs_q, axis=0)]
+            lab_ref = cv2.resize(lab_ref, (w, h), interpolation=cv2.INTER_NEAREST)
             labels[sel] = lab_ref[sel]
         return Semantics(labels, probs_q, warped.class_map)

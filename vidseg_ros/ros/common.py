@@ -43,10 +43,18 @@ def input_qos(name: str, depth: int):
 
 
 class ParamsMixin:
-    """Declare parameters with descriptors and read them back as a dict."""
+    """Declare parameters with descriptors and read them back as a dict.
+
+    An invalid value given at start-up (wrong type or out of the declared range, e.g. ``-p scale:=0``)
+    does not crash the process: the parameter is re-declared with dynamic typing and
+    :meth:`validate_params` (called on configure) raises a ConfigError naming it.
+    """
 
     def declare(self, name, default, description, read_only=False, **ranges):
         from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+        from rclpy.parameter import Parameter
+        if not hasattr(self, '_param_specs'):
+            self._param_specs = {}
         d = ParameterDescriptor(description=description, read_only=read_only)
         if 'int_range' in ranges:
             lo, hi = ranges['int_range']
@@ -54,11 +62,32 @@ class ParamsMixin:
         if 'float_range' in ranges:
             lo, hi = ranges['float_range']
             d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
-        if isinstance(default, list) and not default:
-            from rclpy.parameter import Parameter
-            self.declare_parameter(name, Parameter.Type.STRING_ARRAY, d)
-        else:
-            self.declare_parameter(name, default, d)
+        value = Parameter.Type.STRING_ARRAY if isinstance(default, list) and not default else default
+        self._param_specs[name] = (default, ranges.get('int_range') or ranges.get('float_range'))
+        try:
+            self.declare_parameter(name, value, d)
+        except Exception:  # invalid start-up override: keep the node alive, fail on configure
+            d2 = ParameterDescriptor(description=description, read_only=read_only, dynamic_typing=True)
+            self.declare_parameter(name, value, d2)
+
+    def validate_params(self):
+        """Raise ConfigError for the first declared parameter with a wrong type or out of range."""
+        for name, (default, rng) in getattr(self, '_param_specs', {}).items():
+            v = self.get_parameter(name).value
+            if isinstance(default, bool):
+                ok = isinstance(v, bool)
+            elif isinstance(default, int):
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif isinstance(default, float):
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            elif isinstance(default, str):
+                ok = isinstance(v, str)
+            else:
+                ok = isinstance(v, (list, tuple))
+            if not ok:
+                raise ConfigError(f'parameter {name} must be {type(default).__name__}, got {v!r}')
+            if rng is not None and not (rng[0] <= v <= rng[1]):
+                raise ConfigError(f'parameter {name} must be in [{rng[0]}, {rng[1]}], got {v!r}')
 
     def params(self, *names) -> dict:
         return {n: self.get_parameter(n).value for n in names}

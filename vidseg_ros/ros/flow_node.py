@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 
-from vidseg_ros.core.errors import ConfigError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, reliable_qos,
                                    run_node)

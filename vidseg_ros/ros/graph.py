@@ -73,7 +73,8 @@ class Invocation:
 
 
 def default_config_path() -> str:
-    """share/vidseg_ros/config/pipeline.yaml when installed (ament index), else the source tree's."""
+    """share/vidseg_ros/config/pipeline.yaml via the ament index, else the source tree's, else the one
+    pip installed under ``sys.prefix``."""
     try:
         from ament_index_python.packages import get_package_share_directory
         p = Path(get_package_share_directory(PACKAGE)) / 'config' / 'pipeline.yaml'
@@ -81,8 +82,10 @@ def default_config_path() -> str:
             return str(p)
     except Exception:  # not installed / AMENT_PREFIX_PATH not set
         pass
+    import sys
     here = Path(__file__).resolve().parent
-    for cand in (here.parent.parent / 'config' / 'pipeline.yaml', here.parent / 'config' / 'pipeline.yaml'):
+    for cand in (here.parent.parent / 'config' / 'pipeline.yaml', here.parent / 'config' / 'pipeline.yaml',
+                 Path(sys.prefix) / 'share' / PACKAGE / 'config' / 'pipeline.yaml'):  # pip data_files
         if cand.is_file():
             return str(cand)
     raise InputError('config/pipeline.yaml not found (install the package or pass --config)')
@@ -120,8 +123,9 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
         make_schedule(_parse_schedule(schedule))  # validate early: ConfigError names the problem
         per_node['keyframe_node']['schedule'] = schedule
     for key, val in (('model', model), ('weights', weights), ('device', device)):
-        if val:
+        if val:  # the propagation node's refiner (refine:=true) uses the same network
             per_node['keyframe_node'][key] = val
+            per_node['propagation_node'][key] = val
     out = []
     for spec in NODES:
         remaps = [(CAMERA_TOPIC, camera_topic)] if spec.camera_input and camera_topic != CAMERA_TOPIC else []

@@ -157,7 +157,9 @@ class KeyframeNode(VidsegLifecycleNode):
         if p['warmup']:
             w, h = self.model.input_size
             self.model.segment(np.zeros((h, w, 3), np.uint8))
-        self.counts = dict(frames=0, keyframes=0, skipped_busy=0, bad_images=0, errors=0, dropped_inactive=0)
+        self.counts = dict(frames=0, keyframes=0, skipped_busy=0, bad_images=0, errors=0, dropped_inactive=0,
+                           restarts=0)
+        self.last_ns = None
         self.rate = RateCounter()
         self.latency = LatencyStats()
         self.frame_index = 0
@@ -236,6 +238,11 @@ class KeyframeNode(VidsegLifecycleNode):
             stats = dict(self.last_stats)
             stats['timestamp'] = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
             stats.pop('force', None)
+            ns = stamp_to_ns(msg.header.stamp)
+            if self.last_ns is not None and ns < self.last_ns:  # stream restarted (bag loop)
+                stats['force'] = True
+                self.counts['restarts'] += 1
+            self.last_ns = ns
             kf = self.schedule.is_keyframe(idx, stats)
         rgb = None
         if kf:

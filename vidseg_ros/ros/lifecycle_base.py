@@ -59,6 +59,10 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         return s
 
     def timer(self, period, cb, **kw):
+        """A timer on the steady clock: join deadlines and diagnostics keep running when /clock
+        (use_sim_time) pauses."""
+        from rclpy.clock import Clock, ClockType
+        kw.setdefault('clock', Clock(clock_type=ClockType.STEADY_TIME))
         t = self.create_timer(period, cb, **kw)
         self._timers.append(t)
         return t
@@ -76,6 +80,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
     # ---------------------------------------------------------------- transitions
     def on_configure(self, state):
         try:
+            self.validate_params()
             self.configure()
             period = float(self.get_parameter('diagnostics_period').value)
             if period > 0:
@@ -94,16 +99,17 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state):
+        ret = super().on_activate(state)  # enables the lifecycle publishers first
         with self.lock:
-            self.activate()
             self.active = True
+            self.activate()
         self.get_logger().info('activated')
-        return super().on_activate(state)
+        return ret
 
     def on_deactivate(self, state):
         with self.lock:
             self.active = False
-            self.deactivate()
+        self.deactivate()  # not under the lock: it may join a worker that takes the lock
         self.get_logger().info('deactivated')
         return super().on_deactivate(state)
 

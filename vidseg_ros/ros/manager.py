@@ -49,6 +49,7 @@ class _Managed:
         self.unresponsive_events = 0
         self.last_rtt = 0.0
         self.busy = False          # the manager is transitioning this node (probes paused)
+        self.was_active = False    # seen active: coming back unconfigured means it was restarted
         self.probe_stale = False   # the pending probe was sent during a transition
         self.answered_at = None
 
@@ -71,6 +72,7 @@ class LifecycleManager(ParamsMixin, Node):
         self.declare('reactivate', True, 'bring nodes that come back unconfigured (respawned) to active')
         self.declare('keyframe_node', 'keyframe_node', 'node whose schedule parameter the manager sets')
         self.declare('schedule', '', 'keyframe schedule; setting it forwards to the keyframe node')
+        self.validate_params()  # the manager has no configure step: bad values stop it with the reason
         p = self.params('node_names', 'autostart', 'transition_timeout', 'startup_timeout', 'health_period',
                         'health_timeout', 'reactivate', 'keyframe_node')
         self.cfg = p
@@ -88,7 +90,9 @@ class LifecycleManager(ParamsMixin, Node):
         self.create_service(Trigger, '~/startup', self._srv_startup, callback_group=self.cbg)
         self.create_service(Trigger, '~/shutdown', self._srv_shutdown, callback_group=self.cbg)
         self.add_on_set_parameters_callback(self._on_set_params)
-        self.create_timer(p['health_period'], self._health_tick, callback_group=self.cbg)
+        from rclpy.clock import Clock, ClockType
+        self.create_timer(p['health_period'], self._health_tick, callback_group=self.cbg,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))  # also while /clock pauses
         if p['autostart']:
             threading.Thread(target=self._autostart, daemon=True).start()
 
@@ -164,6 +168,7 @@ class LifecycleManager(ParamsMixin, Node):
                         return False, f'{m.name}: {phase} failed'
             for m in self.nodes:
                 m.state = self._get_state(m, self.cfg['transition_timeout']) or 0
+                m.was_active = m.state == State.PRIMARY_STATE_ACTIVE
             if self.schedule_spec:
                 self._forward_schedule(self.schedule_spec)
             return True, 'all nodes active'
@@ -177,7 +182,9 @@ class LifecycleManager(ParamsMixin, Node):
             for tid, from_state in ((Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_ACTIVE),
                                     (Transition.TRANSITION_CLEANUP, State.PRIMARY_STATE_INACTIVE)):
                 for m in reversed(self.nodes):
-                    st = self._get_state(m, min(self.cfg['transition_timeout'], 5.0))
+                    if not m.get.service_is_ready():  # gone already (e.g. the whole launch is stopping)
+                        continue
+                    st = self._get_state(m, min(self.cfg['transition_timeout'], 3.0))
                     if st == from_state:
                         ok &= self._transition(m, tid)
             return ok, 'nodes deactivated' if ok else 'some transitions failed'
@@ -237,8 +244,10 @@ class LifecycleManager(ParamsMixin, Node):
                         self.get_logger().warning(f'{m.name}: lifecycle services gone')
                     m.responsive = False
             # a node that came back unconfigured (respawned) while the graph should be active
+            if m.state == State.PRIMARY_STATE_ACTIVE:
+                m.was_active = True
             if (self.want_active and self.cfg['reactivate'] and m.responsive and not self._ops.locked()
-                    and m.state == State.PRIMARY_STATE_UNCONFIGURED):
+                    and m.was_active and m.state == State.PRIMARY_STATE_UNCONFIGURED):
                 m.state = 0
                 threading.Thread(target=self._recover, args=(m,), daemon=True).start()
         self._publish_diagnostics()
@@ -248,6 +257,9 @@ class LifecycleManager(ParamsMixin, Node):
             if not self.want_active:
                 return
             ok, changed = self._bring_up(m)
+            if not ok:  # do not retry a node that cannot be configured in a loop
+                m.was_active = False
+                self.get_logger().error(f'{m.name}: could not be re-activated')
             if ok and changed:
                 m.restarts += 1
                 self.get_logger().warning(f'{m.name}: came back unconfigured; re-activated')
@@ -351,7 +363,13 @@ def main(args=None) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    node = LifecycleManager()
+    from vidseg_ros.core.errors import VidsegError
+    try:
+        node = LifecycleManager()
+    except VidsegError as e:
+        print(f'error: {e}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)

@@ -34,6 +34,9 @@ from vidseg_ros.ros.conversions import image_to_ndarray, image_to_rgb, ndarray_t
 from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 
 
+RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
+
+
 class _Slot:
     __slots__ = ('ns', 'image', 'flow', 'has_flow', 't_first', 't_image', 't_ready')
 
@@ -152,7 +155,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.decisions = collections.OrderedDict()  # ns -> True (keyframe coming) / False
         self.done_ns = None                       # newest processed stamp
         self.size = None                          # (w, h) of the input
-        self._classes_sent = False
+        self._classes_sent = None    # JSON last published on /semantic/classes
 
     def activate(self):
         self._publish_classes()
@@ -180,8 +183,11 @@ class PropagationNode(VidsegLifecycleNode):
         self.in_rate.tick(now)
         self.counts['frames_in'] += 1
         if self.done_ns is not None and ns <= self.done_ns:
-            self._out_of_order(msg, ns)
-            return
+            if self.done_ns - ns > RESTART_BACKWARDS_NS:  # stream restarted (bag loop): start over
+                self._restart()
+            else:
+                self._out_of_order(msg, ns)
+                return
         s = self._slot(ns, now)
         if s.image is not None:
             self.counts['duplicate_images'] += 1
@@ -202,16 +208,21 @@ class PropagationNode(VidsegLifecycleNode):
             return
         if self.done_ns is not None and ns <= self.done_ns:
             if flow is None and ns < self.done_ns:  # stream restarted (bag loop): start over
-                self.get_logger().warning('time went backwards: resetting the propagation state')
-                self.counts['resets'] += 1
-                self.prop.reset()
-                self._reset_join()
+                self._restart()
             else:
                 self.counts['late_flows'] += 1
                 return
         s = self._slot(ns, now)
         s.flow, s.has_flow = flow, True
         self.pump()
+
+    def _restart(self):
+        self.get_logger().warning('time went backwards: resetting the propagation state')
+        self.counts['resets'] += 1
+        self.prop.reset()
+        sent = self._classes_sent
+        self._reset_join()
+        self._classes_sent = sent
 
     def on_decision(self, msg):
         if not self.active:
@@ -239,19 +250,21 @@ class PropagationNode(VidsegLifecycleNode):
         except (ValueError, KeyError, TypeError) as e:
             self.get_logger().error(f'bad keyframe info: {e}')
             return
-        self._classes_sent = False
         self._publish_classes()
         self._try_keyframes()
         self.pump()
 
     def _publish_classes(self):
+        """Publish the class set on the latched topic (again only if the keyframe model's differs)."""
         from std_msgs.msg import String
-        if self._classes_sent or not self.active:
+        if not self.active:
             return
         d = self.class_set.to_dict()
         d['colors'] = d.pop('palette')
-        self.classes_pub.publish(String(data=json.dumps(d)))
-        self._classes_sent = True
+        data = json.dumps(d)
+        if data != self._classes_sent:
+            self.classes_pub.publish(String(data=data))
+            self._classes_sent = data
 
     def on_kf_labels(self, msg):
         self._kf_part(msg, 'labels')
@@ -300,7 +313,13 @@ class PropagationNode(VidsegLifecycleNode):
                 s.t_ready = now
             timed_out = now - s.t_first > p['flow_timeout']
             if not (complete or timed_out or overflow):
-                return
+                # both streams arrive in order: a newer flow means this frame's flow is not coming
+                # (flow node dropped it), a newer image means this flow's image is not coming
+                missing_flow = s.image is not None and any(o.has_flow for o in self.slots.values())
+                missing_image = s.has_flow and any(o.image is not None for o in self.slots.values()
+                                                   if o is not s)
+                if not (missing_flow or missing_image):
+                    return
             if complete and p['keyframe_wait'] > 0 and not overflow and now - s.t_ready < p['keyframe_wait']:
                 d = self.decisions.get(ns)
                 if d is None or d is True:
@@ -336,24 +355,28 @@ class PropagationNode(VidsegLifecycleNode):
         bwd, fwd = flow if flow is not None else (None, None)
         try:
             out = self.prop.step(s.ns, bwd, fwd, image)
-        except VidsegError as e:
+        except VidsegError as e:  # still one (degraded) output for the frame
             self.counts['step_errors'] += 1
             self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)
-            return
-        self.done_ns = s.ns
+            out = self._fallback_output(s.ns)
+        self.done_ns = s.ns if self.done_ns is None else max(self.done_ns, s.ns)
         if s.image is None:
             self.counts['flows_without_image'] += 1
             return
-        self._publish(s.image, out, now, t0)
+        self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0)
+
+    def _fallback_output(self, ns):
+        from vidseg_ros.core.propagation import FrameOutput
+        out = self.prop.current_output()
+        if out is None:  # no semantics yet: void labels
+            out = FrameOutput(ns, np.full((1, 1), 255, np.uint8), np.zeros((1, 1), np.float32), False, -1, True)
+        out.degraded = True
+        return out
 
     def _out_of_order(self, msg, ns):
         """An image older than the newest processed frame: labels from the current state (degraded)."""
         self.counts['out_of_order'] += 1
-        out = self.prop.current_output()
-        if out is None:
-            out = self.prop._no_keyframe_output(ns, None, None)
-        out.degraded = True
-        self._publish(msg, out, time.monotonic(), time.perf_counter())
+        self._publish(msg, self._fallback_output(ns), time.monotonic(), time.perf_counter())
 
     def _publish(self, img_msg, out, t_recv, t0):
         import cv2
@@ -374,7 +397,7 @@ class PropagationNode(VidsegLifecycleNode):
         cost = time.perf_counter() - t0
         self.cost.add(cost)
         done = time.monotonic()
-        self.latency.add(done - (t_recv if img_msg is None else t_recv))
+        self.latency.add(done - t_recv)
         now_ns = self.get_clock().now().nanoseconds
         self.age.add(max(0, now_ns - stamp_to_ns(hdr.stamp)) * 1e-9)
         self.out_rate.tick(done)

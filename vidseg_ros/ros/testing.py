@@ -96,6 +96,7 @@ class Probe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.messages = collections.defaultdict(list)
+        self.source_stamps = collections.defaultdict(list)
         self.cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -114,9 +115,10 @@ class Probe:
         from vidseg_ros.ros.common import reliable_qos
         key = key or topic
 
-        def cb(msg):
+        def cb(msg, info):
             with self.cv:
                 self.messages[key].append((time.monotonic(), msg))
+                self.source_stamps[key].append(int(info['source_timestamp']))  # publisher's clock (ns)
                 self.cv.notify_all()
         return self.node.create_subscription(msg_type, topic, cb, qos or reliable_qos(100))
 

@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 
 # Backend used by backend='auto' on the CPU: the fastest backend whose outputs match the
 # references (onnxruntime graphs are verified against torch within 1e-3 at export).
-# Decided by `python -m vidseg_ros.core.models.backend_bench` (see that module's docstring for
-# the measured numbers). On CUDA, 'auto' uses torch.
+# Decided by `python -m vidseg_ros.core.models.backend_bench` (vidseg bench-backends) on the 2-core
+# dev CPU, 1 thread, median of 7: ESPNetv2 s2.0 1024x512 torch 829 ms / torchscript 679 /
+# onnxruntime 445; s2.0 512x256 153 / 203 / 106; s0.5 1024x512 838 / 1074 / 473; s0.5 512x256
+# 281 / 191 / 115 ms. channels_last and no_grad vs inference_mode: within noise. On CUDA, 'auto'
+# uses torch (cuDNN with TF32 off, so outputs stay exact).
 AUTO_BACKEND = 'onnxruntime'
 DEFAULT_FALLBACK = 'espnetv2_s2.0'
 MODEL_EXTS = ('.pth', '.pt', '.ts', '.onnx')
@@ -244,7 +247,10 @@ def load_model(spec: str | None = None, weights: str | None = None, device: str 
         if not wpath.is_file():
             raise ModelError(f'TorchScript model {wpath} not found')
         try:
-            mod = torch.jit.load(str(wpath), map_location=device).eval()
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', DeprecationWarning)
+                mod = torch.jit.load(str(wpath), map_location=device).eval()
         except Exception as e:  # noqa: BLE001
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f'cannot load TorchScript model {wpath}: {msg[:200]}') from None

@@ -76,6 +76,18 @@ class Preprocessor:
         return out
 
 
+def argmax_channels(t: torch.Tensor) -> torch.Tensor:
+    """uint8 argmax over dim 0 of (K, h, w) (first maximum wins, like torch.argmax); a loop over
+    the K planes is ~3x faster on the CPU than ``t.argmax(0)``, which reduces a strided dim."""
+    with torch.inference_mode():
+        best = t[0].clone()
+        idx = torch.zeros(t.shape[1:], dtype=torch.uint8, device=t.device)
+        for c in range(1, t.shape[0]):
+            idx.masked_fill_(t[c] > best, c)
+            torch.maximum(best, t[c], out=best)
+        return idx
+
+
 class KeyframeModel:
     """Abstract keyframe network: subclasses implement ``_infer`` (and optionally ``features``)."""
 
@@ -114,7 +126,7 @@ class KeyframeModel:
         """Softmax probabilities and class-id labels (via output_to_class) at network resolution."""
         t = self._infer(self.preprocess(rgb))[0]
         with torch.inference_mode():
-            idx = t.argmax(0).to(torch.uint8).numpy()
+            idx = argmax_channels(t).numpy()
             probs = torch.softmax(t, 0).numpy()
         return Segmentation(probs=probs, labels=self.output_to_class[idx])
 

@@ -1,0 +1,298 @@
+"""VideoSegmenter on small frames (stub network) and the ``vidseg`` CLI end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vidseg_ros.cli import main as cli_main
+from vidseg_ros.core.models import KeyframeModel, ModelConfig
+from vidseg_ros.core.pipeline import VideoSegmenter, working_size
+from vidseg_ros.core.propagation import LowResNetworkRefiner
+from vidseg_ros.core.schedule import OperatingPoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ColourNet(KeyframeModel):
+    """Stub keyframe network: class = dominant colour channel (0 red, 1 green, 2 blue, 3 dark)."""
+
+    def __init__(self, size=(48, 32)):
+        super().__init__(ModelConfig(name='colournet', arch='torchscript', input_size=size, num_outputs=4,
+                                     mean=(0, 0, 0), std=(1, 1, 1), scale=1.0,
+                                     output_to_class=(0, 1, 2, 3)))
+        self.calls = 0
+
+    def _infer(self, x):
+        self.calls += 1
+        t = torch.from_numpy(x)[0] / 255.0
+        dark = 0.35 - t.max(0).values
+        return (torch.cat([t, dark[None]], 0) * 20.0)[None]
+
+
+def scene(t, size=(96, 64), speed=2):
+    """Coloured vertical bands moving right by ``speed`` px per frame, plus texture for the flow."""
+    w, h = size
+    xs = (np.arange(w) - speed * t) % 48
+    cls = np.select([xs < 12, xs < 24, xs < 36], [0, 1, 2], 3)
+    pal = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [20, 20, 20]], np.uint8)
+    img = np.broadcast_to(pal[cls][None], (h, w, 3)).astype(np.int16)
+    rng = np.random.default_rng(0)
+    tex = rng.integers(-25, 25, (h, w + 200)).astype(np.int16)
+    img = img + tex[:, 100 - speed * t:100 - speed * t + w, None]
+    return np.clip(img, 0, 255).astype(np.uint8), np.broadcast_to(cls[None], (h, w)).astype(np.uint8)
+
+
+def test_pipeline_fixed_schedule_warps_and_times():
+    net = ColourNet()
+    op = OperatingPoint('t', scale=2, interval=3, warp=True, refine=False)
+    vs = VideoSegmenter(net, op)
+    kfs, agree = [], []
+    for t in range(8):
+        img, gt = scene(t)
+        out = vs.process(img)
+        kfs.append(out.is_keyframe)
+        assert out.labels.shape == (64, 96) and out.labels.dtype == np.uint8
+        assert out.distance == t % 3 and not out.degraded
+        assert out.confidence.shape == (32, 48)
+        agree.append((out.labels == gt).mean())
+        assert 'total' in out.timings and 'upsample' in out.timings
+        if out.is_keyframe:
+            assert 'keyframe' in out.timings
+        else:
+            assert {'flow', 'warp', 'iam'} <= set(out.timings)
+    assert kfs == [True, False, False, True, False, False, True, False]
+    assert net.calls == 3
+    assert min(agree) > 0.8, agree        # flow at 12x8 (DIS native) limits this tiny case
+    hold = VideoSegmenter(ColourNet(), OperatingPoint('h', scale=2, interval=3, warp=False))
+    agree_hold = [(hold.process(scene(t)[0]).labels == scene(t)[1]).mean() for t in range(8)]
+    assert np.mean(agree) > np.mean(agree_hold) + 0.05, (agree, agree_hold)
+    s = vs.summary()
+    assert s['frames'] == 8 and s['keyframes'] == 3 and s['propagated'] == 5
+    assert s['mean_propagated_s'] < s['mean_s']['total'] * 8
+    assert working_size((2048, 1024), 2) == (1024, 512)
+
+
+def test_pipeline_hold_mode_and_resolution_change():
+    net = ColourNet()
+    vs = VideoSegmenter(net, OperatingPoint('h', scale=1, interval=4, warp=False))
+    first = vs.process(scene(0)[0]).labels.copy()
+    for t in range(1, 4):
+        out = vs.process(scene(t)[0])
+        assert not out.is_keyframe and np.array_equal(out.labels, first) and 'flow' not in out.timings
+    small = cv2.resize(scene(4)[0], (80, 48), interpolation=cv2.INTER_AREA)
+    out = vs.process(small)
+    assert out.is_keyframe and out.labels.shape == (48, 80) and vs.resets == 1
+
+
+def test_pipeline_adaptive_schedule_sees_iam():
+    net = ColourNet()
+    vs = VideoSegmenter(net, OperatingPoint('a', scale=2, interval=10),
+                        schedule={'type': 'adaptive', 'max_interval': 10, 'min_interval': 2,
+                                  'inconsistency_threshold': 0.0})
+    kfs = [vs.process(scene(t)[0]).is_keyframe for t in range(7)]
+    # threshold 0: every propagated frame reports an inconsistent fraction >= 0 -> keyframe at distance 2
+    assert kfs == [True, False, True, False, True, False, True]
+    vs.set_schedule('fixed:100')
+    assert vs.process(scene(7)[0]).is_keyframe           # a fresh schedule starts with a keyframe
+    assert not vs.process(scene(8)[0]).is_keyframe
+
+
+def test_pipeline_refine_builds_stand_in_refiner():
+    net = ColourNet()
+    calls = []
+
+    def refiner(image, warped, mask):
+        calls.append(image.shape)
+        return np.full(warped.probs.shape, 0.25, np.float32)
+
+    vs = VideoSegmenter(net, OperatingPoint('r', scale=2, interval=5, refine=True), refiner=refiner)
+    for t in range(5):
+        vs.process(scene(t, speed=5)[0])
+    assert vs.propagator.refiner is refiner
+    assert all(s == (32, 48, 3) for s in calls)
+    # without an explicit refiner the low-resolution network stand-in is used
+    vs2 = VideoSegmenter(ColourNet(), OperatingPoint('r', scale=2, interval=5, refine=True))
+    assert isinstance(vs2.refiner, LowResNetworkRefiner)
+    with pytest.raises(Exception, match='RGB uint8'):
+        vs2.process(np.zeros((10, 10), np.uint8))
+
+
+def _cityscapes_frames(shared, n):
+    seq = shared / 'data' / 'cityscapes_seq' / 'seq0000'
+    files = sorted(seq.glob('*.jpg'))[:n]
+    if len(files) < n:
+        pytest.skip(f'cityscapes_seq/seq0000 has fewer than {n} frames')
+    return seq, files
+
+
+@pytest.mark.shared
+def test_pipeline_real_model(shared):
+    from vidseg_ros.core.io import read_image
+    from vidseg_ros.core.models import load_model
+    _, files = _cityscapes_frames(shared, 3)
+    net = load_model('espnetv2_s0.5_512x256', backend='torch')
+    vs = VideoSegmenter(net, OperatingPoint('w', scale=4, interval=2))
+    per = []
+    outs = []
+    for f in files:
+        img = read_image(f)
+        outs.append(vs.process(img))
+        per.append(net.segment(img).labels)
+    assert [o.is_keyframe for o in outs] == [True, False, True]
+    assert outs[1].labels.shape == (1024, 2048)
+    small = cv2.resize(outs[1].labels, (512, 256), interpolation=cv2.INTER_NEAREST)
+    assert (small == per[1]).mean() > 0.85
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _run_cli(argv, capsys):
+    rc = cli_main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.mark.shared
+def test_cli_run_and_eval_end_to_end(shared, tmp_path, capsys):
+    seq, files = _cityscapes_frames(shared, 5)
+    src = tmp_path / 'frames'
+    src.mkdir()
+    for f in files:                          # a 5-frame folder (temporary, outside the repo)
+        (src / f.name).symlink_to(f)
+    out = tmp_path / 'out'
+    rc, so, se = _run_cli(['run', str(src), '--out', str(out), '--model', 'espnetv2_s0.5_512x256',
+                           '--backend', 'torch', '--interval', '3', '-q'], capsys)
+    assert rc == 0, se
+    labels = sorted((out / 'labels').glob('*.png'))
+    assert [p.stem for p in labels] == [f.stem for f in files]
+    lab = cv2.imread(str(labels[1]), cv2.IMREAD_UNCHANGED)
+    assert lab.shape == (1024, 2048) and lab.dtype == np.uint8 and lab.max() < 19
+    summ = json.loads((out / 'summary.json').read_text())
+    assert summ['frames'] == 5 and summ['keyframes'] == 2
+    assert summ['operating_point']['scale'] == 4 and summ['working_size'] == [512, 256]
+    assert set(summ['mean_ms']) >= {'flow', 'keyframe', 'warp', 'iam', 'refine', 'total'}
+    assert summ['model']['name'] == 'espnetv2_s0.5_512x256' and summ['fps'] > 0
+    ov = Path(summ['outputs']['overlay'])
+    assert ov.is_file() and ov.stat().st_size > 1000
+
+    rc, so, se = _run_cli(['eval', str(out / 'labels'), str(seq / 'pseudo_labels'), '--classes', 'cityscapes',
+                           '--json', str(tmp_path / 'eval.json'), '-q'], capsys)
+    assert rc == 0, se
+    assert 'mIoU' in so and 'road' in so
+    res = json.loads((tmp_path / 'eval.json').read_text())
+    assert res['images'] == 5 and res['gt_format'] == 'labelids'
+    assert 0.25 < res['miou'] <= 1.0 and res['pixel_accuracy'] > 0.8
+    assert res['iou']['road'] > 0.8
+
+
+@pytest.mark.shared
+def test_cli_run_video_max_frames(shared, tmp_path, capsys):
+    video = shared / 'data' / 'udacity' / 'test_video.mp4'
+    if not video.is_file():
+        pytest.skip(f'{video} not found')
+    out = tmp_path / 'v'
+    rc, so, se = _run_cli(['run', str(video), '--out', str(out), '--model', 'espnetv2_s0.5_512x256',
+                           '--backend', 'torch', '--max-frames', '3', '--no-warp', '--no-overlay', '-q'],
+                          capsys)
+    assert rc == 0, se
+    assert sorted(p.name for p in (out / 'labels').glob('*.png')) == ['000000.png', '000001.png', '000002.png']
+    summ = json.loads((out / 'summary.json').read_text())
+    assert summ['frames'] == 3 and summ['operating_point']['warp'] is False
+    assert not (out / 'overlay.mp4').exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    rc, so, se = _run_cli(['run', str(tmp_path / 'nope.mp4'), '--out', str(tmp_path / 'o')], capsys)
+    assert rc == 2 and se.startswith('error: ') and 'not found' in se and 'Traceback' not in se
+    assert len(se.strip().splitlines()) == 1
+    img_dir = tmp_path / 'imgs'
+    img_dir.mkdir()
+    cv2.imwrite(str(img_dir / 'a.png'), np.zeros((16, 16, 3), np.uint8))
+    rc, so, se = _run_cli(['run', str(img_dir), '--out', str(tmp_path / 'o'), '--model', 'no_such_model'],
+                          capsys)
+    assert rc == 2 and se.startswith('error: ') and 'no_such_model' in se
+    rc, so, se = _run_cli(['run', str(img_dir), '--out', str(tmp_path / 'o'), '--model',
+                           str(tmp_path / 'missing.pth')], capsys)
+    assert rc == 2 and 'missing.pth' in se and len(se.strip().splitlines()) == 1
+    (tmp_path / 'gt').mkdir()
+    cv2.imwrite(str(tmp_path / 'gt' / 'b.png'), np.zeros((16, 16), np.uint8))
+    rc, so, se = _run_cli(['eval', str(img_dir), str(tmp_path / 'gt')], capsys)
+    assert rc == 2 and 'matches' in se
+    rc, so, se = _run_cli(['eval', str(img_dir), str(tmp_path / 'nogt')], capsys)
+    assert rc == 2 and 'not found' in se
+    rc, so, se = _run_cli(['run', str(img_dir), '--out', str(tmp_path / 'o'), '--schedule', 'fixed:0'],
+                          capsys)
+    assert rc == 2 and 'interval' in se
+
+
+def test_cli_eval_matches_stems_and_formats(tmp_path, capsys):
+    pred, gt = tmp_path / 'pred', tmp_path / 'gt'
+    pred.mkdir()
+    gt.mkdir()
+    p = np.zeros((8, 8), np.uint8)
+    p[:, 4:] = 13                                    # car (train id 13)
+    g = np.full((8, 8), 7, np.uint8)                 # road label id 7 -> train id 0
+    g[:, 4:] = 26                                    # car label id 26
+    g[0, 0] = 0                                      # unlabeled -> ignored
+    cv2.imwrite(str(pred / 'aachen_000000_000019_leftImg8bit.png'), p)
+    cv2.imwrite(str(gt / 'aachen_000000_000019_gtFine_labelIds.png'), g)
+    rc, so, se = _run_cli(['eval', str(pred), str(gt), '--json', str(tmp_path / 'r.json'), '-q'], capsys)
+    assert rc == 0, se
+    r = json.loads((tmp_path / 'r.json').read_text())
+    assert r['images'] == 1 and abs(r['miou'] - 1.0) < 1e-9 and r['iou']['road'] == 1.0
+    rc, so, se = _run_cli(['eval', str(pred), str(gt), '--gt-format', 'trainids', '--json',
+                           str(tmp_path / 'r2.json'), '-q'], capsys)
+    assert rc == 0 and json.loads((tmp_path / 'r2.json').read_text())['miou'] < 0.5
+
+
+def test_cli_delegates_and_help(tmp_path, capsys):
+    rc, so, se = _run_cli(['synth', '--out', str(tmp_path / 's'), '--frames', '2', '--size', '64x48',
+                           '--quiet'], capsys)
+    assert rc == 0, se
+    assert any((tmp_path / 's').rglob('*.png'))
+    with pytest.raises(SystemExit) as e:
+        cli_main(['bench-backends', '--help'])
+    assert e.value.code == 0
+    assert 'usage' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(['--help'])
+    out = capsys.readouterr().out
+    for cmd in ('run', 'eval', 'bench', 'synth', 'bench-backends'):
+        assert cmd in out
+
+
+def test_cli_subprocess_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'vidseg_ros.cli', 'run', str(tmp_path / 'missing'),
+                        '--out', str(tmp_path / 'o')], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith('error: input not found') and 'Traceback' not in r.stderr
+
+
+def test_bench_on_tiny_synthetic_snippets(tmp_path):
+    from vidseg_ros.core.bench import run_bench
+    data = tmp_path / 'seqdata'
+    to_labelid = np.array([7, 8, 11, 12], np.uint8)      # label ids of train ids 0..3
+    for s in ('seqA', 'seqB'):
+        (data / s / 'pseudo_labels').mkdir(parents=True)
+        for t in range(6):
+            img, gt = scene(t + (3 if s == 'seqB' else 0))
+            stem = f'{s}_{t:06d}_leftImg8bit'
+            cv2.imwrite(str(data / s / f'{stem}.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(data / s / 'pseudo_labels' / f'{stem}.png'), to_labelid[gt])
+    res = run_bench(model=ColourNet(), data=data, frames=6, scale=2, out=tmp_path / 'b', progress=False)
+    rows = {r['name']: r for r in res['rows']}
+    assert list(rows)[:2] == ['per_frame', 'warp_s2'] and 'warp_iam_s5' in rows and 'hold_s5' in rows
+    assert rows['per_frame']['keyframes'] == 12 and rows['warp_s5']['keyframes'] == 4
+    assert rows['per_frame']['miou_drop'] == 0.0 and rows['per_frame']['speedup'] == 1.0
+    assert rows['per_frame']['miou'] > 60
+    # warping follows the moving bands better than holding the keyframe labels
+    assert rows['warp_s5']['miou'] > rows['hold_s5']['miou']
+    assert rows['warp_s5']['prop_over_keyframe'] is not None and rows['warp_s5']['tc'] > 0
+    assert set(rows['warp_s5']['miou_by_distance']) == {0, 1, 2, 3, 4}
+    for f in ('bench.json', 'bench.md', 'accuracy_vs_distance.png', 'speed_vs_accuracy.png'):
+        assert (tmp_path / 'b' / f).is_file()
+    assert '| warp_s5 |' in (tmp_path / 'b' / 'bench.md').read_text()

@@ -1,0 +1,364 @@
+"""Learned temporal modules (issue 4): forward passes, one training step each, the IAM blend of the
+refiner, the Propagator integration and exact feature caching on keyframes."""
+import numpy as np
+import pytest
+import torch
+
+from vidseg_ros.core.errors import ConfigError, InputError, ModelError
+from vidseg_ros.core.iam import blend
+from vidseg_ros.core.propagation import Semantics, quantize_probs
+from vidseg_ros.core.temporal import (LEARNED, TemporalPropagator, apply_refinement, build_net,
+                                      load_net, make_temporal_module, save_net)
+
+K, W, H = 20, 64, 32          # working size 64x32 -> probability grid 16x8
+WP, HP = 16, 8
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _probs(rng, k=K, h=HP, w=WP):
+    p = rng.random((k, h, w)).astype(np.float32) ** 4
+    return p / p.sum(0, keepdims=True)
+
+
+def _semantics(rng):
+    p = _probs(rng)
+    labels = np.argmax(np.repeat(np.repeat(p, 4, 1), 4, 2), 0).astype(np.uint8)
+    cm = np.array(list(range(19)) + [255], np.uint8)
+    return Semantics(cm[labels], quantize_probs(p), cm)
+
+
+def _image(rng, w=W, h=H):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _randomise_head(net, scale=0.5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * 0.1)
+
+
+class FakeCheap:
+    def __init__(self, seed=3):
+        self.rng = _rng(seed)
+
+    def __call__(self, image, size_wh):
+        return _probs(self.rng, K, size_wh[1], size_wh[0])
+
+
+def test_refiner_shapes_and_iam_blend():
+    from vidseg_ros.core.refiner import EVSRefiner, RefinerNet
+    rng = _rng()
+    sem, img = _semantics(rng), _image(rng)
+    mask = np.zeros((H, W), np.float32)
+    mask[8:24, 16:48] = 1.0
+    net = RefinerNet(K)
+    ref = EVSRefiner(net)
+    # untrained: the residual head is zero -> P_ref is the (clamped, renormalised) warped probs
+    p0 = ref(img, sem, mask)
+    assert p0.shape == (K, HP, WP) and p0.dtype == np.float32
+    wp = sem.probs.astype(np.float32) / 255
+    assert np.abs(p0 - np.maximum(wp, 1e-3) / np.maximum(wp, 1e-3).sum(0)).max() < 1e-5
+    _randomise_head(net, 5.0)
+    p_ref = ref(img, sem, mask)
+    assert np.abs(p_ref - p0).max() > 1e-3          # the head does something
+    np.testing.assert_allclose(p_ref.sum(0), 1.0, atol=1e-5)
+    out, region = ref.refine(img, sem, mask)
+    m_small = region
+    assert m_small.shape == (HP, WP)
+    # eq. 4: M * P_ref + (1 - M) * P_warp with the IAM at the probability grid
+    np.testing.assert_allclose(out, blend(m_small, p_ref, sem.probs), atol=1e-5)
+    outside = m_small == 0
+    assert outside.any() and (m_small == 1).any()
+    np.testing.assert_allclose(out[:, outside], wp[:, outside], atol=1e-6)
+    np.testing.assert_allclose(out[:, m_small == 1], p_ref[:, m_small == 1], atol=1e-6)
+    with pytest.raises(InputError):
+        ref(None, sem, mask)
+    with pytest.raises(InputError):
+        ref(img, Semantics(sem.labels), mask)
+
+
+def test_grfp_forward():
+    from vidseg_ros.core.grfp import STGRU, STGRURefiner
+    rng = _rng(1)
+    sem, img, prev = _semantics(rng), _image(rng), _image(rng)
+    net = STGRU(K)
+    mod = STGRURefiner(net, FakeCheap())
+    flow = np.zeros((H // 4, W // 4, 2), np.float32)
+    p, region = mod.refine(img, sem, None, prev_image=prev, flow_bwd=flow)
+    assert p.shape == (K, HP, WP) and region.shape == (HP, WP)
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+    # a closed update gate keeps the warped state (h = lambda * w); an open one takes the cheap pass
+    closed = STGRURefiner(STGRU(K, z_bias=-30.0), FakeCheap())
+    pc, reg_c = closed.refine(img, sem, None, prev_image=prev, flow_bwd=flow)
+    wq = np.maximum(sem.probs.astype(np.float32) / 255, 1e-3)
+    np.testing.assert_allclose(pc, wq / wq.sum(0), atol=1e-4)
+    assert not reg_c.any()
+    assert np.abs(p - pc).max() > 1e-3
+    p2, _ = mod.refine(img, sem, None)          # without context: zero image difference
+    assert p2.shape == p.shape
+    with pytest.raises(ModelError):
+        STGRURefiner(net, None)
+
+
+def test_davss_forward():
+    from vidseg_ros.core.davss import DAVSSNet, DAVSSRefiner
+    rng = _rng(2)
+    sem, img, prev = _semantics(rng), _image(rng), _image(rng)
+    net = DAVSSNet(K)
+    _randomise_head(net, 5.0)
+    mod = DAVSSRefiner(net, FakeCheap())
+    p, dmap = mod.refine(img, sem, None, prev_image=prev, flow_bwd=np.zeros((H, W, 2), np.float32))
+    assert p.shape == (K, HP, WP) and dmap.shape == (HP, WP)
+    assert ((dmap >= 0) & (dmap <= 1)).all()
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=0.04)   # P_warp is uint8-quantised
+
+
+def _fake_data(rng, n_frames=6):
+    from vidseg_ros.core.warp import make_remap
+    probs = np.stack([quantize_probs(_probs(rng)) for _ in range(n_frames)])
+    rm = make_remap(np.zeros((HP, WP, 2), np.float32))
+    return {
+        'img_half': rng.integers(0, 256, (n_frames, 2 * HP, 2 * WP, 3), dtype=np.uint8),
+        'img_q': rng.integers(0, 256, (n_frames, HP, WP, 3), dtype=np.uint8),
+        'prevw_q': rng.integers(0, 256, (n_frames, HP, WP, 3), dtype=np.uint8),
+        'teacher': probs, 'target': probs,
+        'cheap': np.stack([quantize_probs(_probs(rng)) for _ in range(n_frames)]),
+        'grid': np.repeat(np.stack([rm.map_x, rm.map_y], -1)[None], n_frames, 0),
+        'frame': np.arange(1, n_frames), 'key': np.zeros(n_frames - 1, np.int64),
+        'warped': np.stack([quantize_probs(_probs(rng)) for _ in range(n_frames - 1)]),
+        'mask': rng.integers(0, 256, (n_frames - 1, HP, WP), dtype=np.uint8),
+        'grfp_keys': np.array([0, 1, 2]),
+        'grfp_mask_idx': np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4]]),
+    }
+
+
+@pytest.mark.parametrize('mode', LEARNED)
+def test_one_training_step(mode):
+    from vidseg_ros.core.temporal_train import step_loss
+    torch.manual_seed(0)
+    data = _fake_data(_rng(4))
+    net = build_net(mode, {'num_classes': K}).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    idx = np.array([0, 1]) if mode == 'grfp' else np.array([0, 2, 3])
+    loss = step_loss(mode, net, data, idx, torch.device('cpu'))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, 'no parameter changed after a training step'
+    loss2 = step_loss(mode, net, data, idx, torch.device('cpu'))
+    assert torch.isfinite(loss2)
+
+
+def test_save_load_roundtrip(tmp_path):
+    net = build_net('refiner', {'num_classes': K})
+    _randomise_head(net, 1.0)
+    p = save_net(net, 'refiner', tmp_path / 'refiner.pt', {'x': 1})
+    assert p.stat().st_size < 1_000_000
+    net2 = load_net('refiner', p)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, net2.state_dict()[k])
+    with pytest.raises(ModelError, match='not .grfp. weights'):
+        load_net('grfp', p)
+    with pytest.raises(ModelError, match='not found'):
+        load_net('refiner', tmp_path / 'missing.pt')
+    with pytest.raises(ConfigError):
+        build_net('warp')
+
+
+def test_apply_refinement_region():
+    rng = _rng(5)
+    sem = _semantics(rng)
+    new_p = np.zeros((K, HP, WP), np.float32)
+    new_p[3] = 1.0
+    region = np.zeros((HP, WP), np.float32)
+    region[:, :WP // 2] = 1.0
+    out = apply_refinement(sem, new_p, region)
+    assert (out.labels[:, :W // 2 - 4] == 3).all()
+    np.testing.assert_array_equal(out.labels[:, W // 2 + 4:], sem.labels[:, W // 2 + 4:])
+    assert out.probs.dtype == np.uint8 and (out.probs[3] == 255).all()
+    # where the module keeps the argmax, the working-resolution labels survive even in the region
+    sharp = sem.labels.copy()
+    sharp[::2, ::2] = 7
+    sem2 = Semantics(sharp, sem.probs, sem.class_map)
+    same = apply_refinement(sem2, sem.probs.astype(np.float32) / 255, np.ones((HP, WP), np.float32))
+    np.testing.assert_array_equal(same.labels, sharp)
+
+
+def test_temporal_propagator_hands_context():
+    rng = _rng(6)
+    seen = []
+
+    class Spy:
+        needs_context = True
+
+        def refine(self, image, warped, mask, prev_image=None, flow_bwd=None):
+            seen.append((image.shape, None if prev_image is None else prev_image.shape,
+                         None if flow_bwd is None else flow_bwd.shape, mask is not None))
+            return warped.probs.astype(np.float32) / 255, np.zeros(warped.probs.shape[1:], np.float32)
+
+        def __call__(self, image, warped, mask):
+            return self.refine(image, warped, mask)[0]
+
+    prop = TemporalPropagator(refiner=Spy())
+    prop.set_keyframe(0, _semantics(rng))
+    prop.step(0, image=_image(rng))
+    f = np.zeros((H // 4, W // 4, 2), np.float32)
+    out = prop.step(1, f, f, _image(rng))
+    assert seen == [((H, W, 3), (H, W, 3), (H // 4, W // 4, 2), True)]
+    assert out.labels.shape == (H, W) and prop.stats['refined_frames'] == 1
+    assert 'refine' in out.timings
+
+
+class _FakeESPModel:
+    """Minimal KeyframeModel stand-in around a random-init ESPNetv2 (torch)."""
+
+    def __init__(self, size=(128, 64)):
+        from vidseg_ros.core.models.espnetv2 import ESPNetv2Seg
+        torch.manual_seed(0)
+        self.net = ESPNetv2Seg(0.5, K).eval()
+        self.input_size = size
+        self.device = 'cpu'
+        self.name = 'fake'
+        self.num_outputs = K
+        self.output_to_class = np.array(list(range(19)) + [255], np.uint8)
+
+    def preprocess(self, rgb):
+        import cv2
+        x = cv2.resize(rgb, self.input_size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+@pytest.mark.parametrize('levels', [1, 2])
+def test_caching_exact_on_keyframe(levels):
+    from vidseg_ros.core.caching import FeatureCachingSegmenter
+    model = _FakeESPModel()
+    rng = _rng(7)
+    img, img2 = _image(rng, 128, 64), _image(rng, 128, 64)
+    seg = FeatureCachingSegmenter(model, levels=levels, schedule=3)
+    with torch.inference_mode():
+        full = model.net(torch.from_numpy(model.preprocess(img)))
+        full2 = model.net(torch.from_numpy(model.preprocess(img2)))
+    r0 = seg.process(img)
+    assert r0.is_keyframe and r0.distance == 0
+    assert np.array_equal(r0.probs, torch.softmax(full[0], 0).numpy())
+    # same frame again, not a keyframe, no motion: the cached maps equal the fresh ones
+    r1 = seg.process(img)
+    assert not r1.is_keyframe and r1.distance == 1
+    np.testing.assert_allclose(r1.probs, r0.probs, atol=1e-4)
+    r2 = seg.process(img2)
+    assert not r2.is_keyframe and r2.probs.shape == (K, 64, 128)
+    assert seg.process(img2).is_keyframe          # interval 3
+    with pytest.raises(ConfigError):
+        FeatureCachingSegmenter(model, levels=3)
+
+
+def test_caching_uses_cached_maps(shared):
+    """With real weights: a non-keyframe differs from the full network on that frame (the keyframe's
+    high-level maps are reused), but stays close to it (small motion)."""
+    import cv2
+    from vidseg_ros.core.caching import FeatureCachingSegmenter
+    from vidseg_ros.core.models import load_model
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*_leftImg8bit.*'))
+    size = (256, 128)
+    a, b = [cv2.resize(cv2.cvtColor(cv2.imread(str(files[i])), cv2.COLOR_BGR2RGB), size,
+                       interpolation=cv2.INTER_AREA) for i in (0, 4)]
+    model = load_model('espnetv2_s0.5_512x256', backend='torch', input_size=size)
+    full_b = model.segment(b)
+    for levels in (1, 2):
+        seg = FeatureCachingSegmenter(model, levels=levels, schedule=10)
+        r0 = seg.process(a)
+        np.testing.assert_allclose(r0.probs, model.segment(a).probs, atol=1e-5)
+        r1 = seg.process(b)
+        assert not r1.is_keyframe
+        diff = np.abs(r1.probs - full_b.probs).max()
+        agree = np.mean(r1.labels == full_b.labels)
+        assert diff > 1e-3 and agree > 0.6, (levels, diff, agree)
+
+
+def test_registry_errors():
+    with pytest.raises(ConfigError, match='unknown temporal mode'):
+        make_temporal_module('nope', _FakeESPModel())
+    assert make_temporal_module('warp', _FakeESPModel()) is None
+    c = make_temporal_module('cache2', _FakeESPModel())
+    assert c.levels == 2
+
+
+def test_all_modes_run_in_propagator(shared):
+    """Every mode on three real frames with a small real keyframe network."""
+    import cv2
+    from vidseg_ros.core.flow import FlowEstimator
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.propagation import semantics_from_segmentation
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*_leftImg8bit.*'))[:3]
+    size = (128, 64)
+    imgs = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), size,
+                       interpolation=cv2.INTER_AREA) for f in files]
+    model = load_model('espnetv2_s0.5_512x256', backend='torch', input_size=size)
+    sem0 = semantics_from_segmentation(model.segment(imgs[0]), model.output_to_class, size)
+    flow = FlowEstimator('dis', preset='ultrafast')
+    for mode in ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2'):
+        mod = make_temporal_module(mode, model, schedule=5)
+        if mode.startswith('cache'):
+            outs = [mod.process(im) for im in imgs]
+            assert [o.is_keyframe for o in outs] == [True, False, False]
+            assert outs[-1].labels.shape == (size[1], size[0])
+            continue
+        prop = TemporalPropagator(refiner=mod)
+        prop.set_keyframe(0, sem0)
+        prop.step(0, image=imgs[0])
+        for i in (1, 2):
+            fwd, bwd = flow.forward_backward(imgs[i - 1], imgs[i], native=True)
+            out = prop.step(i, bwd, fwd, imgs[i])
+        assert out.labels.shape == (size[1], size[0]) and out.distance == 2
+        assert out.semantics.probs.shape == sem0.probs.shape
+        if mode in LEARNED:
+            assert prop.stats['refined_frames'] == 2
+
+
+def test_attach_to_video_segmenter(shared):
+    """attach() puts a module into pipeline.VideoSegmenter (refine runs on propagated frames)."""
+    import cv2
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.pipeline import VideoSegmenter
+    from vidseg_ros.core.schedule import OperatingPoint
+    from vidseg_ros.core.temporal import attach
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*_leftImg8bit.*'))[:3]
+    imgs = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (256, 128),
+                       interpolation=cv2.INTER_AREA) for f in files]
+    model = load_model('espnetv2_s0.5_512x256', backend='torch', input_size=(128, 64))
+    seg = VideoSegmenter(model, OperatingPoint('t', 2, 3, True, True))
+    mod = make_temporal_module('refiner', model)
+    attach(seg, mod)
+    assert isinstance(seg.propagator, TemporalPropagator)
+    outs = [seg.process(im) for im in imgs]
+    assert [o.is_keyframe for o in outs] == [True, False, False]
+    assert outs[-1].labels.shape == (128, 256)
+    assert mod.calls == 2 and seg.propagator.stats['refined_frames'] == 2
+
+
+def test_train_cli_tiny(shared, tmp_path):
+    """`vidseg train temporal` end to end on one snippet at 128x64 with sparse labels, resumable."""
+    from vidseg_ros.core.temporal_train import cli_main
+    args = ['--mode', 'refiner', '--iters', '2', '--batch', '2', '--size', '128x64', '--seqs', 'seq0000',
+            '--udacity-frames', '0', '--max-dist', '2', '--sparse-labels', '--out', str(tmp_path / 'w'),
+            '--ckpt-dir', str(tmp_path / 'ck'), '--cache-dir', str(tmp_path / 'cache')]
+    assert cli_main(args) == 0
+    w = tmp_path / 'w' / 'refiner.pt'
+    assert w.is_file() and w.stat().st_size < 1_000_000
+    card = (tmp_path / 'w' / 'TEMPORAL.md').read_text()
+    assert '## refiner' in card and 'sparse labels' in card
+    net = load_net('refiner', w)
+    assert net.meta['iterations'] == 2 and net.meta['sparse_labels']
+    # resume: more iterations continue from the checkpoint (cached data reused)
+    assert cli_main(args[:2] + ['--iters', '3'] + args[4:]) == 0
+    assert load_net('refiner', w).meta['iterations'] == 3
+    assert (tmp_path / 'w' / 'TEMPORAL.md').read_text().count('## refiner') == 1
+    with pytest.raises(ConfigError):
+        cli_main(args + ['--size', '100x50'])

@@ -1,0 +1,211 @@
+"""Registry of the temporal (propagation) modes of issue 4 and the Propagator that runs them.
+
+``make_temporal_module(mode, model, weights=None, device='cpu')`` returns:
+
+=============  ================================================================================
+'warp'         None: plain warping (Propagator without refiner)
+'iam-lowres'   ``LowResNetworkRefiner``: keyframe network at 1/4 input size, IAM blend (stand-in)
+'refiner'      ``refiner.EVSRefiner``: EVS refiner, IAM blend (eq. 4)
+'grfp'         ``grfp.STGRURefiner``: GRFP STGRU over the warped state + a cheap pass
+'davss'        ``davss.DAVSSRefiner``: learned distortion map, correction only there
+'cache1'       ``caching.FeatureCachingSegmenter(levels=1)``: reuse level4 of the keyframe
+'cache2'       ``caching.FeatureCachingSegmenter(levels=2)``: reuse level3 + level4
+=============  ================================================================================
+
+How to call them:
+
+* 'iam-lowres', 'refiner', 'grfp', 'davss' are Propagator refiners
+  (``refiner(image, warped_semantics, iam_mask) -> probs``); they work in the plain
+  ``propagation.Propagator`` (its IAM blend is applied on top), but their intended use is
+  :class:`TemporalPropagator`, a Propagator subclass with the same protocol that (a) hands GRFP /
+  DAVSS the previous image and the backward flow, (b) lets each module do its own blend (the
+  refiner: IAM, eq. 4; GRFP: none, the STGRU output is the new state; DAVSS: its distortion map) and
+  (c) calls the module even where the IAM flags nothing. ``attach(segmenter, module)`` installs it
+  in a ``pipeline.VideoSegmenter``; the ROS propagation node can construct a TemporalPropagator in
+  place of the Propagator (same constructor arguments).
+* 'cache1'/'cache2' need the network split: they replace keyframe network + Propagator with
+  ``seg.process(rgb) -> CachedFrame`` (network-resolution probs/labels), keyframes by its schedule.
+
+Weights: ``weights`` (a .pt written by ``vidseg train temporal``) or the packaged
+``vidseg_ros/weights/<mode>.pt``; without either, untrained modules start as plain warping
+(a warning is logged).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import ConfigError, ModelError
+from .paths import WEIGHTS_DIR
+from .propagation import Propagator, Semantics, _resize_planes, quantize_probs
+
+log = logging.getLogger(__name__)
+
+MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2')
+LEARNED = ('refiner', 'grfp', 'davss')
+
+
+def build_net(mode: str, config: dict | None = None):
+    """Fresh network of a learned mode (``config``: constructor kwargs stored with the weights)."""
+    cfg = dict(config or {})
+    if mode == 'refiner':
+        from .refiner import RefinerNet
+        return RefinerNet(**cfg)
+    if mode == 'grfp':
+        from .grfp import STGRU
+        return STGRU(**cfg)
+    if mode == 'davss':
+        from .davss import DAVSSNet
+        return DAVSSNet(**cfg)
+    raise ConfigError(f'mode {mode!r} has no learned network (learned: {", ".join(LEARNED)})')
+
+
+def weights_path(mode: str) -> Path:
+    return WEIGHTS_DIR / f'{mode}.pt'
+
+
+def load_net(mode: str, weights=None, num_classes: int = 20):
+    """Network of ``mode`` with ``weights`` (path) or the packaged ones; untrained if none exist."""
+    path = Path(weights) if weights is not None else weights_path(mode)
+    if not path.is_file():
+        if weights is not None:
+            raise ModelError(f'temporal weights {path} not found')
+        log.warning('no trained weights for temporal mode %s (%s): using the untrained network '
+                    '(= plain warping)', mode, path)
+        return build_net(mode, {'num_classes': num_classes})
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f'cannot read temporal weights {path}: {type(e).__name__}') from None
+    if not isinstance(ck, dict) or 'state_dict' not in ck or ck.get('mode') != mode:
+        raise ModelError(f'temporal weights {path} are not {mode!r} weights '
+                         f'(mode {ck.get("mode") if isinstance(ck, dict) else None!r})')
+    net = build_net(mode, ck.get('config'))
+    net.meta = dict(ck.get('meta') or {})
+    try:
+        net.load_state_dict(ck['state_dict'], strict=True)
+    except RuntimeError as e:
+        raise ModelError(f'temporal weights {path} do not fit {mode}: {str(e).splitlines()[0][:160]}') \
+            from None
+    return net
+
+
+def save_net(net, mode: str, path, meta: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    torch.save({'mode': mode, 'config': net.config(), 'state_dict': sd, 'meta': meta or {}}, path)
+    return path
+
+
+def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', schedule=5,
+                         cheap_factor: int | None = None, flow=None):
+    """Object implementing ``mode`` (see module docstring). ``model``: the keyframe KeyframeModel
+    (its class planes; GRFP/DAVSS use a pass of it at 1/``cheap_factor`` of its input size, default:
+    the factor the weights were trained with, else 2; 'iam-lowres' uses 4; caching splits it).
+    ``schedule``: keyframe interval / Schedule for the caching modes."""
+    if mode not in MODES:
+        raise ConfigError(f'unknown temporal mode {mode!r} (known: {", ".join(MODES)})')
+    k = int(getattr(model, 'num_outputs', 20))
+    if mode == 'warp':
+        return None
+    if mode == 'iam-lowres':
+        from .pipeline import make_low_res_refiner
+        return make_low_res_refiner(model, cheap_factor or 4)
+    if mode in ('cache1', 'cache2'):
+        from .caching import FeatureCachingSegmenter
+        return FeatureCachingSegmenter(model, levels=int(mode[-1]), schedule=schedule, flow=flow)
+    net = load_net(mode, weights, k)
+    if getattr(net, 'num_classes', k) != k:
+        raise ModelError(f'{mode} weights have {net.num_classes} classes, model {model.name} has {k} outputs')
+    if mode == 'refiner':
+        from .refiner import EVSRefiner
+        return EVSRefiner(net, device)
+    from .refiner import CheapPass
+    if cheap_factor is None:
+        cheap_factor = int(getattr(net, 'meta', {}).get('cheap_factor', 2))
+    cheap = CheapPass(model, cheap_factor)
+    if mode == 'grfp':
+        from .grfp import STGRURefiner
+        return STGRURefiner(net, cheap, device)
+    from .davss import DAVSSRefiner
+    return DAVSSRefiner(net, cheap, device)
+
+
+class TemporalPropagator(Propagator):
+    """Propagator running a temporal module with its own blend (see module docstring).
+
+    Modules with a ``refine(image, warped, mask, prev_image=, flow_bwd=) -> (probs, region)``
+    method are called on every propagated frame (given image and probabilities); their probs become
+    the state (re-quantised) and labels are re-derived (argmax of the upsampled probs) where
+    ``region`` > 0.5. Other refiners (e.g. LowResNetworkRefiner) behave as in the Propagator.
+    """
+
+    def _advance(self, sem, e):
+        ref = self.refiner
+        if ref is None or not hasattr(ref, 'refine'):
+            return super()._advance(sem, e)
+        self.refiner = None
+        try:
+            new, mask, frac, deg = super()._advance(sem, e)
+        finally:
+            self.refiner = ref
+        if not self.warp or e.flow_bwd is None or e.image is None or new.probs is None:
+            return new, mask, frac, deg
+        t0 = time.perf_counter()
+        prev = self._hist.get(e.prev_id) if e.prev_id is not None else None
+        prev_image = prev.image if prev is not None else None
+        w, h = new.size
+        image = e.image
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        if prev_image is not None and prev_image.shape[:2] != (h, w):
+            prev_image = cv2.resize(prev_image, (w, h), interpolation=cv2.INTER_AREA)
+        probs, region = ref.refine(image, new, mask, prev_image=prev_image, flow_bwd=e.flow_bwd)
+        new = apply_refinement(new, probs, region)
+        self.stats['refined_frames'] += 1
+        self.last_timings['refine'] = time.perf_counter() - t0
+        return new, mask, frac, deg
+
+
+def apply_refinement(warped: Semantics, probs: np.ndarray, region: np.ndarray) -> Semantics:
+    """New state: quantised ``probs``; labels are re-derived (argmax of the upsampled probs) where
+    ``region`` > 0.5 and the module changed the argmax at the probability grid, so that the sharper
+    working-resolution warped labels survive wherever the module agrees with them."""
+    probs = np.asarray(probs, np.float32)
+    if probs.shape != warped.probs.shape:
+        raise ModelError(f'temporal module returned probs {probs.shape}, expected {warped.probs.shape}')
+    w, h = warped.size
+    labels = warped.labels.copy()
+    changed = (np.argmax(probs, 0) != np.argmax(warped.probs, 0)).astype(np.uint8)
+    changed = cv2.dilate(changed, np.ones((3, 3), np.uint8))
+    sel = (cv2.resize(np.asarray(region, np.float32), (w, h), interpolation=cv2.INTER_LINEAR) > 0.5) & \
+        (cv2.resize(changed, (w, h), interpolation=cv2.INTER_NEAREST) > 0)
+    if sel.any():
+        up = _resize_planes(probs, (w, h), cv2.INTER_LINEAR)
+        lab = warped.class_map[np.argmax(up, axis=0)]
+        labels[sel] = lab[sel]
+    return Semantics(labels, quantize_probs(probs), warped.class_map)
+
+
+def make_propagator(mode: str, module, **kwargs) -> Propagator:
+    """Propagator for a Propagator-compatible mode ('warp' -> no refiner)."""
+    if mode in ('cache1', 'cache2'):
+        raise ConfigError(f'mode {mode} is not a Propagator refiner: call its process(rgb)')
+    return TemporalPropagator(refiner=module, **kwargs)
+
+
+def attach(segmenter, module) -> None:
+    """Install ``module`` (a refiner-type temporal module) in a ``pipeline.VideoSegmenter``:
+    replaces its Propagator by a TemporalPropagator with the same settings."""
+    p = segmenter.propagator
+    segmenter.refiner = module
+    segmenter.propagator = TemporalPropagator(
+        warp=p.warp, refiner=module, use_iam=p.use_iam, history=p.history,
+        confidence_decay=p.confidence_decay, max_distance=p.max_distance, iam_params=p.iam_params,
+        size_wh=p.size_wh, fill_holes=p.fill_holes)
