@@ -5,6 +5,11 @@
     vidseg bench [--model espnetv2_s2.0] [--seqs ...] [--frames N] [--out DIR]
     vidseg synth ...            (synthetic drive with exact labels and flow)
     vidseg bench-backends ...   (keyframe network backends: torch / TorchScript / onnxruntime)
+    vidseg train distill ...    (distil the compact default model from the ESPNetv2 s2.0 teacher)
+    vidseg train temporal ...   (train a learned temporal module: refiner / grfp / davss)
+    vidseg eval-model ...       (a keyframe model against the teacher, pseudo and human labels, speed)
+    vidseg bench-temporal ...   (EVS Table 1: per-class IoU of each temporal module)
+    vidseg synth-analysis ...   (limits of flow propagation on the synthetic drive: GT flow vs DIS)
 
 Errors on bad input are printed as ``error: <message>`` and exit with status 2.
 """
@@ -18,7 +23,27 @@ from .core.errors import ConfigError, InputError, VidsegError
 
 DELEGATES = {'synth': ('vidseg_ros.core.synth', 'cli_main', 'generate a synthetic drive (see vidseg synth -h)'),
              'bench-backends': ('vidseg_ros.core.models.backend_bench', 'main',
-                                'compare keyframe network backends (see vidseg bench-backends -h)')}
+                                'compare keyframe network backends (see vidseg bench-backends -h)'),
+             'train': ('vidseg_ros.cli', 'train_main', 'train a model: vidseg train distill|temporal ...'),
+             'eval-model': ('vidseg_ros.core.model_eval', 'main',
+                            'evaluate a keyframe model against the teacher and labels'),
+             'bench-temporal': ('vidseg_ros.core.temporal_bench', 'main',
+                                'EVS Table 1 of the temporal modules (see vidseg bench-temporal -h)'),
+             'synth-analysis': ('vidseg_ros.core.synth_analysis', 'main',
+                                'propagation with ground-truth flow vs DIS on the synthetic drive')}
+
+TRAINERS = {'distill': ('vidseg_ros.core.distill', 'cli_main'),
+            'temporal': ('vidseg_ros.core.temporal_train', 'cli_main')}
+
+
+def train_main(argv) -> int:
+    """``vidseg train distill|temporal ...``"""
+    import importlib
+    if not argv or argv[0] not in TRAINERS:
+        print(f'usage: vidseg train {{{"|".join(TRAINERS)}}} [-h] ...', file=sys.stderr)
+        return 2
+    mod, fn = TRAINERS[argv[0]]
+    return int(getattr(importlib.import_module(mod), fn)(argv[1:]) or 0)
 
 
 def _positive_int(s):

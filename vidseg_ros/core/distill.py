@@ -52,14 +52,19 @@ def _video_frames(path: Path, every: int = 1):
     cap.release()
 
 
-def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024):
+def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024, per_source=None):
     """List of (rgb uint8, human label uint8 in Cityscapes train ids or None, source name).
 
     Images are kept at most ``max_side`` wide (the teacher's input width) to bound memory.
     """
     items = []
+    counts = {}
+
+    def full(src):
+        return per_source is not None and counts.get(src, 0) >= per_source
 
     def add(rgb, lab, src):
+        counts[src] = counts.get(src, 0) + 1
         h, w = rgb.shape[:2]
         if w > max_side:
             s = max_side / w
@@ -74,11 +79,15 @@ def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024)
         if seq.name in holdout:
             continue
         for f in sorted(seq.glob('*.jpg')) + sorted(seq.glob('*.png')):
+            if full('cityscapes_seq'):
+                break
             bgr = cv2.imread(str(f))
             if bgr is not None:
                 add(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None, 'cityscapes_seq')
     cv = root / 'data' / 'camvid'
     for f in sorted((cv / 'train').glob('*')):
+        if full('camvid_train'):
+            break
         bgr = cv2.imread(str(f))
         ann = cv2.imread(str(cv / 'trainannot' / (f.stem + '.png')), cv2.IMREAD_GRAYSCALE)
         if bgr is None:
@@ -87,6 +96,8 @@ def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024)
         add(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), lab, 'camvid_train')
     for v in sorted((root / 'data' / 'udacity').glob('*.mp4')):
         for rgb in _video_frames(v, every=2):
+            if full('udacity'):
+                break
             add(rgb, None, 'udacity')
     if not items:
         raise InputError(f'no training frames found under {root / "data"}')
@@ -190,7 +201,7 @@ def train(args) -> Path:
 
     teacher = _build(2.0, teacher_w).to(dev).eval()
     student = _build(args.width, init).to(dev).train()
-    items = collect_training_set(root, holdout=tuple(args.holdout))
+    items = collect_training_set(root, holdout=tuple(args.holdout), per_source=args.max_frames)
     n_h = sum(lab is not None for _, lab, _ in items)
     print(f'[distill] {len(items)} frames ({n_h} with human labels), student s{args.width} '
           f'init={init}, student size {size[0]}x{size[1]}, teacher size {tsize[0]}x{tsize[1]}, '
@@ -288,6 +299,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--holdout', nargs='*', default=['seq0003'],
                    help='Cityscapes snippets kept out of training')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--max-frames', type=int, default=None, help='at most N frames per source (smoke runs)')
     p.add_argument('--time-budget', type=float, default=0,
                    help='seconds; fewer iterations (with the cosine schedule fitted) if needed')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')

@@ -1,0 +1,74 @@
+"""The distillation recipe of the packaged default model (vidseg train distill) and the model itself."""
+import numpy as np
+import pytest
+import torch
+
+from vidseg_ros.core import distill
+from vidseg_ros.core.classes import IGNORE
+
+
+def test_distillation_loss_terms():
+    t = torch.randn(2, 20, 8, 16)
+    none = torch.full((2, 8, 16), IGNORE, dtype=torch.long)
+    loss, kd, ce = distill.distillation_loss(t.clone(), t, none)
+    assert kd.abs() < 1e-5 and ce == 0 and loss.abs() < 1e-5
+    other = torch.randn(2, 20, 8, 16)
+    _, kd2, _ = distill.distillation_loss(other, t, none)
+    assert kd2 > 0.1
+    lab = torch.randint(0, 19, (2, 8, 16))
+    loss3, kd3, ce3 = distill.distillation_loss(t.clone(), t, lab, human_weight=2.0)
+    assert ce3 > 0 and torch.isclose(loss3, kd3 + 2.0 * ce3)
+
+
+def test_crop_dataset_shapes_and_determinism():
+    rng = np.random.RandomState(0)
+    items = [(rng.randint(0, 255, (120, 200, 3), dtype=np.uint8), rng.randint(0, 19, (120, 200)).astype(np.uint8), 'a'),
+             (rng.randint(0, 255, (90, 160, 3), dtype=np.uint8), None, 'b')]
+    ds = distill.CropDataset(items, (64, 32), length=6, seed=3, student_wh=(32, 16))
+    for i in range(6):
+        img, simg, lab = ds[i]
+        assert img.shape == (3, 32, 64) and simg.shape == (3, 16, 32) and lab.shape == (32, 64)
+        assert img.dtype == torch.uint8 and lab.dtype == torch.long
+    a, b = ds[4], distill.CropDataset(items, (64, 32), length=6, seed=3, student_wh=(32, 16))[4]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_bad_size_is_a_clear_error(tmp_path, shared):
+    with pytest.raises(Exception, match='multiples of 16'):
+        distill.cli_main(['--size', '100x50', '--iters', '1', '--out', str(tmp_path), '--device', 'cpu',
+                          '--ckpt-dir', str(tmp_path / 'ck')])
+
+
+@pytest.mark.shared
+def test_two_training_iterations_write_a_loadable_model(tmp_path, shared):
+    from vidseg_ros.core.models import load_model
+    out = tmp_path / 'w'
+    rc = distill.cli_main(['--size', '64x32', '--teacher-size', '128x64', '--iters', '2', '--batch', '2',
+                           '--workers', '0', '--max-frames', '2', '--device', 'cpu', '--out', str(out),
+                           '--ckpt-dir', str(tmp_path / 'ck'), '--restart'])
+    assert rc == 0 and (out / 'default.pt').is_file() and (tmp_path / 'ck' / 'last.ckpt').is_file()
+    m = load_model(str(out / 'default.yaml'), backend='torch')
+    assert m.input_size == (64, 32) and m.num_outputs == 20
+    # resuming from the finished checkpoint does no more iterations
+    rc = distill.cli_main(['--size', '64x32', '--teacher-size', '128x64', '--iters', '2', '--batch', '2',
+                           '--workers', '0', '--max-frames', '2', '--device', 'cpu', '--out', str(out),
+                           '--ckpt-dir', str(tmp_path / 'ck')])
+    assert rc == 0
+
+
+@pytest.mark.shared
+def test_packaged_default_model_agrees_with_teacher(shared):
+    """The committed compact model is the default and agrees with the s2.0 teacher on a real frame."""
+    from vidseg_ros.core.io import read_image
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.paths import WEIGHTS_DIR
+    assert (WEIGHTS_DIR / 'default.pt').stat().st_size < 5 * 1024 * 1024
+    m = load_model('default', backend='torch')
+    assert m.name.startswith('vidseg_compact') and m.input_size == (512, 256)
+    t = load_model('espnetv2_s2.0_512x256', backend='torch')
+    rgb = read_image(shared / 'data' / 'cityscapes_seq' / 'seq0003' / 'aachen_000003_000019_leftImg8bit.jpg') \
+        if (shared / 'data' / 'cityscapes_seq' / 'seq0003' / 'aachen_000003_000019_leftImg8bit.jpg').exists() \
+        else read_image(sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*.jpg'))[19])
+    a, b = m.segment(rgb).labels, t.segment(rgb).labels
+    valid = b != 255
+    assert (a[valid] == b[valid]).mean() > 0.80
