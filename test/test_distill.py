@@ -72,3 +72,17 @@ def test_packaged_default_model_agrees_with_teacher(shared):
     a, b = m.segment(rgb).labels, t.segment(rgb).labels
     valid = b != 255
     assert (a[valid] == b[valid]).mean() > 0.80
+
+
+def test_class_balance_weights_favour_rare_classes():
+    logits = torch.zeros(1, 3, 10, 10)
+    logits[0, 0] = 5.0            # class 0 everywhere ...
+    logits[0, 1, :1, :2] = 10.0   # ... except 2 pixels of class 1
+    w = distill.class_balance_weights(logits, power=0.5)
+    assert torch.isclose(w.mean(), torch.tensor(1.0))
+    assert w[0, 0, 0] > 5 * w[0, 5, 5]
+    t = torch.randn(1, 3, 10, 10)
+    none = torch.full((1, 10, 10), IGNORE, dtype=torch.long)
+    plain = distill.distillation_loss(t * 0, logits, none)[1]
+    bal = distill.distillation_loss(t * 0, logits, none, balance=0.5)[1]
+    assert bal != plain

@@ -151,11 +151,26 @@ def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
-def distillation_loss(student_logits, teacher_logits, labels, temperature=1.0, human_weight=1.0):
+def class_balance_weights(teacher_logits, power=0.5):
+    """Per-pixel weights (mean 1) ~ freq(teacher class)^-power over the batch: rare classes (poles,
+    persons, traffic lights) are not drowned by road, building and sky in the distillation loss."""
+    lab = teacher_logits.argmax(1)
+    k = teacher_logits.shape[1]
+    freq = torch.bincount(lab.reshape(-1), minlength=k).float()
+    w_cls = (freq / freq.sum()).clamp_min(1e-4) ** (-power)
+    w = w_cls[lab]
+    return w / w.mean()
+
+
+def distillation_loss(student_logits, teacher_logits, labels, temperature=1.0, human_weight=1.0,
+                      balance=0.0):
     t = temperature
     log_p = F.log_softmax(student_logits / t, dim=1)
     q = F.softmax(teacher_logits / t, dim=1)
-    kd = (q * (torch.log(q.clamp_min(1e-8)) - log_p)).sum(1).mean() * (t * t)
+    kd_px = (q * (torch.log(q.clamp_min(1e-8)) - log_p)).sum(1)
+    if balance > 0:
+        kd_px = kd_px * class_balance_weights(teacher_logits, balance)
+    kd = kd_px.mean() * (t * t)
     valid = labels != IGNORE
     ce = F.cross_entropy(student_logits, labels, ignore_index=IGNORE) if valid.any() \
         else student_logits.sum() * 0
@@ -242,7 +257,8 @@ def train(args) -> Path:
             # compare at the teacher's resolution: the student's labels are upsampled at deployment
             s_logits = F.interpolate(s_logits, size=t_logits.shape[-2:], mode='bilinear',
                                      align_corners=False)
-        loss, kd, ce = distillation_loss(s_logits, t_logits, lab, args.temperature, args.human_weight)
+        loss, kd, ce = distillation_loss(s_logits, t_logits, lab, args.temperature, args.human_weight,
+                                         args.balance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -296,6 +312,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--lr', type=float, default=2e-4)
     p.add_argument('--temperature', type=float, default=1.0)
     p.add_argument('--human-weight', type=float, default=0.5)
+    p.add_argument('--balance', type=float, default=0.5,
+                   help='class-balance exponent of the distillation loss (0 = plain KD)')
     p.add_argument('--holdout', nargs='*', default=['seq0003'],
                    help='Cityscapes snippets kept out of training')
     p.add_argument('--seed', type=int, default=0)

@@ -308,11 +308,18 @@ def train(args) -> Path:
     start = 0
     if last.is_file() and not args.restart:
         ck = torch.load(last, map_location=dev, weights_only=False)
-        if ck.get('size') == list(size) and ck.get('teacher') == teacher:
+        try:
+            if ck.get('size') != list(size) or ck.get('teacher') != teacher:
+                raise ValueError('other size/teacher')
             net.load_state_dict(ck['net'])
             opt.load_state_dict(ck['opt'])
             start = int(ck['iter'])
             print(f'[temporal] resumed from {last} at iteration {start}', flush=True)
+        except (ValueError, RuntimeError, KeyError) as e:
+            net = build_net(args.mode, {'num_classes': int(data['teacher'].shape[1])}).to(dev).train()
+            opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+            print(f'[temporal] checkpoint {last} does not fit ({str(e).splitlines()[0][:80]}): '
+                  'starting afresh', flush=True)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(np.arange(n).repeat(max(1, -(-args.iters * args.batch // n))))
     probe = np.sort(np.random.default_rng(1).choice(n, min(n, 64), replace=False))
@@ -381,7 +388,8 @@ def write_card(path: Path, mode: str, meta: dict) -> None:
            f'- network: {meta["params"]} parameters; weights `{mode}.pt`\n'
            f'- teacher: `{meta["teacher"]}` at {meta["size"][0]}x{meta["size"][1]} (working size); '
            f'data: {d["frames"]} frames of {", ".join(d["sequences"])} (seq0003 held out), '
-           f'{meta["samples"]} samples, keyframe distance 1..{meta["max_dist"]}'
+           f'{meta["samples"]} {"3-frame sequences" if mode == "grfp" else "samples"}, '
+           f'keyframe distance 1..{meta["max_dist"]}'
            f'{", sparse labels every %d frames" % SPARSE_EVERY if meta["sparse_labels"] else ""}'
            f'{"; cheap pass at 1/%d input size" % meta["cheap_factor"] if mode != "refiner" else ""}\n'
            f'- training: {meta["iterations"]} iterations x batch {meta["batch"]}, Adam lr {meta["lr"]} '

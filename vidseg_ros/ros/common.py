@@ -70,8 +70,20 @@ class ParamsMixin:
             d2 = ParameterDescriptor(description=description, read_only=read_only, dynamic_typing=True)
             self.declare_parameter(name, value, d2)
 
+    def unknown_params(self) -> list:
+        """Parameters given for this node (params file / ``-p``) that it does not declare (typos)."""
+        overrides = getattr(self, '_parameter_overrides', None) or {}
+        return sorted(n for n in overrides
+                      if not self.has_parameter(n) and not n.startswith('qos_overrides.'))
+
     def validate_params(self):
-        """Raise ConfigError for the first declared parameter with a wrong type or out of range."""
+        """Raise ConfigError for unknown parameters, or the first declared parameter with a wrong type or
+        out of range."""
+        unknown = self.unknown_params()
+        if unknown:
+            known = ', '.join(sorted(getattr(self, '_param_specs', {})))
+            raise ConfigError(f'unknown parameter{"s" if len(unknown) > 1 else ""} {", ".join(unknown)} '
+                              f'(known: {known})')
         for name, (default, rng) in getattr(self, '_param_specs', {}).items():
             v = self.get_parameter(name).value
             if isinstance(default, bool):

@@ -53,8 +53,16 @@ def generic_encoding(dtype, channels: int) -> str:
     raise ConversionError(f'unsupported array dtype {dt} for an Image message')
 
 
-def image_to_ndarray(msg) -> np.ndarray:
-    """Decode an Image message like ``cv_bridge.imgmsg_to_cv2(msg, 'passthrough')`` (always a copy)."""
+def check_image(msg, named_only: bool = False) -> tuple:
+    """Validate an Image message's layout without decoding it: (dtype, channels, row bytes).
+
+    Raises ConversionError naming the problem: unsupported encoding, zero size, ``step`` smaller than
+    ``width * pixel bytes`` (larger = row padding, allowed), data shorter than ``step * height``.
+    ``named_only``: accept only the camera encodings (rgb8, bgr8, mono8, ... and 16-bit forms).
+    """
+    if named_only and msg.encoding not in _NAMED:
+        raise ConversionError(f'camera image encoding {msg.encoding!r} is not supported '
+                              f'(expected one of {", ".join(_NAMED)})')
     dtype, ch = encoding_info(msg.encoding)
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
@@ -62,13 +70,22 @@ def image_to_ndarray(msg) -> np.ndarray:
     row = w * ch * dtype.itemsize
     if step < row:
         raise ConversionError(f'{msg.encoding} image {w}x{h}: step {step} < width*pixel bytes {row}')
+    n = len(msg.data)
+    if n < step * h:
+        raise ConversionError(f'{msg.encoding} image {w}x{h} (step {step}): data has {n} bytes, '
+                              f'expected {step * h}')
+    return dtype, ch, row
+
+
+def image_to_ndarray(msg) -> np.ndarray:
+    """Decode an Image message like ``cv_bridge.imgmsg_to_cv2(msg, 'passthrough')`` (always a copy)."""
+    dtype, ch, row = check_image(msg)
+    h, step = int(msg.height), int(msg.step)
+    w = int(msg.width)
     data = msg.data
     buf = (np.asarray(data, dtype=np.uint8).ravel() if isinstance(data, (list, tuple))
            else np.frombuffer(data, dtype=np.uint8))
     need = step * h
-    if buf.size < need:
-        raise ConversionError(f'{msg.encoding} image {w}x{h} (step {step}): data has {buf.size} bytes, '
-                              f'expected {need}')
     rows = buf[:need].reshape(h, step)[:, :row]
     arr = np.ascontiguousarray(rows).view(dtype).reshape((h, w) if ch == 1 else (h, w, ch))
     if dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == 'big'):

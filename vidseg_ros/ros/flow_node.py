@@ -8,6 +8,7 @@ size change, time jump) where no flow exists. All computation is ``core.flow`` /
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -68,7 +69,8 @@ class FlowNode(VidsegLifecycleNode):
         self.prev = None  # (stamp_ns, rgb)
         self.frames = RateCounter()
         self.latency = LatencyStats()
-        self.counts = dict(frames=0, flows=0, chain_starts=0, bad_images=0, dropped_inactive=0)
+        self.counts = dict(frames=0, flows=0, chain_starts=0, bad_images=0, dropped_inactive=0, duplicate_stamps=0,
+                           size_changes=0, time_backwards=0, gaps=0)
         self.flow_pub = self.pub(Image, graph.FLOW_TOPIC, reliable_qos(10))
         self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos)
 
@@ -87,13 +89,28 @@ class FlowNode(VidsegLifecycleNode):
             self.get_logger().error(str(e), throttle_duration_sec=5.0)
             return
         ns = stamp_to_ns(msg.header.stamp)
+        prev = self.prev
+        if prev is not None and ns == prev[0]:  # a repeated stamp: no new frame, no flow
+            self.counts['duplicate_stamps'] += 1
+            self.get_logger().warning(f'duplicate image stamp {ns}: dropped', throttle_duration_sec=5.0)
+            return
         gray = working_gray(rgb, self.cfg['scale'])
         self.counts['frames'] += 1
         self.frames.tick()
-        prev = self.prev
         gap = self.cfg['max_gap']
-        if (prev is None or prev[1].shape != gray.shape or ns <= prev[0]
-                or (gap > 0 and (ns - prev[0]) * 1e-9 > gap)):
+        restart = None
+        if prev is None:
+            restart = 'first frame'
+        elif prev[1].shape != gray.shape:
+            restart, key = f'input size changed {prev[1].shape[::-1]} -> {gray.shape[::-1]}', 'size_changes'
+        elif ns < prev[0]:
+            restart, key = 'time went backwards', 'time_backwards'
+        elif gap > 0 and (ns - prev[0]) * 1e-9 > gap:
+            restart, key = f'time jump {(ns - prev[0]) * 1e-9:.3f}s > max_gap', 'gaps'
+        if restart is not None:
+            if prev is not None:
+                self.counts[key] += 1
+                self.get_logger().warning(f'{restart}: restarting the flow chain', throttle_duration_sec=5.0)
             out = empty_image(self.encoding, msg.header)
             self.counts['chain_starts'] += 1
         else:
@@ -107,7 +124,7 @@ class FlowNode(VidsegLifecycleNode):
 
     def diagnostics(self):
         return [('', diag_level('OK'), 'running',
-                 dict(self.counts, input_rate_hz=self.frames.rate(), **self.latency.summary()))]
+                 dict(self.counts, input_rate_hz=self.frames.rate(), pid=os.getpid(), **self.latency.summary()))]
 
 
 def main(args=None) -> int:

@@ -18,12 +18,13 @@ and once, latched, ``/vidseg/keyframe/info`` (std_msgs/String JSON: model, class
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import numpy as np
 
-from vidseg_ros.core.errors import ConfigError, VidsegError
+from vidseg_ros.core.errors import ConfigError, InputError, VidsegError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, Worker, check, diag_level, input_qos,
                                    latched_qos, reliable_qos, run_node)
@@ -55,18 +56,42 @@ def working_size(size_wh, scale: int) -> tuple:
         return (max(1, int(round(w / scale))), max(1, int(round(h / scale))))
 
 
-def make_semantics_fn(model, scale: int):
-    """rgb -> core Semantics of the keyframe (the same call the offline pipeline makes)."""
+def sanitize_segmentation(seg, max_bad_fraction: float = 0.5):
+    """Guard against NaN/Inf network outputs: returns (segmentation, number of bad pixels).
+
+    Pixels where any probability plane is not finite get probability 0 on every plane and label 255
+    (void: zero confidence, never propagated as a class). More than ``max_bad_fraction`` bad pixels
+    raises InputError (the keyframe is rejected; the previous semantics stay in use).
+    """
+    probs = np.asarray(seg.probs)
+    finite = np.isfinite(probs)
+    if finite.all():
+        return seg, 0
+    bad = ~finite.all(axis=0)
+    n = int(bad.sum())
+    if n > max_bad_fraction * bad.size:
+        raise InputError(f'network output has non-finite values at {n / bad.size:.1%} of the pixels')
+    probs = np.where(finite, probs, 0.0).astype(np.float32)
+    probs[:, bad] = 0.0
+    labels = np.array(seg.labels, dtype=np.uint8, copy=True)
+    if labels.shape == bad.shape:
+        labels[bad] = 255
+    else:  # labels at another resolution than the probabilities: map the bad mask onto them
+        import cv2
+        m = cv2.resize(bad.astype(np.uint8), labels.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        labels[m] = 255
+    return type(seg)(probs=probs, labels=labels), n
+
+
+def make_semantics_fn(model, scale: int, on_nonfinite=None):
+    """rgb -> core Semantics of the keyframe (the same calls the offline pipeline makes), with non-finite
+    network outputs sanitised (``on_nonfinite(n_bad_pixels)`` is called when there were any)."""
     from vidseg_ros.core.propagation import semantics_from_segmentation
-    try:
-        from vidseg_ros.core.pipeline import keyframe_semantics as _ks  # type: ignore
-    except ImportError:
-        _ks = None
-    if _ks is not None:
-        return lambda rgb: _ks(model, rgb, scale)
 
     def fn(rgb):
-        seg = model.segment(rgb)
+        seg, bad = sanitize_segmentation(model.segment(rgb))
+        if bad and on_nonfinite is not None:
+            on_nonfinite(bad)
         return semantics_from_segmentation(seg, model.output_to_class,
                                            working_size((rgb.shape[1], rgb.shape[0]), scale))
     return fn
@@ -110,6 +135,11 @@ class KeyframeNode(VidsegLifecycleNode):
         self.declare('input_qos', 'sensor_data', "camera QoS: 'sensor_data' (best effort) or 'reliable'")
         self.declare('queue_depth', 5, 'camera subscription depth', int_range=(1, 1000))
         self.declare('warmup', True, 'run the network once on configure (steady first-keyframe latency)')
+        self.declare('stuck_timeout', 30.0, 'seconds one network pass may take before the node reports '
+                     'itself stuck (ERROR on /diagnostics; the lifecycle manager restarts it; 0 = off)',
+                     float_range=(0.0, 3600.0))
+        self.declare('max_gap', 0.0, 'seconds between frames above which a keyframe is forced (0 = off)',
+                     float_range=(0.0, 3600.0))
 
     # ------------------------------------------------------------------ parameters at run time
     def _on_set_params(self, params):
@@ -138,9 +168,12 @@ class KeyframeNode(VidsegLifecycleNode):
         from vidseg_ros.core.models import load_model
         from vidseg_ros.core.schedule import make_schedule
         p = self.params('model', 'weights', 'device', 'backend', 'input_size', 'num_threads', 'scale',
-                        'schedule', 'input_qos', 'queue_depth', 'warmup')
+                        'schedule', 'input_qos', 'queue_depth', 'warmup', 'stuck_timeout', 'max_gap')
         qos = input_qos(p['input_qos'], p['queue_depth'])
-        self.schedule = make_schedule(graph.parse_schedule(p['schedule']))
+        try:
+            self.schedule = make_schedule(graph.parse_schedule(p['schedule']))
+        except VidsegError as e:
+            raise ConfigError(f'parameter schedule: {e}') from None
         self._next_schedule = None
         size = parse_size(p['input_size'])
         check(p['model'] != '', 'model must not be empty')
@@ -153,13 +186,16 @@ class KeyframeNode(VidsegLifecycleNode):
         self.get_logger().info(f'model {self.model!r} loaded in {time.perf_counter() - t0:.2f}s; '
                                f'schedule {self.schedule!r}')
         self.cfg = p
-        self.semantics_fn = make_semantics_fn(self.model, p['scale'])
+        self.semantics_fn = make_semantics_fn(self.model, p['scale'], on_nonfinite=self._on_nonfinite)
         if p['warmup']:
             w, h = self.model.input_size
             self.model.segment(np.zeros((h, w, 3), np.uint8))
         self.counts = dict(frames=0, keyframes=0, skipped_busy=0, bad_images=0, errors=0, dropped_inactive=0,
-                           restarts=0)
+                           restarts=0, nonfinite_keyframes=0, nonfinite_pixels=0, forced_size_change=0,
+                           forced_gap=0, duplicate_stamps=0)
         self.last_ns = None
+        self.last_size = None
+        self.busy_since = None   # monotonic start of the running network pass
         self.rate = RateCounter()
         self.latency = LatencyStats()
         self.frame_index = 0
@@ -183,7 +219,7 @@ class KeyframeNode(VidsegLifecycleNode):
         self._publish_info = lambda: self.info_pub.publish(String(data=json.dumps(self.info)))
 
     def deactivate(self):
-        if self.worker is not None:
+        if getattr(self, 'worker', None) is not None:  # (configure may have failed before the worker)
             self.worker.stop()
             self.counts['skipped_busy'] += self.worker.skipped
             self.worker = None
@@ -239,10 +275,23 @@ class KeyframeNode(VidsegLifecycleNode):
             stats['timestamp'] = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
             stats.pop('force', None)
             ns = stamp_to_ns(msg.header.stamp)
+            size = (int(msg.width), int(msg.height))
             if self.last_ns is not None and ns < self.last_ns:  # stream restarted (bag loop)
                 stats['force'] = True
                 self.counts['restarts'] += 1
+            elif self.last_ns is not None and ns == self.last_ns:
+                self.counts['duplicate_stamps'] += 1
+            elif self.last_ns is not None and self.cfg['max_gap'] > 0 \
+                    and (ns - self.last_ns) * 1e-9 > self.cfg['max_gap']:
+                stats['force'] = True  # time jump: the flow chain restarts, so does the semantics
+                self.counts['forced_gap'] += 1
+            if self.last_size is not None and size != self.last_size and size[0] > 0 and size[1] > 0:
+                stats['force'] = True  # resolution change: propagation state is reset downstream
+                self.counts['forced_size_change'] += 1
+                self.get_logger().warning(f'input size changed {self.last_size} -> {size}: forcing a keyframe')
             self.last_ns = ns
+            if size[0] > 0 and size[1] > 0:
+                self.last_size = size
             kf = self.schedule.is_keyframe(idx, stats)
         rgb = None
         if kf:
@@ -256,14 +305,19 @@ class KeyframeNode(VidsegLifecycleNode):
         if not kf:
             return
         t0 = time.perf_counter()
+        self.busy_since = time.monotonic()
         try:
             sem = self.semantics_fn(rgb)
         except Exception as e:  # noqa: BLE001 - a failing frame must not stop the node
             self.counts['errors'] += 1
+            if isinstance(e, InputError) and 'non-finite' in str(e):
+                self.counts['nonfinite_keyframes'] += 1
             msg_text = str(e).strip().splitlines()[0] if str(e).strip() else ''
             self.get_logger().error(f'keyframe failed: {type(e).__name__}: {msg_text}',
                                     throttle_duration_sec=5.0)
             return
+        finally:
+            self.busy_since = None
         cost = time.perf_counter() - t0
         labels, probs = semantics_to_msgs(sem, msg.header)
         if probs is not None:
@@ -274,11 +328,31 @@ class KeyframeNode(VidsegLifecycleNode):
             self.counts['keyframes'] += 1
         self.latency.add(cost)
 
+    def _on_nonfinite(self, n_pixels: int):
+        self.counts['nonfinite_keyframes'] += 1
+        self.counts['nonfinite_pixels'] += int(n_pixels)
+        self.get_logger().warning(f'network output had {n_pixels} pixels with NaN/Inf: set to void',
+                                  throttle_duration_sec=5.0)
+
+    def busy_seconds(self) -> float:
+        """How long the running network pass has taken so far (0 when idle)."""
+        t = self.busy_since
+        return 0.0 if t is None else time.monotonic() - t
+
     def diagnostics(self):
         skipped = self.counts['skipped_busy'] + (self.worker.skipped if self.worker else 0)
         frames = max(self.counts['frames'], 1)
+        busy = self.busy_seconds()
         vals = dict(self.counts, skipped_busy=skipped, keyframe_ratio=self.counts['keyframes'] / frames,
-                    input_rate_hz=self.rate.rate(), schedule=repr(self.schedule), **self.latency.summary())
+                    input_rate_hz=self.rate.rate(), schedule=repr(self.schedule), busy_s=busy, pid=os.getpid(),
+                    **self.latency.summary())
+        st = self.cfg['stuck_timeout']
+        if st > 0 and busy > st:
+            vals['stuck'] = True
+            return [('', diag_level('ERROR'), f'stuck: network pass running for {busy:.1f}s', vals)]
+        if self.counts['nonfinite_keyframes']:
+            return [('', diag_level('WARN'), f'{self.counts["nonfinite_keyframes"]} keyframes with NaN/Inf '
+                     'outputs', vals)]
         return [('', diag_level('OK'), 'running', vals)]
 
 

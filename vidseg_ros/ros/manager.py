@@ -11,11 +11,19 @@ Interfaces (all with the stock message/service types of the pip wheels):
   schedule fixed:10`` -- a real service call, rejected with the reason when invalid) or publish a
   std_msgs/String on ``/vidseg/schedule_cmd``; the manager validates the spec and forwards it with
   ``SetParameters`` to the keyframe node; the outcome is published on ``/vidseg/schedule_status`` (JSON);
-* ``/diagnostics``: per node state, response time, restarts.
+* ``/diagnostics``: per node state, response time, restarts, kills.
+
+Restart hook (``restart_after`` s, 0 = off): a node that does not answer ``get_state`` (hung process) or
+reports itself stuck on /diagnostics (``stuck`` value, e.g. a keyframe network pass that never returns)
+for longer than ``restart_after`` is killed with SIGKILL, by the pid the node itself reports on
+/diagnostics (checked against ``/proc/<pid>/cmdline``: the process must name that node; same host only).
+The respawner (``vidseg_graph`` or launch ``respawn=True``) starts it again and the manager re-activates it
+(``reactivate``).
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -52,6 +60,13 @@ class _Managed:
         self.was_active = False    # seen active: coming back unconfigured means it was restarted
         self.probe_stale = False   # the pending probe was sent during a transition
         self.answered_at = None
+        self.pid = None            # reported by the node on /diagnostics
+        self.stuck = False         # the node reports itself stuck
+        self.unhealthy_since = None
+        self.kills = 0
+        self.killed_pids = set()
+        self.last_kill = None      # monotonic time of the last kill
+        self.recovery_s = []       # kill -> active again, seconds
 
 
 class LifecycleManager(ParamsMixin, Node):
@@ -70,11 +85,13 @@ class LifecycleManager(ParamsMixin, Node):
         self.declare('health_timeout', 3.0, 'a node not answering get_state within this is unhealthy',
                      float_range=(0.05, 600))
         self.declare('reactivate', True, 'bring nodes that come back unconfigured (respawned) to active')
+        self.declare('restart_after', 10.0, 'kill a node unresponsive or stuck this long so that it is respawned '
+                     '(0 = never)', float_range=(0.0, 3600))
         self.declare('keyframe_node', 'keyframe_node', 'node whose schedule parameter the manager sets')
         self.declare('schedule', '', 'keyframe schedule; setting it forwards to the keyframe node')
         self.validate_params()  # the manager has no configure step: bad values stop it with the reason
         p = self.params('node_names', 'autostart', 'transition_timeout', 'startup_timeout', 'health_period',
-                        'health_timeout', 'reactivate', 'keyframe_node')
+                        'health_timeout', 'reactivate', 'keyframe_node', 'restart_after')
         self.cfg = p
         self.nodes = [_Managed(self, n) for n in p['node_names']]
         self._by_name = {m.name: m for m in self.nodes}
@@ -87,6 +104,8 @@ class LifecycleManager(ParamsMixin, Node):
         self.status_pub = self.create_publisher(String, graph.SCHEDULE_STATUS_TOPIC, latched_qos())
         self.create_subscription(String, graph.SCHEDULE_CMD_TOPIC, self._on_schedule_cmd, reliable_qos(10),
                                  callback_group=self.cbg)
+        self.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, self._on_diagnostics,
+                                 reliable_qos(50), callback_group=self.cbg)
         self.create_service(Trigger, '~/startup', self._srv_startup, callback_group=self.cbg)
         self.create_service(Trigger, '~/shutdown', self._srv_shutdown, callback_group=self.cbg)
         self.add_on_set_parameters_callback(self._on_set_params)
@@ -205,6 +224,49 @@ class LifecycleManager(ParamsMixin, Node):
         return res
 
     # ------------------------------------------------------------------ health
+    def _on_diagnostics(self, arr):
+        """Pick up each managed node's pid and 'stuck' flag from its own diagnostics."""
+        for st in arr.status:
+            if not st.name.startswith('vidseg: '):
+                continue
+            m = self._by_name.get(st.name[len('vidseg: '):])
+            if m is None:
+                continue
+            vals = {kv.key: kv.value for kv in st.values}
+            try:
+                pid = int(vals['pid'])
+            except (KeyError, ValueError):
+                pid = None
+            if pid is not None and pid not in m.killed_pids:
+                m.pid = pid
+            m.stuck = vals.get('stuck') == 'True'
+
+    def _kill(self, m: _Managed, why: str) -> bool:
+        """SIGKILL the node's process (if its pid is known and still names that node)."""
+        pid = m.pid
+        if pid is None or pid in m.killed_pids:
+            return False
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                cmdline = f.read().replace(b'\0', b' ').decode(errors='replace')
+        except OSError:
+            return False  # gone already (or another host): the respawner's business
+        if m.name not in cmdline:
+            self.get_logger().error(f'{m.name}: pid {pid} does not belong to it ({cmdline[:80]!r}); not killing')
+            m.killed_pids.add(pid)
+            return False
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError as e:
+            self.get_logger().error(f'{m.name}: cannot kill pid {pid}: {e}')
+            return False
+        m.killed_pids.add(pid)
+        m.kills += 1
+        m.last_kill = time.monotonic()
+        m.pid = None
+        self.get_logger().error(f'{m.name}: {why}; killed pid {pid} so that it is restarted')
+        return True
+
     def _health_tick(self):
         from lifecycle_msgs.msg import State
         from lifecycle_msgs.srv import GetState
@@ -243,6 +305,17 @@ class LifecycleManager(ParamsMixin, Node):
                         m.unresponsive_events += 1
                         self.get_logger().warning(f'{m.name}: lifecycle services gone')
                     m.responsive = False
+            # a hung or stuck node is killed so that it is respawned
+            unhealthy = m.responsive is False or m.stuck
+            if not unhealthy or not self.want_active:
+                m.unhealthy_since = None
+            elif m.unhealthy_since is None:
+                m.unhealthy_since = now
+            ra = self.cfg['restart_after']
+            if (ra > 0 and m.unhealthy_since is not None and now - m.unhealthy_since > ra
+                    and not m.busy and self._kill(m, 'stuck (reports so on /diagnostics)' if m.stuck else
+                                                  f'not responding for {now - m.unhealthy_since:.1f}s')):
+                m.unhealthy_since, m.stuck = None, False
             # a node that came back unconfigured (respawned) while the graph should be active
             if m.state == State.PRIMARY_STATE_ACTIVE:
                 m.was_active = True
@@ -262,6 +335,9 @@ class LifecycleManager(ParamsMixin, Node):
                 self.get_logger().error(f'{m.name}: could not be re-activated')
             if ok and changed:
                 m.restarts += 1
+                if m.last_kill is not None:
+                    m.recovery_s.append(time.monotonic() - m.last_kill)
+                    m.last_kill = None
                 self.get_logger().warning(f'{m.name}: came back unconfigured; re-activated')
                 if m.name == self.cfg['keyframe_node'] and self.schedule_spec:
                     self._forward_schedule(self.schedule_spec)
@@ -283,7 +359,9 @@ class LifecycleManager(ParamsMixin, Node):
             arr.status.append(diagnostic_status(
                 f'vidseg: lifecycle/{m.name}', m.name, level, msg,
                 {'state': name, 'responsive': m.responsive, 'rtt_ms': 1000 * m.last_rtt,
-                 'restarts': m.restarts, 'unresponsive_events': m.unresponsive_events}))
+                 'restarts': m.restarts, 'unresponsive_events': m.unresponsive_events, 'kills': m.kills,
+                 'stuck': m.stuck, 'pid': m.pid,
+                 'last_recovery_s': m.recovery_s[-1] if m.recovery_s else -1.0}))
         self.diag_pub.publish(arr)
 
     # ------------------------------------------------------------------ schedule switching

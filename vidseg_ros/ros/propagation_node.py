@@ -7,7 +7,16 @@ Inputs: ``/camera/image_raw`` (headers, output size, timing; the pixels only whe
 For EVERY input frame it publishes, with the input image's exact header: ``/semantic/labels`` (mono8
 class ids at the input resolution), ``/semantic/labels_color`` (rgb8 palette), ``/semantic/confidence``
 (mono8, 255 = 1.0); once (latched) ``/semantic/classes`` (std_msgs/String JSON); per frame
-``/vidseg/propagation/stats`` (JSON, feeds adaptive schedules); and ``/diagnostics``.
+``/vidseg/propagation/stats`` (JSON, feeds adaptive schedules); ``/semantic/status`` (std_msgs/String
+JSON per input frame: ``{"stamp_ns", "frame_id", "published", "degraded", "reasons", "distance",
+"keyframe_stamp_ns", "keyframe_age_s", "confidence_scale"}``, see RELIABILITY.md); and ``/diagnostics``.
+
+Degraded reasons: ``no_keyframe``, ``flow_missing`` (this frame's flow did not come), ``flow_chain_restart``,
+``labels_held`` (held across an earlier flow gap until the next keyframe), ``keyframe_too_old``
+(``max_distance``), ``keyframe_overdue`` (an announced keyframe result is ``source_timeout`` s late),
+``keyframe_node_silent`` / ``flow_node_silent`` (nothing from that node for ``source_timeout`` s; frames
+then stop waiting for flow), ``out_of_order``, ``step_error``. Frames without labels (``published``
+false): ``bad_image: ...`` and ``duplicate_stamp``.
 
 Join (own bounded buffer, keyed by stamp): frames are stepped in stamp order; a frame waits for its
 flow at most ``flow_timeout`` s (then it is output as degraded: labels held). Keyframe results are
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 import time
 
@@ -30,10 +40,12 @@ from vidseg_ros.core.errors import VidsegError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, latched_qos,
                                    reliable_qos, run_node)
-from vidseg_ros.ros.conversions import image_to_ndarray, image_to_rgb, ndarray_to_image, stamp_to_ns
+from vidseg_ros.ros.conversions import (ConversionError, check_image, image_to_ndarray, image_to_rgb,
+                                        ndarray_to_image, stamp_to_ns)
 from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 
 
+STATUS_TOPIC = '/semantic/status'   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
 
 
@@ -50,13 +62,19 @@ class _Slot:
         self.t_ready = None    # when image + flow were both present (keyframe wait starts here)
 
 
-def decode_flow(msg):
-    """/vidseg/flow message -> (bwd, fwd|None), or None for a 0x0 chain-start message."""
+def decode_flow(msg, on_nonfinite=None):
+    """/vidseg/flow message -> (bwd, fwd|None), or None for a 0x0 chain-start message. NaN/Inf
+    displacements are set to 0 (``on_nonfinite(n_values)`` is called)."""
     if msg.height == 0 or msg.width == 0:
         return None
     arr = image_to_ndarray(msg)
     if arr.ndim != 3 or arr.shape[2] not in (2, 4) or arr.dtype != np.float32:
         raise VidsegError(f'flow message must be 32FC2 or 32FC4, got {msg.encoding}')
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        arr[bad] = 0.0
+        if on_nonfinite is not None:
+            on_nonfinite(int(bad.sum()))
     bwd = np.ascontiguousarray(arr[:, :, :2])
     fwd = np.ascontiguousarray(arr[:, :, 2:]) if arr.shape[2] == 4 else None
     return bwd, fwd
@@ -96,6 +114,9 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('flow_timeout', 0.5, 'max seconds a frame waits for its flow', float_range=(0.0, 60.0))
         self.declare('keyframe_wait', 0.0, 'max seconds a frame waits for the keyframe decision and, for a '
                      'keyframe, the network result (0 = never wait)', float_range=(0.0, 60.0))
+        self.declare('source_timeout', 3.0, 'seconds without messages from flow_node / keyframe_node (or '
+                     'an announced keyframe result this late) after which output is marked degraded '
+                     '(0 = off)', float_range=(0.0, 3600.0))
         self.declare('max_pending', 30, 'max frames buffered in the join', int_range=(1, 10000))
         self.declare('class_set', 'cityscapes', 'class set until the keyframe node publishes its own')
         self.declare('publish_color', True, 'publish /semantic/labels_color')
@@ -111,6 +132,7 @@ class PropagationNode(VidsegLifecycleNode):
         from vidseg_ros.core.propagation import Propagator
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
+                        'source_timeout',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
         qos = input_qos(p['input_qos'], p['queue_depth'])
         check(p['confidence_decay'] > 0, f'confidence_decay must be in (0, 1], got {p["confidence_decay"]}')
@@ -140,6 +162,7 @@ class PropagationNode(VidsegLifecycleNode):
             if p['publish_confidence'] else None
         self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
         self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
+        self.status_pub = self.pub(String, STATUS_TOPIC, reliable_qos(30))
         self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos)
         self.sub(Image, graph.FLOW_TOPIC, self.on_flow, reliable_qos(30))
         self.sub(Image, graph.KEYFRAME_LABELS_TOPIC, self.on_kf_labels, reliable_qos(10))
@@ -156,9 +179,45 @@ class PropagationNode(VidsegLifecycleNode):
         self.done_ns = None                       # newest processed stamp
         self.size = None                          # (w, h) of the input
         self._classes_sent = None    # JSON last published on /semantic/classes
+        now = time.monotonic()
+        self.last_flow_t = now       # last message from flow_node (activation counts as one)
+        self.last_kf_msg_t = now     # last message from keyframe_node (decision or result)
+        self.last_kf_result_t = None
+        self.newest_kf_result_ns = None
+        self.kf_overdue = None       # (stamp_ns, t) of the oldest announced keyframe without a result
+        self.last_in_ns = None       # newest input stamp (gap estimate)
+        self.intervals = collections.deque(maxlen=31)
 
     def activate(self):
+        now = time.monotonic()
+        self.last_flow_t = self.last_kf_msg_t = now
         self._publish_classes()
+
+    # -------------------------------------------------------------- source health
+    def _silent(self, last, now=None) -> bool:
+        to = self.cfg['source_timeout']
+        return to > 0 and (time.monotonic() if now is None else now) - last > to
+
+    def _source_reasons(self, now) -> list:
+        r = []
+        if self._silent(self.last_kf_msg_t, now):
+            r.append('keyframe_node_silent')
+        elif self.kf_overdue is not None and self._silent(self.kf_overdue[1], now):
+            r.append('keyframe_overdue')
+        if self._silent(self.last_flow_t, now):
+            r.append('flow_node_silent')
+        return r
+
+    def _status(self, hdr, published, degraded, reasons, out=None):
+        from std_msgs.msg import String
+        now = time.monotonic()
+        dist = -1 if out is None else int(out.distance)
+        st = {'stamp_ns': stamp_to_ns(hdr.stamp), 'frame_id': hdr.frame_id, 'published': bool(published),
+              'degraded': bool(degraded), 'reasons': list(reasons), 'distance': dist,
+              'keyframe_stamp_ns': None if out is None or out.keyframe_id is None else int(out.keyframe_id),
+              'keyframe_age_s': None if self.last_kf_result_t is None else round(now - self.last_kf_result_t, 3),
+              'confidence_scale': 0.0 if dist < 0 else float(self.cfg['confidence_decay'] ** dist)}
+        self.status_pub.publish(String(data=json.dumps(st)))
 
     def deactivate(self):
         self.prop.reset()
@@ -169,8 +228,9 @@ class PropagationNode(VidsegLifecycleNode):
         s = self.slots.get(ns)
         if s is None:
             s = _Slot(ns, now)
+            newest = next(reversed(self.slots)) if self.slots else None
             self.slots[ns] = s
-            if len(self.slots) > 1 and next(reversed(self.slots)) != ns:  # keep stamp order
+            if newest is not None and ns < newest:  # keep stamp order
                 self.slots = collections.OrderedDict(sorted(self.slots.items()))
         return s
 
@@ -182,6 +242,14 @@ class PropagationNode(VidsegLifecycleNode):
         ns = stamp_to_ns(msg.header.stamp)
         self.in_rate.tick(now)
         self.counts['frames_in'] += 1
+        try:
+            check_image(msg, named_only=True)
+        except ConversionError as e:  # no labels can be made at its size: counted and reported
+            self.counts['bad_images'] += 1
+            self.get_logger().error(f'input image rejected: {e}', throttle_duration_sec=5.0)
+            self._status(msg.header, False, True, [f'bad_image: {e}'])
+            return
+        self._count_gap(ns)
         if self.done_ns is not None and ns <= self.done_ns:
             if self.done_ns - ns > RESTART_BACKWARDS_NS:  # stream restarted (bag loop): start over
                 self._restart()
@@ -191,17 +259,38 @@ class PropagationNode(VidsegLifecycleNode):
         s = self._slot(ns, now)
         if s.image is not None:
             self.counts['duplicate_images'] += 1
+            self.get_logger().warning(f'duplicate image stamp {ns}: dropped', throttle_duration_sec=5.0)
+            self._status(msg.header, False, True, ['duplicate_stamp'])
             return
         s.image, s.t_image = msg, now
         self.pump()
+
+    def _on_nonfinite_flow(self, n):
+        self.counts['nonfinite_flows'] += 1
+        self.get_logger().warning(f'flow message with {n} NaN/Inf values: set to 0', throttle_duration_sec=5.0)
+
+    def _count_gap(self, ns):
+        """Estimate input frames lost before this node (transport, camera) from gaps in the stamps."""
+        last = self.last_in_ns
+        if last is not None and ns > last:
+            dt = ns - last
+            iv = self.intervals
+            if len(iv) >= 5:
+                period = sorted(iv)[len(iv) // 5]  # low percentile: the nominal period even when many are lost
+                if period > 0 and dt > 1.5 * period:
+                    self.counts['input_gap_frames'] += int(round(dt / period)) - 1
+            iv.append(dt)
+        if last is None or ns > last or last - ns > RESTART_BACKWARDS_NS:
+            self.last_in_ns = ns
 
     def on_flow(self, msg):
         if not self.active:
             return
         now = time.monotonic()
+        self.last_flow_t = now
         ns = stamp_to_ns(msg.header.stamp)
         try:
-            flow = decode_flow(msg)
+            flow = decode_flow(msg, self._on_nonfinite_flow)
         except VidsegError as e:
             self.counts['bad_flow'] += 1
             self.get_logger().error(str(e), throttle_duration_sec=5.0)
@@ -213,6 +302,9 @@ class PropagationNode(VidsegLifecycleNode):
                 self.counts['late_flows'] += 1
                 return
         s = self._slot(ns, now)
+        if s.has_flow:  # a second flow for the same stamp (duplicate camera stamps): keep the first
+            self.counts['duplicate_flows'] += 1
+            return
         s.flow, s.has_flow = flow, True
         self.pump()
 
@@ -233,6 +325,10 @@ class PropagationNode(VidsegLifecycleNode):
         except (ValueError, KeyError, TypeError):
             self.counts['bad_decisions'] += 1
             return
+        now = time.monotonic()
+        self.last_kf_msg_t = now
+        if kf and self.kf_overdue is None and (self.newest_kf_result_ns is None or ns > self.newest_kf_result_ns):
+            self.kf_overdue = (ns, now)
         if self.decisions.get(ns) != 'received':
             self.decisions[ns] = kf
         while len(self.decisions) > 4 * self.cfg['max_pending']:
@@ -276,6 +372,13 @@ class PropagationNode(VidsegLifecycleNode):
         if not self.active:
             return
         ns = stamp_to_ns(msg.header.stamp)
+        now = time.monotonic()
+        self.last_kf_msg_t = now
+        if key == 'labels':
+            self.last_kf_result_t = now
+            self.newest_kf_result_ns = ns if self.newest_kf_result_ns is None else max(ns, self.newest_kf_result_ns)
+            if self.kf_overdue is not None and ns >= self.kf_overdue[0]:
+                self.kf_overdue = None
         self.kf_parts.setdefault(ns, {})[key] = msg
         while len(self.kf_parts) > self.cfg['history']:
             self.kf_parts.popitem(last=False)
@@ -305,6 +408,7 @@ class PropagationNode(VidsegLifecycleNode):
             return
         now = time.monotonic()
         p = self.cfg
+        flow_silent = self._silent(self.last_flow_t, now)
         while self.slots:
             ns, s = next(iter(self.slots.items()))
             overflow = len(self.slots) > p['max_pending']
@@ -318,7 +422,7 @@ class PropagationNode(VidsegLifecycleNode):
                 missing_flow = s.image is not None and any(o.has_flow for o in self.slots.values())
                 missing_image = s.has_flow and any(o.image is not None for o in self.slots.values()
                                                    if o is not s)
-                if not (missing_flow or missing_image):
+                if not (missing_flow or missing_image or (flow_silent and s.image is not None)):
                     return
             if complete and p['keyframe_wait'] > 0 and not overflow and now - s.t_ready < p['keyframe_wait']:
                 d = self.decisions.get(ns)
@@ -339,7 +443,11 @@ class PropagationNode(VidsegLifecycleNode):
             if self.size is not None and size != self.size:
                 self.get_logger().warning(f'input size changed {self.size} -> {size}: resetting')
                 self.counts['resets'] += 1
+                self.counts['size_changes'] += 1
+                keep = {f: sem for f, sem in self.prop._pending.items() if f >= s.ns}  # new-size keyframes
                 self.prop.reset()
+                for f, sem in keep.items():
+                    self.prop.set_keyframe(f, sem)
             self.size = size
         flow = s.flow if s.has_flow else None
         if not s.has_flow:
@@ -353,17 +461,31 @@ class PropagationNode(VidsegLifecycleNode):
             ws = working_size(self.size, p['scale'])
             image = rgb if ws == self.size else cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA)
         bwd, fwd = flow if flow is not None else (None, None)
+        reasons = []
         try:
             out = self.prop.step(s.ns, bwd, fwd, image)
         except VidsegError as e:  # still one (degraded) output for the frame
             self.counts['step_errors'] += 1
             self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)
             out = self._fallback_output(s.ns)
+            reasons.append('step_error')
         self.done_ns = s.ns if self.done_ns is None else max(self.done_ns, s.ns)
         if s.image is None:
             self.counts['flows_without_image'] += 1
             return
-        self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0)
+        if out.distance < 0:
+            reasons.append('no_keyframe')
+        elif out.distance > 0 and self.prop.warp:
+            if not s.has_flow:
+                reasons.append('flow_missing')
+            elif s.flow is None:
+                reasons.append('flow_chain_restart')
+        if p['max_distance'] and out.distance > p['max_distance']:
+            reasons.append('keyframe_too_old')
+        reasons += self._source_reasons(now)
+        if out.degraded and not reasons:
+            reasons.append('labels_held')
+        self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0, reasons)
 
     def _fallback_output(self, ns):
         from vidseg_ros.core.propagation import FrameOutput
@@ -376,9 +498,9 @@ class PropagationNode(VidsegLifecycleNode):
     def _out_of_order(self, msg, ns):
         """An image older than the newest processed frame: labels from the current state (degraded)."""
         self.counts['out_of_order'] += 1
-        self._publish(msg, self._fallback_output(ns), time.monotonic(), time.perf_counter())
+        self._publish(msg, self._fallback_output(ns), time.monotonic(), time.perf_counter(), ['out_of_order'])
 
-    def _publish(self, img_msg, out, t_recv, t0):
+    def _publish(self, img_msg, out, t_recv, t0, reasons=()):
         import cv2
         from vidseg_ros.core.classes import colorize
         size = (int(img_msg.width), int(img_msg.height))
@@ -402,13 +524,17 @@ class PropagationNode(VidsegLifecycleNode):
         self.age.add(max(0, now_ns - stamp_to_ns(hdr.stamp)) * 1e-9)
         self.out_rate.tick(done)
         self.counts['frames_out'] += 1
-        if out.degraded:
+        degraded = bool(out.degraded or reasons)
+        if degraded:
             self.counts['degraded'] += 1
+            for r in reasons:
+                self.counts[f'degraded_{r}'] += 1
+        self._status(hdr, True, degraded, reasons, out)
         if out.distance == 0:
             self.counts['keyframe_frames'] += 1
         from std_msgs.msg import String
         st = {'stamp_ns': stamp_to_ns(hdr.stamp), 'cost_s': cost, 'distance': int(out.distance),
-              'degraded': bool(out.degraded)}
+              'degraded': degraded}
         if out.mask is not None:
             st['inconsistent_fraction'] = float(out.inconsistent_fraction)
         self.stats_pub.publish(String(data=json.dumps(st)))
@@ -416,14 +542,18 @@ class PropagationNode(VidsegLifecycleNode):
     def diagnostics(self):
         c = self.counts
         frames = max(c['frames_out'], 1)
-        drops = c['dropped_overflow'] + c['out_of_order'] + c['late_flows'] + c['flows_without_image']
+        drops = c['dropped_overflow'] + c['late_flows'] + c['flows_without_image']
+        unpublished = c['bad_images'] + c['duplicate_images']  # input frames without labels
         level = diag_level('OK')
         msg = 'running'
-        if c['degraded'] or drops:
-            level, msg = diag_level('WARN'), f'{c["degraded"]} degraded, {drops} dropped/late'
+        src = self._source_reasons(time.monotonic())
+        if c['degraded'] or drops or unpublished or src:
+            level, msg = diag_level('WARN'), (f'{c["degraded"]} degraded, {unpublished} without labels, '
+                                              f'{drops} dropped/late' + (f'; {", ".join(src)}' if src else ''))
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
-                'drops': drops, 'degraded': c['degraded']}
+                'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
+                'sources': ','.join(src) or 'ok', 'pid': os.getpid()}
         vals.update({f'latency_{k}': v for k, v in self.latency.summary().items()})
         vals.update({f'age_{k}': v for k, v in self.age.summary().items()})
         vals.update({f'cost_{k}': v for k, v in self.cost.summary().items()})

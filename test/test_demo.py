@@ -1,0 +1,132 @@
+"""vidseg_demo end to end: synthetic drive -> full ROS 2 graph (separate processes) -> labels, overlay,
+summary. Short drives (12 frames 320x192), isolated ROS domains, the graph always stopped."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+
+from vidseg_ros.ros.testing import REPO, node_env  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(240)]
+
+N, W, H = 12, 320, 192
+
+
+def _demo(args, timeout=200):
+    cmd = [sys.executable, '-m', 'vidseg_ros.demo'] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=node_env(), cwd=str(REPO), timeout=timeout)
+
+
+def _check_outputs(out, res, stems):
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # one label image per input frame, at the input size, class ids of the 19 Cityscapes classes
+    assert len(stems) == N
+    labels = sorted((out / 'labels').glob('*.png'))
+    assert [p.stem for p in labels] == stems
+    for p in labels:
+        lab = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        assert lab.dtype == np.uint8 and lab.shape == (H, W)
+        assert ((lab < 19) | (lab == 255)).all()
+    s = json.loads((out / 'summary.json').read_text())
+    assert (s['frames_in'], s['frames_out'], s['missing']) == (N, N, 0)
+    assert s['gt_frames'] == N
+    assert 0.0 < s['pixel_accuracy'] <= 1.0 and 0.0 < s['temporal_consistency'] <= 1.0
+    lat = s['latency_ms']
+    assert lat['n'] == N and 0 < lat['median'] <= lat['p90'] <= lat['max'] < 30000
+    assert s['output_rate_hz'] > 0 and 5.0 < s['input_rate_hz'] < 20.0  # paced at 10 Hz
+    kf = s['keyframes']
+    assert kf['decisions'] == N and 2 <= kf['count'] <= N // 2  # fixed:5 -> frames 0, 5, 10
+    assert 0.0 < s['mean_confidence'] <= 1.0
+    assert {'vidseg: flow_node', 'vidseg: keyframe_node', 'vidseg: propagation_node'} <= set(s['diagnostics'])
+    assert (out / 'overlay.mp4').stat().st_size > 1000
+    cap = cv2.VideoCapture(str(out / 'overlay.mp4'))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == N
+    assert 'frames in / out' in res.stdout and 'mIoU vs ground truth' in res.stdout
+    return s
+
+
+def test_demo_deterministic(tmp_path, ros_domain):
+    out = tmp_path / 'demo'
+    res = _demo(['--out', out, '--frames', N, '--size', f'{W}x{H}', '--domain-id', ros_domain, '--deterministic',
+                 '-q'])
+    s = _check_outputs(out, res, sorted(p.stem for p in (out / 'input' / 'images').glob('*.png')))
+    assert s['input']['kind'] == 'synthetic' and s['input']['size'] == [W, H]
+    assert s['mode'] == 'deterministic' and s['degraded_frames'] == 0
+    # keyframe frames wait for the network: the offline pipeline's accuracy (about 0.30 here); a pipeline that
+    # outputs void, a constant class or labels misaligned with the frames scores far lower
+    assert 0.2 < s['miou'] <= 1.0, s['iou']
+    assert s['miou_by_distance']['0'] > 0.2
+
+
+def _write_bag(drive, path, period_ns=100_000_000):
+    """The drive's images as sensor_msgs/Image rgb8 in an mcap bag (stems 000000... as in the drive)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    store = get_typestore(Stores.ROS2_KILTED)
+    Image, Header, Time = (store.types[t] for t in ('sensor_msgs/msg/Image', 'std_msgs/msg/Header',
+                                                    'builtin_interfaces/msg/Time'))
+    t0 = 1_700_000_000 * 10**9
+    with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection('/cam/image', 'sensor_msgs/msg/Image', typestore=store)
+        for i, f in enumerate(sorted((drive / 'images').glob('*.png'))):
+            rgb = cv2.imread(str(f))[:, :, ::-1]
+            ns = t0 + i * period_ns
+            msg = Image(header=Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id='cam'),
+                        height=H, width=W, encoding='rgb8', is_bigendian=0, step=W * 3,
+                        data=np.ascontiguousarray(rgb).reshape(-1))
+            w.write(conn, ns, store.serialize_cdr(msg, 'sensor_msgs/msg/Image'))
+
+
+def test_demo_live_bag_input(tmp_path, ros_domain):
+    """A rosbag input (frames of a synthetic drive) with its labels given as --gt, live mode."""
+    from vidseg_ros.core.synth import generate_drive
+    drive = generate_drive(tmp_path / 'drive', frames=N, size=(W, H), fps=10.0, seed=1, progress=False)
+    _write_bag(drive, tmp_path / 'bag')
+    out = tmp_path / 'demo'
+    res = _demo(['--input', tmp_path / 'bag', '--gt', drive / 'labels', '--out', out, '--domain-id', ros_domain,
+                 '-q'])
+    s = _check_outputs(out, res, [f'{i:06d}' for i in range(N)])
+    assert s['input']['kind'] == 'rosbag' and abs(s['input']['fps'] - 10.0) < 0.1
+    assert not (out / 'input').exists()
+    # live mode: frames never wait for the network; frames output before the first keyframe result are void
+    # (distance -1, degraded), so only the frames propagated from a keyframe are held to the floor
+    assert s['mode'] == 'live' and 0.0 < s['miou'] <= 1.0
+    assert s['degraded_frames'] < N
+    by_d = {int(d): v for d, v in s['miou_by_distance'].items()}
+    assert max(v for d, v in by_d.items() if d >= 0) > 0.2, by_d
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--input', 'does/not/exist.mp4'], 'input not found: does/not/exist.mp4'),
+    (['--schedule', 'fixed:0'], 'interval'),
+    (['--frames', '0'], 'positive integer'),
+])
+def test_demo_bad_input(tmp_path, args, needle):
+    res = _demo(args + ['--out', tmp_path / 'demo'], timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and needle in err[0], res.stderr
+    assert not (tmp_path / 'demo' / 'logs').exists()  # nothing was started
+
+
+def test_auto_scale_and_table_without_ground_truth():
+    from vidseg_ros.demo import auto_scale, format_table
+    assert [auto_scale(s) for s in ((640, 360), (320, 192), (960, 540), (1280, 720), (2048, 1024))] == [1, 1, 2, 2, 4]
+    s = {'input': {'kind': 'video', 'path': 'x.mp4'}, 'model': 'm', 'schedule': 'fixed:5', 'scale': 2,
+         'mode': 'live', 'frames_in': 3, 'frames_out': 2, 'missing': 1, 'input_rate_hz': 10.0,
+         'output_rate_hz': None, 'latency_ms': {'median': 5.0, 'p90': 6.0, 'max': 7.0, 'n': 2},
+         'keyframes': {'count': 1, 'ratio': 1 / 3, 'skipped_busy': 0}, 'degraded_frames': 0,
+         'mean_confidence': None, 'miou': None, 'pixel_accuracy': None, 'temporal_consistency': 0.5,
+         'gt_frames': 0, 'time_s': {'input': 1.0, 'startup': 2.0, 'streaming': 3.0, 'evaluation': None,
+                                    'total': 6.0}, 'outputs': {'summary': 'out/summary.json'}}
+    t = format_table(s)
+    assert 'n/a (no ground truth)' in t and '3 / 2' in t and '50.00 %' in t and '5 / 6 / 7 ms' in t

@@ -1,0 +1,530 @@
+"""Reliability against bad input, in-process and in bounded time (nodes are driven by calling their
+callbacks directly; their publishers are replaced by recorders).
+
+Each case: a clear error or warning naming the cause, the node keeps running, the case is counted, and
+(propagation node) every input frame is accounted for on /semantic/labels or /semantic/status.
+"""
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+
+from vidseg_ros.ros.conversions import (ConversionError, check_image, image_to_rgb, ndarray_to_image,  # noqa: E402
+                                        ns_to_stamp)
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
+
+
+class Rec:
+    """Stands in for a publisher: records what is published."""
+
+    def __init__(self):
+        self.msgs = []
+
+    def publish(self, msg):
+        self.msgs.append(msg)
+
+
+def _node(cls, params=None, extra_args=()):
+    import rclpy
+    ctx = rclpy.Context()
+    args = ['test', '--ros-args']
+    for k, v in (params or {}).items():
+        args += ['-p', f'{k}:={json.dumps(v) if not isinstance(v, str) else v}']
+    rclpy.init(context=ctx, args=args + list(extra_args))
+    try:
+        node = cls(context=ctx)
+    except BaseException:
+        rclpy.try_shutdown(context=ctx)
+        raise
+    node._test_ctx = ctx
+    return node
+
+
+def _close(node):
+    import rclpy
+    ctx = node._test_ctx
+    try:
+        stop = getattr(node, 'stop_workers', None)
+        if stop:
+            stop()
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
+def _img(w, h, ns, value=0, enc='rgb8'):
+    from std_msgs.msg import Header
+    arr = np.full((h, w, 3), value, np.uint8)
+    return ndarray_to_image(arr, enc, Header(frame_id='cam', stamp=ns_to_stamp(ns)))
+
+
+def _bad_images(w=64, h=48, ns=0):
+    """(name, message, expected error text) for each kind of broken camera image."""
+    good = _img(w, h, ns)
+    out = []
+    m = _img(w, h, ns); m.encoding = 'yuv422_weird'
+    out.append(('unsupported encoding', m, "encoding 'yuv422_weird' is not supported"))
+    m = _img(w, h, ns); m.encoding = '32FC1'  # inconsistent: 3-byte pixels declared as 4-byte floats
+    out.append(('inconsistent encoding', m, "'32FC1' is not supported"))
+    m = _img(w, h, ns); m.step = w * 3 - 1
+    out.append(('step < width', m, f'step {w * 3 - 1} < width*pixel bytes {w * 3}'))
+    m = _img(w, h, ns); m.data = bytes(good.data)[:w * 3 * h // 2]
+    out.append(('truncated', m, f'expected {w * 3 * h}'))
+    m = _img(w, h, ns); m.width = 0; m.step = 0; m.data = b''
+    out.append(('zero width', m, 'empty rgb8 image'))
+    m = _img(w, h, ns); m.height = 0; m.data = b''
+    out.append(('zero height', m, 'empty rgb8 image'))
+    m = _img(w, h, ns); m.encoding = 'rgb8'; m.width = w * 2  # step now too small for the width
+    out.append(('step does not match width', m, 'step'))
+    return out
+
+
+def test_bad_camera_images_raise_clear_errors():
+    for name, msg, text in _bad_images():
+        with pytest.raises(ConversionError) as ei:
+            check_image(msg, named_only=True)
+        assert text in str(ei.value), (name, str(ei.value))
+        with pytest.raises(ConversionError):
+            image_to_rgb(msg)
+
+
+def test_big_endian_16bit_is_byte_swapped_like_cv_bridge():
+    from sensor_msgs.msg import Image
+    rgb16 = (np.arange(4 * 3 * 3, dtype=np.uint16).reshape(3, 4, 3) * 1800).astype(np.uint16)
+    msg = Image(height=3, width=4, encoding='rgb16', is_bigendian=1, step=4 * 6,
+                data=rgb16.astype('>u2').tobytes())
+    got = image_to_rgb(msg)
+    np.testing.assert_array_equal(got, np.round(rgb16 * (255 / 65535)).astype(np.uint8))
+    # 8-bit data: the flag is meaningless and ignored
+    m8 = _img(4, 3, 0, value=7)
+    m8.is_bigendian = 1
+    assert (image_to_rgb(m8) == 7).all()
+
+
+# ------------------------------------------------------------------------ propagation node
+def _prop(params):
+    from vidseg_ros.ros.propagation_node import PropagationNode
+    from std_msgs.msg import String
+    from vidseg_ros.core.classes import CITYSCAPES
+    node = _node(PropagationNode, dict({'input_qos': 'reliable', 'diagnostics_period': 0.0}, **params))
+    assert node.trigger_configure().name == 'SUCCESS'
+    for a in ('labels_pub', 'color_pub', 'conf_pub', 'stats_pub', 'status_pub', 'classes_pub'):
+        setattr(node, a, Rec())
+    node.trigger_activate()
+    node.on_info(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'class_map': list(range(19)) + [255]})))
+    return node
+
+
+def _flow(w, h, ns, dx=0.5):
+    from std_msgs.msg import Header
+    f = np.zeros((h, w, 4), np.float32)
+    f[..., 0], f[..., 2] = dx, -dx
+    return ndarray_to_image(f, '32FC4', Header(frame_id='cam', stamp=ns_to_stamp(ns)))
+
+
+def _chain_start(ns):
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.conversions import empty_image
+    return empty_image('32FC4', Header(frame_id='cam', stamp=ns_to_stamp(ns)))
+
+
+def _keyframe(node, ns, w, h, cls=3):
+    from std_msgs.msg import Header, String
+    hdr = Header(frame_id='cam', stamp=ns_to_stamp(ns))
+    node.on_decision(String(data=json.dumps({'stamp_ns': ns, 'keyframe': True, 'reason': 'schedule'})))
+    probs = np.zeros((-(-h // 4), -(-w // 4), 20), np.uint8)
+    probs[..., cls] = 255
+    node.on_kf_probs(ndarray_to_image(probs, '8UC(20)', hdr))
+    node.on_kf_labels(ndarray_to_image(np.full((h, w), cls, np.uint8), 'mono8', hdr))
+
+
+def _decision(node, ns, kf=False):
+    from std_msgs.msg import String
+    node.on_decision(String(data=json.dumps({'stamp_ns': ns, 'keyframe': kf, 'reason': 'schedule'})))
+
+
+def test_propagation_node_bad_input_and_time(ros_domain):
+    from vidseg_ros.ros.conversions import image_to_ndarray, stamp_to_ns
+    W, H = 64, 48
+    node = _prop({'flow_timeout': 0.2, 'source_timeout': 0.6, 'max_distance': 0})
+    try:
+        status = node.status_pub.msgs
+        labels = node.labels_pub.msgs
+        last = lambda: json.loads(status[-1].data)  # noqa: E731
+        ms = 10**9 // 1000
+        T = [10**10 + i * 33 * ms for i in range(40)]
+
+        def frame(i, w=W, h=H, flow=True, kf=False):
+            _decision(node, T[i], kf)
+            node.on_image(_img(w, h, T[i]))
+            if flow is True:
+                node.on_flow(_flow(w, h, T[i]))
+            elif flow == 'start':
+                node.on_flow(_chain_start(T[i]))
+            return last()
+
+        assert frame(0, flow='start')['reasons'] == ['no_keyframe']
+        _keyframe(node, T[0], W, H)            # late keyframe for frame 0: re-propagated
+        st = frame(1)
+        assert not st['degraded'] and st['distance'] == 1 and st['keyframe_stamp_ns'] == T[0]
+        st = frame(2)
+        assert st['confidence_scale'] == pytest.approx(0.97 ** 2)
+        conf = image_to_ndarray(node.conf_pub.msgs[-1])
+        assert 0 < conf.max() <= round(255 * 0.97 ** 2) + 1  # confidence decays with the distance
+
+        # broken images: no labels, a status naming the cause, counted; the node keeps going
+        n_labels = len(labels)
+        bad = _bad_images(W, H, T[3])
+        for name, msg, text in bad:
+            node.on_image(msg)
+            st = last()
+            assert st['published'] is False and st['degraded'] and text in st['reasons'][0], (name, st)
+        assert len(labels) == n_labels and node.counts['bad_images'] == len(bad)
+        # duplicate stamp (of an already processed frame: out of order, published degraded)
+        node.on_image(_img(W, H, T[2]))
+        assert last()['reasons'] == ['out_of_order'] and len(labels) == n_labels + 1
+        # duplicate stamp of a pending frame: counted, no second output
+        _decision(node, T[3])
+        node.on_image(_img(W, H, T[3]))
+        node.on_image(_img(W, H, T[3]))
+        assert last()['reasons'] == ['duplicate_stamp'] and last()['published'] is False
+        node.on_flow(_flow(W, H, T[3]))
+        node.on_flow(_chain_start(T[3]))      # a second flow for the same stamp is ignored
+        assert node.counts['duplicate_images'] == 1
+        assert not last()['degraded'] and last()['stamp_ns'] == T[3]
+
+        # frame whose flow never comes: output after flow_timeout, labels held, degraded
+        _decision(node, T[4])
+        node.on_image(_img(W, H, T[4]))
+        t0 = time.monotonic()
+        while stamp_to_ns(labels[-1].header.stamp) != T[4]:
+            assert time.monotonic() - t0 < 2
+            time.sleep(0.02)
+            node.pump()
+        assert 0.15 < time.monotonic() - t0 < 1.0 and 'flow_missing' in last()['reasons']
+        # the next frames: flow across the gap; labels stay held (degraded) until the next keyframe
+        assert 'labels_held' in frame(5)['reasons']
+        # dropped frame 6 (never arrives): flow across the gap is used, the gap is counted
+        st = frame(7, kf=True)
+        _keyframe(node, T[7], W, H, cls=5)
+        st = frame(8)
+        assert not st['degraded'] and st['distance'] == 1 and st['keyframe_stamp_ns'] == T[7]
+        assert node.counts['input_gap_frames'] == 1  # frame 6 (dropped before the node) is counted
+
+        # resolution change mid-stream: state reset (keyframe for the new size is awaited)
+        resets = node.counts['resets']
+        st = frame(9, w=96, h=40, flow='start')
+        assert node.counts['resets'] == resets + 1 and node.counts['size_changes'] == 1
+        assert st['reasons'] == ['no_keyframe'] and (labels[-1].width, labels[-1].height) == (96, 40)
+        _keyframe(node, T[10], 96, 40, cls=7)
+        st = frame(10, w=96, h=40)
+        assert st['distance'] == 0 and (image_to_ndarray(labels[-1]) == 7).all()
+        st = frame(11, w=96, h=40)
+        assert not st['degraded']
+        # time jump: the flow node restarts its chain -> labels held, marked
+        assert 'flow_chain_restart' in frame(12, w=96, h=40, flow='start')['reasons']
+
+        # the bag loops: time goes back by more than a second -> full restart
+        resets = node.counts['resets']
+        node.on_image(_img(96, 40, T[0] - 5 * 10**9))
+        node.on_flow(_chain_start(T[0] - 5 * 10**9))
+        assert node.counts['resets'] == resets + 1 and last()['reasons'] == ['no_keyframe']
+
+        # silent sources: nothing from flow_node / keyframe_node for source_timeout -> degraded, and
+        # frames stop waiting for flow
+        _keyframe(node, T[0] - 4 * 10**9, 96, 40)
+        node.on_image(_img(96, 40, T[0] - 4 * 10**9))
+        node.on_flow(_chain_start(T[0] - 4 * 10**9))
+        time.sleep(0.7)
+        t0 = time.monotonic()
+        node.on_image(_img(96, 40, T[0] - 4 * 10**9 + 33 * ms))
+        assert time.monotonic() - t0 < 0.1 and stamp_to_ns(labels[-1].header.stamp) == T[0] - 4 * 10**9 + 33 * ms
+        assert {'keyframe_node_silent', 'flow_node_silent'} <= set(last()['reasons'])
+        diag = node.diagnostics()[0]
+        assert diag[1] == 1 and 'keyframe_node_silent' in diag[2]  # WARN with the reason
+
+        # accounting: every input frame has labels or a counted reason
+        c = node.counts
+        assert c['frames_in'] == c['frames_out'] + c['bad_images'] + c['duplicate_images']
+        assert len(labels) == c['frames_out'] and len(status) == c['frames_in']
+    finally:
+        _close(node)
+
+
+def test_propagation_node_keyframe_overdue(ros_domain):
+    """A keyframe announced but never delivered (network hung) -> degraded after source_timeout,
+    while decisions keep coming; cleared when a result arrives."""
+    W, H = 32, 24
+    node = _prop({'flow_timeout': 0.2, 'source_timeout': 0.3})
+    try:
+        T = [10**10 + i * 33_000_000 for i in range(20)]
+        _keyframe(node, T[0], W, H)
+        node.on_image(_img(W, H, T[0]))
+        node.on_flow(_chain_start(T[0]))
+        _decision(node, T[1], kf=True)        # announced, result never comes
+        for i in range(1, 12):
+            if i > 1:
+                _decision(node, T[i])          # 'busy' decisions keep the node from looking silent
+            node.on_image(_img(W, H, T[i]))
+            node.on_flow(_flow(W, H, T[i]))
+            time.sleep(0.04)
+        st = [json.loads(m.data) for m in node.status_pub.msgs]
+        assert not st[1]['degraded'] and 'keyframe_overdue' in st[-1]['reasons']
+        assert [s['distance'] for s in st[1:]] == list(range(1, 12))
+        assert st[-1]['confidence_scale'] < st[1]['confidence_scale']
+        _keyframe(node, T[12], W, H)
+        node.on_image(_img(W, H, T[12]))
+        node.on_flow(_flow(W, H, T[12]))
+        last = json.loads(node.status_pub.msgs[-1].data)
+        assert last['distance'] == 0 and not last['degraded']
+    finally:
+        _close(node)
+
+
+# ------------------------------------------------------------------------ flow node
+def test_flow_node_bad_input_and_time(ros_domain):
+    from vidseg_ros.ros.flow_node import FlowNode
+    node = _node(FlowNode, {'input_qos': 'reliable', 'diagnostics_period': 0.0, 'max_gap': 0.5})
+    try:
+        assert node.trigger_configure().name == 'SUCCESS'
+        node.flow_pub = Rec()
+        node.trigger_activate()
+        out = node.flow_pub.msgs
+        T = [10**10 + i * 33_000_000 for i in range(10)]
+        rng = np.random.default_rng(0)
+        tex = (rng.random((48, 80, 3)) * 255).astype(np.uint8)
+
+        def send(ns, x=0, w=64):
+            from std_msgs.msg import Header
+            node.on_image(ndarray_to_image(np.ascontiguousarray(tex[:, x:x + w]), 'rgb8',
+                                           Header(frame_id='c', stamp=ns_to_stamp(ns))))
+
+        send(T[0]); send(T[1], 2)
+        assert out[0].width == 0 and out[1].encoding == '32FC4' and out[1].width > 0
+        for _, msg, _ in _bad_images(64, 48, T[2]):
+            node.on_image(msg)
+        assert node.counts['bad_images'] == 7 and len(out) == 2
+        send(T[1], 2)                          # duplicate stamp: no output
+        assert node.counts['duplicate_stamps'] == 1 and len(out) == 2
+        send(T[3], 4)                          # flow across the gap left by frame 2
+        assert out[-1].width > 0
+        send(T[4], 4, w=60)                    # size change -> chain start
+        send(T[2], 4, w=60)                    # time backwards -> chain start
+        send(T[2] + 2 * 10**9, 4, w=60)        # time jump > max_gap -> chain start
+        assert [m.width for m in out[-3:]] == [0, 0, 0]
+        c = node.counts
+        assert (c['size_changes'], c['time_backwards'], c['gaps']) == (1, 1, 1)
+    finally:
+        _close(node)
+
+
+# ------------------------------------------------------------------------ keyframe node
+def test_nonfinite_network_outputs_are_sanitised():
+    from vidseg_ros.core.errors import InputError
+    from vidseg_ros.core.models.base import Segmentation
+    from vidseg_ros.ros.keyframe_node import make_semantics_fn, sanitize_segmentation
+    probs = np.full((20, 8, 8), 0.05, np.float32)
+    probs[2] = 0.05 + 0.0  # all equal: argmax 0
+    probs[:, 0, :3] = np.nan
+    probs[4, 5, 5] = np.inf
+    seg = Segmentation(probs=probs, labels=np.zeros((8, 8), np.uint8))
+    clean, n = sanitize_segmentation(seg)
+    assert n == 4 and np.isfinite(clean.probs).all()
+    assert (clean.labels[0, :3] == 255).all() and clean.labels[5, 5] == 255 and clean.probs[:, 5, 5].max() == 0
+    with pytest.raises(InputError, match='non-finite'):
+        sanitize_segmentation(Segmentation(probs=np.full((20, 8, 8), np.nan, np.float32),
+                                           labels=np.zeros((8, 8), np.uint8)))
+
+    class NaNModel:
+        output_to_class = np.array(list(range(19)) + [255], np.uint8)
+
+        def segment(self, rgb):
+            return Segmentation(probs=probs.copy(), labels=np.zeros((8, 8), np.uint8))
+    seen = []
+    sem = make_semantics_fn(NaNModel(), 1, seen.append)(np.zeros((8, 8, 3), np.uint8))
+    assert seen == [4] and sem.labels[0, 0] == 255 and sem.probs.dtype == np.uint8
+
+
+@pytest.fixture(scope='module')
+def wrong_class_weights(tmp_path_factory):
+    import torch
+    from pathlib import Path
+    import vidseg_ros
+    sd = torch.load(str(Path(vidseg_ros.__file__).parent / 'weights' / 'default.pt'), map_location='cpu',
+                    weights_only=True)
+    sd = {k: (v[:12].clone() if hasattr(v, 'shape') and v.ndim and v.shape[0] == 20 else v) for k, v in sd.items()}
+    p = tmp_path_factory.mktemp('w') / 'wrong_classes.pt'
+    torch.save(sd, str(p))
+    return p
+
+
+@pytest.mark.parametrize('case', ['missing', 'corrupt', 'wrong_classes', 'out_of_range', 'unknown', 'bad_value'])
+def test_keyframe_node_configure_rejects_bad_config(ros_domain, tmp_path, case, wrong_class_weights):
+    from vidseg_ros.ros.keyframe_node import KeyframeNode
+    corrupt = tmp_path / 'corrupt.pt'
+    corrupt.write_bytes(b'not a checkpoint')
+    params, extra, reason = {'warmup': False, 'num_threads': 1}, [], ''
+    if case == 'missing':
+        params['weights'], reason = str(tmp_path / 'nope.pt'), 'not found'
+    elif case == 'corrupt':
+        params['weights'], reason = str(corrupt), 'cannot read weights'
+    elif case == 'wrong_classes':
+        params['weights'], reason = str(wrong_class_weights), 'expected 20 outputs, file has 12'
+    elif case == 'out_of_range':
+        params['scale'], reason = 0, 'parameter scale must be in [1, 16], got 0'
+    elif case == 'unknown':
+        params['shedule'], reason = 'fixed:3', 'unknown parameter shedule'
+    elif case == 'bad_value':
+        params['schedule'], reason = 'fixed:zero', "parameter schedule: interval must be a number in [1, 10000], got 'zero'"
+    node = _node(KeyframeNode, params, extra)
+    try:
+        assert node.trigger_configure().name == 'FAILURE'
+        assert node._state_machine.current_state[0] == 1  # still unconfigured
+        with pytest.raises(Exception) as ei:  # the same reason the transition logged
+            node.validate_params()
+            node.configure()
+        assert reason in str(ei.value), str(ei.value)
+        assert not (tmp_path / 'nope.pt').exists()
+    finally:
+        _close(node)
+
+
+def test_keyframe_node_forces_keyframe_on_size_change_and_reports_stuck(ros_domain):
+    from vidseg_ros.core.models.base import Segmentation
+    from vidseg_ros.ros.keyframe_node import KeyframeNode, make_semantics_fn
+    node = _node(KeyframeNode, {'warmup': False, 'num_threads': 1, 'schedule': 'fixed:100',
+                                'input_qos': 'reliable', 'diagnostics_period': 0.0, 'stuck_timeout': 0.5})
+    try:
+        assert node.trigger_configure().name == 'SUCCESS'
+        for a in ('labels_pub', 'probs_pub', 'decision_pub', 'info_pub'):
+            setattr(node, a, Rec())
+        node.trigger_activate()
+
+        class NaNModel:
+            output_to_class = np.array(list(range(19)) + [255], np.uint8)
+
+            def segment(self, rgb):
+                p = np.full((20, 8, 8), 0.05, np.float32)
+                p[:, 0, 0] = np.nan
+                return Segmentation(probs=p, labels=np.zeros((8, 8), np.uint8))
+        node.semantics_fn = make_semantics_fn(NaNModel(), 1, node._on_nonfinite)
+        T = [10**10 + i * 33_000_000 for i in range(6)]
+        node._process((0, _img(64, 48, T[0])))
+        node._process((1, _img(64, 48, T[1])))
+        node._process((2, _img(80, 48, T[2])))   # new resolution: keyframe forced despite fixed:100
+        node._process((3, _img(80, 48, T[3])))
+        dec = [json.loads(m.data)['keyframe'] for m in node.decision_pub.msgs]
+        assert dec == [True, False, True, False] and node.counts['forced_size_change'] == 1
+        assert node.counts['nonfinite_keyframes'] == 2 and node.counts['nonfinite_pixels'] == 2
+        assert len(node.labels_pub.msgs) == 2
+        d = node.diagnostics()[0]
+        assert d[1] == 1 and 'NaN' in d[2]
+        node.busy_since = time.monotonic() - 1.0  # a network pass that has not returned
+        d = node.diagnostics()[0]
+        assert d[1] == 2 and d[2].startswith('stuck') and d[3]['stuck'] is True
+    finally:
+        _close(node)
+
+
+# ------------------------------------------------------------------------ manager restart hook
+def test_manager_kills_stuck_or_hung_node_by_pid(ros_domain):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from vidseg_ros.ros.common import diagnostic_status
+    from vidseg_ros.ros.manager import LifecycleManager
+    mgr = _node(LifecycleManager, {'node_names': ['keyframe_node'], 'autostart': False, 'restart_after': 0.3,
+                                   'health_timeout': 0.2})
+    victim = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', '__node:=keyframe_node'])
+    impostor = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', 'something_else'])
+    try:
+        m = mgr._by_name['keyframe_node']
+        mgr.want_active = True
+
+        def diag(pid, stuck):
+            arr = DiagnosticArray()
+            arr.status = [diagnostic_status('vidseg: keyframe_node', 'keyframe_node', 2, 'stuck',
+                                            {'pid': pid, 'stuck': stuck})]
+            mgr._on_diagnostics(arr)
+
+        # a pid that is not the node's (reused by another process) is never killed
+        diag(impostor.pid, True)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.8:
+            mgr._health_tick()
+            time.sleep(0.1)
+        assert impostor.poll() is None and m.kills == 0
+        # the node's own pid, reported stuck: killed after restart_after
+        diag(victim.pid, True)
+        m.unhealthy_since = None
+        t0 = time.monotonic()
+        while victim.poll() is None and time.monotonic() - t0 < 3:
+            mgr._health_tick()
+            time.sleep(0.05)
+        assert victim.wait(2) == -9 and m.kills == 1
+        assert 0.25 < time.monotonic() - t0 < 1.5
+    finally:
+        for p in (victim, impostor):
+            p.kill()
+            p.wait(2)
+        _close(mgr)
+
+
+def test_propagation_node_reorders_pending_frames(ros_domain):
+    """Frames arriving out of order within the join window are stepped in stamp order (regression: the
+    join used to step them in arrival order -> 'frame ids must increase' errors under load)."""
+    from vidseg_ros.ros.conversions import stamp_to_ns
+    W, H = 32, 24
+    node = _prop({'flow_timeout': 0.5})
+    try:
+        T = [10**10 + i * 33_000_000 for i in range(6)]
+        _keyframe(node, T[0], W, H)
+        node.on_image(_img(W, H, T[0]))
+        node.on_flow(_chain_start(T[0]))
+        node.on_image(_img(W, H, T[2]))   # T2 before T1
+        node.on_image(_img(W, H, T[1]))
+        node.on_flow(_flow(W, H, T[1]))
+        node.on_flow(_flow(W, H, T[2]))
+        f4 = _flow(W, H, T[4])
+        a = np.frombuffer(bytes(f4.data), np.float32).copy()
+        a[:7] = np.nan
+        a[7] = np.inf
+        f4.data = a.tobytes()              # NaN/Inf in the flow: zeroed, counted
+        node.on_flow(f4)                   # T4's flow before T3's and before both images
+        node.on_flow(_flow(W, H, T[3]))
+        node.on_image(_img(W, H, T[3]))
+        node.on_image(_img(W, H, T[4]))
+        got = [stamp_to_ns(m.header.stamp) for m in node.labels_pub.msgs]
+        assert got == T[:5] and node.counts['step_errors'] == 0 and node.counts['nonfinite_flows'] == 1
+        st = [json.loads(m.data) for m in node.status_pub.msgs]
+        assert [s['distance'] for s in st] == [0, 1, 2, 3, 4] and not any(s['degraded'] for s in st)
+    finally:
+        _close(node)
+
+
+@pytest.mark.parametrize('node_cls', ['flow_node.FlowNode', 'propagation_node.PropagationNode', 'manager.LifecycleManager'])
+def test_unknown_and_out_of_range_parameters_rejected(ros_domain, node_cls):
+    """Typos in a params file are not silently ignored: configure fails (lifecycle nodes) or the manager
+    refuses to start, naming the parameter."""
+    import importlib
+    from vidseg_ros.core.errors import ConfigError
+    mod, cls = node_cls.split('.')
+    cls = getattr(importlib.import_module(f'vidseg_ros.ros.{mod}'), cls)
+    for params, reason in (({'flow_timout': 0.5}, 'unknown parameter flow_timout'),
+                           ({'health_period': 0.0} if cls.__name__ == 'LifecycleManager' else {'scale': 99},
+                            'must be in')):
+        if cls.__name__ == 'LifecycleManager':
+            with pytest.raises(ConfigError, match=reason):
+                _node(cls, dict(params, autostart=False))
+            continue
+        node = _node(cls, params)
+        try:
+            assert node.trigger_configure().name == 'FAILURE'
+            with pytest.raises(ConfigError, match=reason):
+                node.validate_params()
+        finally:
+            _close(node)

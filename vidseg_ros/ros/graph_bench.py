@@ -1,0 +1,633 @@
+"""graph_bench: replay a video through the real ROS graph and compare it with the in-process core.
+
+``python -m vidseg_ros.ros.graph_bench [--video V] [--rate HZ] [--model M] [--schedule S] --out r.json``
+
+Starts the graph exactly as ``vidseg_graph`` does (``runner.commands`` / ``runner.Graph``: flow, keyframe
+and propagation lifecycle nodes + the lifecycle manager, autostart) in an isolated ROS domain with
+LOCALHOST discovery, and a probe node in this process that publishes ``/camera/image_raw`` (stamp =
+wall clock at publish time) and records ``/semantic/labels``, ``/vidseg/propagation/stats``,
+``/vidseg/keyframe/labels`` and ``/diagnostics``. Phases (one run, the same frames):
+
+1. ``paced``: the frames at ``--rate`` (default: the video's rate), like a camera. Output rate, latency
+   (image stamp -> label received: median, p99), frames in/out/dropped/degraded, keyframe ratio.
+2. ``max``: the graph as fast as it keeps up, paced by its output: a closed loop that keeps at most
+   ``--window`` frames in flight (a frame is published when fewer than W labels are outstanding), so no
+   queue overflows and nothing is dropped; throughput = frames / (last label - first publish).
+3. ``core``: the in-process ``VideoSegmenter`` (same model, schedule, scale, flow preset) on the same
+   frames as fast as possible (before and after the graph phases; the mean is used).
+   ``graph/core`` = max-phase throughput / core throughput (goal >= 0.85).
+
+``--kitti-rate``: the real-time mode instead: a 10 Hz 1242x375 stream made of real Cityscapes sequence
+frames (centre crop to the KITTI aspect, resized, looped), ESPNetv2 s2.0 keyframes with the budget
+schedule (``parallel=true``: the network runs on the keyframe node's own worker) and the network on one
+thread; reports the sustained keyframe rate and the lag of the first vs the last 20% of the frames.
+
+``--external-graph``: do not start the graph (it runs elsewhere, e.g. in another network namespace);
+only publish, record and report the paced phase.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vidseg_ros.core.errors import ConfigError, InputError, VidsegError
+
+KITTI_SIZE = (1242, 375)
+NODES = ('flow_node', 'keyframe_node', 'propagation_node')
+DEFAULT_KITTI_SCHEDULE = ('budget:camera_rate_hz=10,parallel=true,keyframe_cost_s=1.0,'
+                          'propagate_cost_s=0.03,max_interval=30,utilisation=0.9')
+
+
+# ---------------------------------------------------------------------------------------------- frames
+def load_video(path, limit: int = 0):
+    """All frames of a video as RGB uint8 (+ its fps)."""
+    from vidseg_ros.core.io import VideoSource
+    src = VideoSource(path)
+    frames = []
+    for f in src:
+        frames.append(f.rgb)
+        if limit and len(frames) >= limit:
+            break
+    if not frames:
+        raise InputError(f'no frames in {path}')
+    return frames, (src.fps or 25.0)
+
+
+def kitti_frames(shared=None, size=KITTI_SIZE, limit: int = 0):
+    """Real frames at the KITTI size: Cityscapes sequence snippets, centre-cropped to the KITTI aspect
+    and area-resized (the snippets one after another; the caller loops over them)."""
+    import cv2
+    from vidseg_ros.core.paths import shared_dir
+    root = Path(shared or shared_dir()) / 'data' / 'cityscapes_seq'
+    files = sorted(root.glob('seq*/*_leftImg8bit.*'))
+    if not files:
+        raise InputError(f'no Cityscapes sequence frames under {root}')
+    w, h = size
+    out = []
+    for f in files[:limit or None]:
+        img = cv2.imread(str(f))
+        if img is None:
+            raise InputError(f'cannot read image {f}')
+        H, W = img.shape[:2]
+        ch = min(H, int(round(W * h / w)))
+        y0 = (H - ch) // 2
+        crop = img[y0:y0 + ch]
+        out.append(np.ascontiguousarray(cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)[:, :, ::-1]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- probe
+class Recorder:
+    """Probe side: publishes camera frames and records label / stats / keyframe arrivals by stamp."""
+
+    def __init__(self, name='vidseg_graph_bench'):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+        from vidseg_ros.ros import graph
+        from vidseg_ros.ros.common import reliable_qos
+        from vidseg_ros.ros.testing import Probe
+        self.probe = Probe(name)
+        node = self.probe.node
+        self.cv = threading.Condition()
+        self.labels = {}      # stamp_ns -> wall ns received
+        self.stats = {}       # stamp_ns -> dict
+        self.kf = {}          # stamp_ns -> wall ns received
+        self.diag = {}        # status name -> {key: value} (latest)
+        self.label_sizes = set()
+        self.label_classes = set()
+        node.create_subscription(Image, graph.LABELS_TOPIC, self._on_labels, reliable_qos(200))
+        node.create_subscription(Image, graph.KEYFRAME_LABELS_TOPIC, self._on_kf, reliable_qos(50))
+        node.create_subscription(String, graph.STATS_TOPIC, self._on_stats, reliable_qos(200))
+        node.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, self._on_diag, reliable_qos(50))
+        self.cam = node.create_publisher(Image, graph.CAMERA_TOPIC, reliable_qos(10))
+        self._check_every = 10
+
+    def _on_labels(self, msg):
+        from vidseg_ros.ros.conversions import stamp_to_ns
+        now = time.time_ns()
+        ns = stamp_to_ns(msg.header.stamp)
+        with self.cv:
+            n = len(self.labels)
+            self.labels.setdefault(ns, now)
+            self.label_sizes.add((msg.width, msg.height, msg.encoding))
+            if n % self._check_every == 0:  # a cheap check that the labels are a real segmentation
+                arr = np.frombuffer(msg.data, np.uint8)
+                self.label_classes.update(int(v) for v in np.unique(arr[::97]))
+            self.cv.notify_all()
+
+    def _on_kf(self, msg):
+        from vidseg_ros.ros.conversions import stamp_to_ns
+        with self.cv:
+            self.kf.setdefault(stamp_to_ns(msg.header.stamp), time.time_ns())
+
+    def _on_stats(self, msg):
+        try:
+            d = json.loads(msg.data)
+            ns = int(d['stamp_ns'])
+        except (ValueError, KeyError, TypeError):
+            return
+        with self.cv:
+            self.stats[ns] = d
+
+    def _on_diag(self, msg):
+        with self.cv:
+            for s in msg.status:
+                self.diag[s.name] = {kv.key: kv.value for kv in s.values}
+
+    def wait_graph(self, timeout: float = 120.0, subscribers: int = 3):
+        """Wait until the managed nodes are active and subscribe to the camera topic."""
+        deadline = time.monotonic() + timeout
+        while self.cam.get_subscription_count() < subscribers:
+            if time.monotonic() > deadline:
+                raise VidsegError(f'graph did not subscribe to the camera topic within {timeout:.0f}s '
+                                  f'({self.cam.get_subscription_count()} of {subscribers} subscribers)')
+            time.sleep(0.1)
+        for n in NODES:
+            while self.probe.get_state(n, timeout=5.0) != 'active':
+                if time.monotonic() > deadline:
+                    raise VidsegError(f'{n} did not become active within {timeout:.0f}s')
+                time.sleep(0.3)
+
+    def publish(self, rgb, stamp_ns: int, frame_id='camera'):
+        from std_msgs.msg import Header
+        from vidseg_ros.ros.conversions import ndarray_to_image, ns_to_stamp
+        self.cam.publish(ndarray_to_image(rgb, 'rgb8', Header(frame_id=frame_id, stamp=ns_to_stamp(stamp_ns))))
+
+    def received(self, stamps) -> int:
+        with self.cv:
+            return sum(1 for s in stamps if s in self.labels)
+
+    def diag_snapshot(self) -> dict:
+        with self.cv:
+            return {k: dict(v) for k, v in self.diag.items()}
+
+    def close(self):
+        self.probe.close()
+
+
+def _next_stamp(last: list) -> int:
+    ns = time.time_ns()
+    if ns <= last[0]:
+        ns = last[0] + 1
+    last[0] = ns
+    return ns
+
+
+def run_paced(rec: Recorder, frames, rate: float, n: int, settle: float = 5.0, progress=True):
+    """Publish ``n`` frames (looping over ``frames``) at ``rate`` Hz; returns [(stamp_ns, t_pub_ns)]."""
+    from tqdm import tqdm
+    sent, last = [], [0]
+    period = 1.0 / rate
+    t0 = time.monotonic()
+    for i in tqdm(range(n), desc=f'paced {rate:g} Hz', disable=not progress, leave=False):
+        delay = t0 + i * period - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        ns = _next_stamp(last)
+        rec.publish(frames[i % len(frames)], ns)
+        sent.append((ns, time.time_ns()))
+    _settle(rec, [s for s, _ in sent], settle)
+    return sent
+
+
+def run_windowed(rec: Recorder, frames, n: int, window: int = 3, stall: float = 2.0, progress=True):
+    """Closed loop: at most ``window`` frames without a label in flight. Returns [(stamp_ns, t_pub_ns)]
+    and the number of frames given up on (no label within ``stall`` s)."""
+    from tqdm import tqdm
+    sent, last = [], [0]
+    given_up = 0
+    stamps = set()
+
+    def outstanding():
+        return len(stamps) - sum(1 for s in stamps if s in rec.labels) - given_up
+
+    for i in tqdm(range(n), desc=f'max (window {window})', disable=not progress, leave=False):
+        with rec.cv:
+            if not rec.cv.wait_for(lambda: outstanding() < window, stall):
+                given_up += 1
+        ns = _next_stamp(last)
+        rec.publish(frames[i % len(frames)], ns)
+        stamps.add(ns)
+        sent.append((ns, time.time_ns()))
+    _settle(rec, [s for s, _ in sent], stall)
+    return sent, given_up
+
+
+def _settle(rec, stamps, quiet: float):
+    """Wait until every stamp has its label or nothing new arrived for ``quiet`` seconds."""
+    want = set(stamps)
+    last_n, last_t = -1, time.monotonic()
+    while True:
+        n = rec.received(want)
+        if n >= len(want):
+            return
+        if n != last_n:
+            last_n, last_t = n, time.monotonic()
+        elif time.monotonic() - last_t > quiet:
+            return
+        time.sleep(0.05)
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _diag_delta(before: dict, after: dict, name: str, keys) -> dict:
+    a, b = after.get(name, {}), before.get(name, {})
+    out = {}
+    for k in keys:
+        va, vb = _num(a.get(k)), _num(b.get(k, 0))
+        if va is not None:
+            out[k] = va - (vb or 0.0)
+    return out
+
+
+def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_frac: float = 0.2) -> dict:
+    """Rates, latency (stamp -> label received), in/out/dropped/degraded, keyframes for one phase."""
+    stamps = [s for s, _ in sent]
+    with rec.cv:
+        recv = {s: rec.labels[s] for s in stamps if s in rec.labels}
+        stats = {s: rec.stats[s] for s in stamps if s in rec.stats}
+        kf = [s for s in stamps if s in rec.kf]
+    n_in, n_out = len(sent), len(recv)
+    lat = np.array([(recv[s] - s) * 1e-6 for s in stamps if s in recv])  # ms
+    t_first_pub = sent[0][1] if sent else 0
+    t_out = sorted(recv.values())
+    res = {'frames_in': n_in, 'frames_out': n_out, 'dropped': n_in - n_out,
+           'degraded': int(sum(1 for d in stats.values() if d.get('degraded'))),
+           'stats_received': len(stats),
+           'keyframes': len(kf), 'keyframe_ratio': len(kf) / n_in if n_in else 0.0,
+           'keyframes_on_time': int(sum(1 for d in stats.values() if d.get('distance') == 0)),
+           'keyframe_stamps_ns': kf}
+    if n_in > 1:
+        res['input_rate_hz'] = (n_in - 1) / max((sent[-1][1] - sent[0][1]) * 1e-9, 1e-9)
+    if n_out > 1:
+        res['output_rate_hz'] = (n_out - 1) / max((t_out[-1] - t_out[0]) * 1e-9, 1e-9)
+        res['throughput_fps'] = n_out / max((t_out[-1] - t_first_pub) * 1e-9, 1e-9)
+        res['duration_s'] = (t_out[-1] - t_first_pub) * 1e-9
+    if len(lat):
+        res.update(latency_median_ms=float(np.median(lat)), latency_p99_ms=float(np.percentile(lat, 99)),
+                   latency_mean_ms=float(lat.mean()), latency_max_ms=float(lat.max()))
+        k = max(1, int(round(len(lat) * window_frac)))
+        res['latency_first_ms'] = float(np.median(lat[:k]))   # first 20% of the labelled frames
+        res['latency_last_ms'] = float(np.median(lat[-k:]))   # last 20%
+        res['latency_series_ms'] = [round(float(v), 2) for v in lat]
+    if len(kf) > 1:
+        res['keyframe_rate_hz'] = (len(kf) - 1) / max((kf[-1] - kf[0]) * 1e-9, 1e-9)
+        gaps = np.diff([stamps.index(s) for s in kf])
+        res['keyframe_interval_frames'] = {'median': float(np.median(gaps)), 'max': int(gaps.max())}
+    if diag_before is not None and diag_after is not None:
+        res['diagnostics'] = {
+            'propagation_node': _diag_delta(diag_before, diag_after, 'vidseg: propagation_node',
+                                            ('frames_in', 'frames_out', 'degraded', 'drops', 'dropped_overflow',
+                                             'flow_timeouts', 'out_of_order', 'late_flows', 'keyframes_late',
+                                             'keyframes_on_time', 'keyframe_wait_expired')),
+            'keyframe_node': _diag_delta(diag_before, diag_after, 'vidseg: keyframe_node',
+                                         ('frames', 'keyframes', 'skipped_busy', 'errors')),
+            'flow_node': _diag_delta(diag_before, diag_after, 'vidseg: flow_node', ('frames', 'flows')),
+        }
+        res['node_cost_mean_ms'] = {
+            'flow_node': _num(diag_after.get('vidseg: flow_node', {}).get('mean_ms')),
+            'keyframe_node': _num(diag_after.get('vidseg: keyframe_node', {}).get('mean_ms')),
+            'propagation_node': _num(diag_after.get('vidseg: propagation_node', {}).get('cost_mean_ms'))}
+        kn = diag_after.get('vidseg: keyframe_node', {})
+        if 'schedule' in kn:
+            res['schedule_at_end'] = kn['schedule']
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- core
+def run_core(frames, model: str, schedule: str, scale: int, num_threads: int = 0, progress=True) -> dict:
+    """The in-process VideoSegmenter on the frames as fast as possible (same model/schedule/scale)."""
+    from tqdm import tqdm
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.pipeline import VideoSegmenter
+    from vidseg_ros.core.schedule import OperatingPoint
+    from vidseg_ros.ros import graph
+    m = load_model(model, num_threads=num_threads or None)
+    seg = VideoSegmenter(m, OperatingPoint('graph_bench', scale, 1, True, False),
+                         schedule=graph.parse_schedule(schedule))
+    seg.process(frames[0])  # warm-up, then start over
+    seg.reset()
+    t0 = time.perf_counter()
+    kfs = 0
+    for f in tqdm(frames, desc='core', disable=not progress, leave=False):
+        out = seg.process(f)
+        kfs += int(out.distance == 0)
+    dt = time.perf_counter() - t0
+    return {'frames': len(frames), 'seconds': dt, 'fps': len(frames) / dt, 'keyframes': kfs,
+            'keyframe_ratio': kfs / len(frames), 'model': m.name}
+
+
+# ---------------------------------------------------------------------------------------------- graph
+def graph_argv(args) -> list:
+    """vidseg_graph options for this run."""
+    argv = ['--model', args.model, '--schedule', args.schedule, '--stop-timeout', '10']
+    params = [f'{n}:scale={args.scale}' for n in NODES]
+    if args.kf_threads:
+        params.append(f'keyframe_node:num_threads={args.kf_threads}')
+    if args.reliable:
+        params += [f'{n}:input_qos=reliable' for n in NODES]
+    params += list(args.param)
+    for p in params:
+        argv += ['--param', p]
+    return argv
+
+
+class GraphProcesses:
+    """The graph started like ``vidseg_graph`` (runner.commands + runner.Graph), optionally with a
+    command prefix (e.g. ``ip netns exec NS``) per node."""
+
+    def __init__(self, runner_argv, log_dir, prefix=None):
+        from vidseg_ros.ros import runner
+        from vidseg_ros.ros.testing import node_env
+        args = runner.build_parser().parse_args(runner_argv)
+        cmds = runner.commands(args)
+        prefix = prefix or {}
+        self.cmds = [(inv, list(prefix.get(inv.name, [])) + argv) for inv, argv in cmds]
+        os.environ.update({k: v for k, v in node_env().items() if k in ('PYTHONPATH', 'OMP_NUM_THREADS')})
+        self.graph = runner.Graph(self.cmds, log_dir=str(log_dir), respawn=False)
+        self.log_dir = Path(log_dir)
+
+    def start(self):
+        self.graph.start()
+
+    def alive(self) -> list:
+        return [n for n, p in self.graph.procs.items() if p.poll() is None]
+
+    def logs(self, tail: int = 2000) -> str:
+        out = []
+        for f in sorted(self.log_dir.glob('*.log')):
+            out.append(f'--- {f.name}\n' + f.read_text(errors='replace')[-tail:])
+        return '\n'.join(out)
+
+    def stop(self):
+        self.graph.stop(10.0)
+
+
+FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
+<dds xmlns="http://www.eprosima.com">
+  <profiles>
+    <transport_descriptors>
+      <transport_descriptor>
+        <transport_id>vidseg_shm</transport_id>
+        <type>SHM</type>
+        <segment_size>{segment}</segment_size>
+      </transport_descriptor>
+      <transport_descriptor>
+        <transport_id>vidseg_udp</transport_id>
+        <type>UDPv4</type>
+      </transport_descriptor>
+    </transport_descriptors>
+    <participant profile_name="vidseg_participant" is_default_profile="true">
+      <rtps>
+        <userTransports>
+          <transport_id>vidseg_shm</transport_id>
+          <transport_id>vidseg_udp</transport_id>
+        </userTransports>
+        <useBuiltinTransports>false</useBuiltinTransports>
+      </rtps>
+    </participant>
+  </profiles>
+</dds>
+"""
+
+
+def fastdds_profile(path, segment_mb: int = 32) -> str:
+    """Write a Fast DDS XML profile whose shared-memory segment holds several camera images.
+
+    Fast DDS's default SHM segment is 512 KB: a 1.4 MB image (960x540 or 1242x375 rgb8) does not fit,
+    so samples are fragmented, allocation fails while readers still hold fragments and best-effort
+    (sensor-data) subscribers lose most frames (measured: ~60% lost at 10 Hz, also with LARGE_DATA).
+    A 32 MB segment delivers every frame over SHM on one host; UDPv4 remains for other hosts."""
+    Path(path).write_text(FASTDDS_PROFILE.format(segment=int(segment_mb) << 20))
+    return str(path)
+
+
+def isolate_domain(domain: int | None = None, transport: str = 'shm') -> int:
+    """Set an isolated ROS_DOMAIN_ID (given, else derived from the pid), LOCALHOST discovery and
+    (``transport='shm'``, unless a Fast DDS profile file is already set) the large-SHM profile."""
+    if domain is None:
+        env = os.environ.get('ROS_DOMAIN_ID')
+        domain = int(env) if env else 150 + os.getpid() % 80
+    os.environ['ROS_DOMAIN_ID'] = str(domain)
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    if transport == 'shm' and not (os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')
+                                   or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE')):
+        path = os.path.join(tempfile.gettempdir(), f'vidseg_fastdds_{os.getpid()}.xml')
+        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = fastdds_profile(path)
+        os.environ.pop('FASTDDS_BUILTIN_TRANSPORTS', None)  # the profile chooses the transports
+    return domain
+
+
+def run_bench(args) -> dict:
+    """All phases of one run (see the module docstring)."""
+    progress = not args.quiet
+    if args.kitti_rate:
+        frames = kitti_frames(args.shared or None, limit=args.kitti_images)
+        fps = float(args.rate or 10.0)
+        source = f'cityscapes_seq {len(frames)} frames -> {KITTI_SIZE[0]}x{KITTI_SIZE[1]}, looped'
+    else:
+        frames, fps = load_video(args.video, args.frames)
+        if args.resize:
+            import cv2
+            frames = [np.ascontiguousarray(cv2.resize(f, args.resize, interpolation=cv2.INTER_AREA)) for f in frames]
+        fps = float(args.rate or fps)
+        source = f'{args.video} ({len(frames)} frames, {frames[0].shape[1]}x{frames[0].shape[0]})'
+    n = args.frames or len(frames)
+    result = {'source': source, 'frames': n, 'rate_hz': fps, 'model': args.model, 'schedule': args.schedule,
+              'scale': args.scale, 'window': args.window, 'mode': 'kitti-rate' if args.kitti_rate else 'video',
+              'external_graph': args.external_graph, 'input_qos': 'reliable' if args.reliable else 'sensor_data'}
+    core_runs = []
+    if not args.kitti_rate and not args.external_graph and not args.skip_core:
+        core_runs.append(run_core(frames[:n], args.model, args.schedule, args.scale, args.kf_threads, progress))
+    if not args.external_graph:
+        result['ros_domain_id'] = isolate_domain(args.domain, args.transport)
+        result['fastdds_profile'] = os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '')
+        result['fastdds_builtin_transports'] = os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', '')
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix='vidseg_graph_bench_'))
+    result['log_dir'] = str(log_dir)
+    procs = None
+    rec = None
+    try:
+        if not args.external_graph:
+            procs = GraphProcesses(graph_argv(args), log_dir)
+            procs.start()
+        rec = Recorder()
+        t0 = time.monotonic()
+        try:
+            rec.wait_graph(args.startup_timeout)
+        except VidsegError as e:
+            raise VidsegError(f'{e}\n{procs.logs() if procs else ""}') from None
+        result['startup_s'] = time.monotonic() - t0
+        # warm-up (not measured): the first keyframe, caches, discovery of every endpoint
+        run_windowed(rec, frames, args.warmup, window=1, stall=10.0, progress=False)
+        time.sleep(1.0)
+        d0 = rec.diag_snapshot()
+        sent = run_paced(rec, frames, fps, n, settle=args.settle, progress=progress)
+        time.sleep(1.5)  # a fresh /diagnostics message
+        d1 = rec.diag_snapshot()
+        result['paced'] = summarize(rec, sent, d0, d1)
+        if not args.kitti_rate and not args.external_graph and not args.skip_max:
+            time.sleep(1.0)
+            d0 = rec.diag_snapshot()
+            sent, given_up = run_windowed(rec, frames, n, window=args.window, progress=progress)
+            time.sleep(1.5)
+            result['max'] = summarize(rec, sent, d0, rec.diag_snapshot())
+            result['max']['given_up'] = given_up
+        result['label_sizes'] = sorted(list(s) for s in rec.label_sizes)
+        result['label_classes_seen'] = sorted(rec.label_classes)
+        with rec.cv:
+            kf_pubs = rec.probe.node.get_publishers_info_by_topic('/vidseg/keyframe/labels')
+        result['keyframe_publishers'] = [f'{i.node_namespace.rstrip("/")}/{i.node_name}' for i in kf_pubs]
+    finally:
+        if rec is not None:
+            rec.close()
+        if procs is not None:
+            dead = [n for n in [inv.name for inv, _ in procs.cmds] if n not in procs.alive()]
+            if dead:
+                result['dead_processes'] = dead
+            procs.stop()
+    if core_runs and not args.skip_core:
+        core_runs.append(run_core(frames[:n], args.model, args.schedule, args.scale, args.kf_threads, progress))
+    if core_runs:
+        fps_core = float(np.mean([c['fps'] for c in core_runs]))
+        result['core'] = {'runs': core_runs, 'fps': fps_core, 'keyframe_ratio': core_runs[0]['keyframe_ratio']}
+        if 'max' in result and result['max'].get('throughput_fps'):
+            result['graph_vs_core'] = result['max']['throughput_fps'] / fps_core
+    return result
+
+
+def format_table(r: dict) -> str:
+    def f(v, fmt='{:.1f}'):
+        return '-' if v is None else fmt.format(v)
+    cols = ('phase', 'in', 'out', 'drop', 'degr', 'kf', 'kf ratio', 'in Hz', 'out Hz', 'fps', 'lat med ms',
+            'lat p99 ms', 'lag 1st20% ms', 'lag last20% ms')
+    rows = []
+    for ph in ('paced', 'max'):
+        p = r.get(ph)
+        if not p:
+            continue
+        rows.append((ph, p['frames_in'], p['frames_out'], p['dropped'], p['degraded'], p['keyframes'],
+                     f(p['keyframe_ratio'], '{:.3f}'), f(p.get('input_rate_hz')), f(p.get('output_rate_hz')),
+                     f(p.get('throughput_fps')), f(p.get('latency_median_ms')), f(p.get('latency_p99_ms')),
+                     f(p.get('latency_first_ms')), f(p.get('latency_last_ms'))))
+    c = r.get('core')
+    if c:
+        rows.append(('core', c['runs'][0]['frames'], c['runs'][0]['frames'], 0, 0, c['runs'][0]['keyframes'],
+                     f(c['keyframe_ratio'], '{:.3f}'), '-', '-', f(c['fps']), '-', '-', '-', '-'))
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    line = lambda vals: '  '.join(str(v).rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    out = [f"graph_bench [{r['mode']}] {r['source']} @ {r['rate_hz']:g} Hz; model {r['model']}, "
+           f"schedule {r['schedule']}, D={r['scale']}", line(cols), line(['-' * w for w in widths])]
+    out += [line(x) for x in rows]
+    if 'graph_vs_core' in r:
+        out.append(f"graph max throughput / in-process core = {r['graph_vs_core']:.3f} (goal >= 0.85)")
+    p = r.get('paced', {})
+    if r['mode'] == 'kitti-rate' and p:
+        out.append(f"keyframe rate sustained: {f(p.get('keyframe_rate_hz'), '{:.2f}')} Hz "
+                   f"(interval median {p.get('keyframe_interval_frames', {}).get('median', '-')} frames); "
+                   f"schedule at end: {r['paced'].get('schedule_at_end', '-')}")
+    for ph in ('paced', 'max'):
+        if r.get(ph, {}).get('node_cost_mean_ms'):
+            out.append(f"{ph}: mean cost per call (ms, last 100): " + ', '.join(
+                f'{k} {f(v)}' for k, v in r[ph]['node_cost_mean_ms'].items()))
+    return '\n'.join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='python -m vidseg_ros.ros.graph_bench', description=__doc__.splitlines()[0])
+    ap.add_argument('--video', default='', help='video file (default: shared data/udacity/solidWhiteRight.mp4)')
+    ap.add_argument('--frames', type=int, default=0, help='frames to publish (default: the whole video; '
+                    'kitti-rate: 300)')
+    ap.add_argument('--resize', default='', help="resize the video frames, e.g. '480x270'")
+    ap.add_argument('--kitti-images', type=int, default=0, help='kitti-rate: use the first N sequence '
+                    'images (0 = all 120), looped')
+    ap.add_argument('--rate', type=float, default=0.0, help='publish rate Hz (default: the video rate; kitti: 10)')
+    ap.add_argument('--model', default='', help="keyframe model (default: 'default'; kitti: espnetv2_s2.0)")
+    ap.add_argument('--schedule', default='', help="keyframe schedule (default: fixed:5; kitti: budget:...)")
+    ap.add_argument('--scale', type=int, default=0, help='working-resolution downscale D (default 1)')
+    ap.add_argument('--window', type=int, default=3, help='frames in flight in the max-throughput phase')
+    ap.add_argument('--kf-threads', type=int, default=-1,
+                    help='keyframe network threads (0 = library default; default 0, kitti: 1)')
+    ap.add_argument('--reliable', action='store_true', help='reliable camera QoS in the nodes')
+    ap.add_argument('--transport', choices=('shm', 'env'), default='shm',
+                    help="'shm': a Fast DDS profile with a 32 MB shared-memory segment (unless a profile file "
+                    "is set); 'env': leave the Fast DDS environment as it is")
+    ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
+                    help='extra vidseg_graph parameter (repeatable)')
+    ap.add_argument('--kitti-rate', action='store_true', help='10 Hz 1242x375 real-time mode (see above)')
+    ap.add_argument('--external-graph', action='store_true', help='do not start the graph; paced phase only')
+    ap.add_argument('--skip-core', action='store_true')
+    ap.add_argument('--skip-max', action='store_true')
+    ap.add_argument('--warmup', type=int, default=5, help='unmeasured frames first')
+    ap.add_argument('--settle', type=float, default=5.0, help='s without new labels that end a phase')
+    ap.add_argument('--startup-timeout', type=float, default=120.0)
+    ap.add_argument('--domain', type=int, default=None, help='ROS_DOMAIN_ID (default: $ROS_DOMAIN_ID or '
+                    'derived from the pid)')
+    ap.add_argument('--shared', default='', help='shared data folder (default: vidseg_ros.core.paths)')
+    ap.add_argument('--log-dir', default='', help='node logs (default: a temp folder)')
+    ap.add_argument('--out', default='', help='write the result JSON here')
+    ap.add_argument('--quiet', action='store_true', help='no progress bars')
+    return ap
+
+
+def resolve_args(args):
+    """Fill mode-dependent defaults and validate."""
+    k = args.kitti_rate
+    args.model = args.model or ('espnetv2_s2.0' if k else 'default')
+    args.schedule = args.schedule or (DEFAULT_KITTI_SCHEDULE if k else 'fixed:5')
+    args.scale = args.scale or 1
+    args.kf_threads = (1 if k else 0) if args.kf_threads < 0 else args.kf_threads
+    if k:
+        args.frames = args.frames or 300
+    if not k and not args.video:
+        from vidseg_ros.core.paths import shared_dir
+        args.video = str(Path(args.shared or shared_dir()) / 'data' / 'udacity' / 'solidWhiteRight.mp4')
+    if not k and not Path(args.video).is_file():
+        raise InputError(f'video not found: {args.video}')
+    if args.resize:
+        from vidseg_ros.ros.keyframe_node import parse_size
+        args.resize = parse_size(args.resize)
+    if args.rate < 0 or args.frames < 0:
+        raise ConfigError('--rate and --frames must be >= 0')
+    if args.window < 1:
+        raise ConfigError(f'--window must be >= 1, got {args.window}')
+    if args.scale < 1:
+        raise ConfigError(f'--scale must be >= 1, got {args.scale}')
+    from vidseg_ros.core.schedule import make_schedule
+    from vidseg_ros.ros import graph
+    make_schedule(graph.parse_schedule(args.schedule))
+    return args
+
+
+def main(argv=None) -> int:
+    try:
+        args = resolve_args(build_parser().parse_args(argv))
+        result = run_bench(args)
+    except VidsegError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        from vidseg_ros.core.io import write_json
+        write_json(args.out, result)
+        print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
