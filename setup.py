@@ -38,7 +38,7 @@ setup(
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
     package_data={'vidseg_ros': ['weights/*.pt', 'weights/*.pth', 'weights/*.json',
-                                 'weights/*.md', 'config/*.yaml']},
+                                 'weights/*.md', 'weights/*.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),

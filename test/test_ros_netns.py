@@ -97,9 +97,16 @@ def test_graph_across_network_namespaces(ros_domain, shared, tmp_path):
                 'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp', 'FASTDDS_DEFAULT_PROFILES_FILE': str(profile)}
         env_g = node_env(dict(base, ROS_STATIC_PEERS=VEH_IP))
         env_v = node_env(dict(base, ROS_STATIC_PEERS=GPU_IP))
+        # VIDSEG_NETNS_TRANSPORT: 'udp' (default, the profile above), 'large_data' (Fast DDS builtin
+        # LARGE_DATA: UDP discovery, TCP + SHM data) or 'builtin' (Fast DDS defaults: SHM + UDP)
+        transport = os.environ.get('VIDSEG_NETNS_TRANSPORT', 'udp')
         for env in (env_g, env_v):
             env.pop('FASTDDS_BUILTIN_TRANSPORTS', None)
             env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'SUBNET'
+            if transport != 'udp':
+                env.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
+            if transport == 'large_data':
+                env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
 
         from vidseg_ros.ros import runner
         args = runner.build_parser().parse_args(
@@ -149,6 +156,8 @@ def test_graph_across_network_namespaces(ros_domain, shared, tmp_path):
         assert str(kf_proc.pid) in gpu_pids and str(kf_proc.pid) not in veh_pids
         # keyframes are labels (480x270) + probs (K x 120x68 uint8) per keyframe: at least that crossed
         sent = _tx_bytes(gpu, dev_g) - tx0
+        print(f'transport {transport}: {sent} bytes gpu->vehicle over the veth, {paced["keyframes"]} keyframes, '
+              f'latency median {paced.get("latency_median_ms", 0):.1f} ms')
         assert sent > paced['keyframes'] * 480 * 270, sent
     finally:
         stop_processes(list(reversed(procs)), grace=10)

@@ -1,14 +1,17 @@
 """vidseg_demo: the whole ROS 2 graph on a video, image folder, rosbag or a generated synthetic drive.
 
     vidseg_demo [--input VIDEO|IMAGE_DIR|BAG] [--out out/demo] [--frames N] [--rate HZ] [--model default]
-                [--schedule fixed:5] [--scale D] [--domain-id ID] [--gt DIR] [--keep-input]
+                [--schedule fixed:5] [--scale D|auto] [--domain-id ID] [--gt DIR] [--keep-input] [--deterministic]
 
 1. input: by default a synthetic drive (``core.synth``, exact labels) generated once into ``<out>/input``;
 2. starts flow, keyframe and propagation nodes + the lifecycle manager (autostart) with ``ros.runner`` in an
    isolated ROS domain (localhost discovery), logs in ``<out>/logs``, and waits until the graph is active;
 3. streams the frames at their rate on ``/camera/image_raw`` (rgb8, stamp = wall clock at the frame's
-   time, frame_id ``camera``) and collects ``/semantic/labels``, ``/semantic/confidence``, keyframe
-   decisions, propagation stats and ``/diagnostics``; always stops the graph (errors, Ctrl-C);
+   time, frame_id ``camera``; reliable, deep node queues: a lossless replay) in live mode (frames never wait
+   for the network; ``--deterministic``: keyframe frames wait for it, so while the network keeps up with the
+   schedule the labels equal ``vidseg run``'s) and collects
+   ``/semantic/labels``, ``/semantic/confidence``, keyframe decisions, propagation stats and ``/diagnostics``;
+   always stops the graph (errors, Ctrl-C);
 4. writes ``<out>/labels/<stem>.png``, ``<out>/overlay.mp4`` and ``<out>/summary.json`` (rate, latency,
    keyframes, mIoU vs ground truth, temporal consistency) and prints a table.
 
@@ -122,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--keep-input', action='store_true',
                    help='reuse an existing <out>/input drive even if its parameters differ')
     p.add_argument('--deterministic', action='store_true',
-                   help='keyframe frames wait for the network (propagation_node keyframe_wait=2 s): labels equal '
-                        "the offline pipeline's (vidseg run); default: live mode, frames never wait")
+                   help='keyframe frames wait for the network (propagation_node keyframe_wait=5 s): while the '
+                        "network keeps up, labels equal the offline pipeline's (vidseg run); default: live mode, "
+                        'frames never wait')
     p.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
                    help='extra node parameter (repeatable), e.g. keyframe_node:num_threads=2')
     p.add_argument('--startup-timeout', type=_positive_float, default=240.0,
@@ -340,7 +344,7 @@ def graph_commands(args, scale: int):
                '--param', f'{n}:queue_depth=100']
     ra += ['--param', 'lifecycle_manager:autostart=true']
     if args.deterministic:
-        ra += ['--param', 'propagation_node:keyframe_wait=2.0']
+        ra += ['--param', 'propagation_node:keyframe_wait=5.0']
     for p in args.param:
         ra += ['--param', p]
     return runner.commands(runner.build_parser().parse_args(ra))

@@ -236,8 +236,8 @@ def step_loss(mode, net, data, idx, dev):
         pc_in = _t(data['cheap'][f], dev, u8)
         p, dl, pc = net(img_half, cur, prev_w, pw, pc_in)
         dt = (pw.argmax(1, keepdim=True) != tgt.argmax(1, keepdim=True)).float()
-        pos = dt.mean().clamp(1e-3, 0.5)
-        bce = F.binary_cross_entropy_with_logits(dl, dt, pos_weight=((1 - pos) / pos).detach())
+        # unweighted BCE: D is blended as a probability of distortion, so it must stay calibrated
+        bce = F.binary_cross_entropy_with_logits(dl, dt)
         return soft_ce(p, tgt) + 0.5 * bce + 0.5 * soft_ce(pc, tgt, weight=dt)
     raise ConfigError(f'unknown learned mode {mode!r}')
 

@@ -19,8 +19,8 @@ wall clock at publish time) and records ``/semantic/labels``, ``/vidseg/propagat
 
 ``--kitti-rate``: the real-time mode instead: a 10 Hz 1242x375 stream made of real Cityscapes sequence
 frames (centre crop to the KITTI aspect, resized, looped), ESPNetv2 s2.0 keyframes with the budget
-schedule (``parallel=true``: the network runs on the keyframe node's own worker) and the network on one
-thread; reports the sustained keyframe rate and the lag of the first vs the last 20% of the frames.
+schedule (``parallel=true``: the network runs on the keyframe node's own worker; utilisation 0.8), the
+network on one thread and D=2 (flow and propagation at 621x188, labels at 1242x375); reports the sustained keyframe rate and the lag of the first vs the last 20% of the frames.
 
 ``--external-graph``: do not start the graph (it runs elsewhere, e.g. in another network namespace);
 only publish, record and report the paced phase.
@@ -43,7 +43,7 @@ from vidseg_ros.core.errors import ConfigError, InputError, VidsegError
 KITTI_SIZE = (1242, 375)
 NODES = ('flow_node', 'keyframe_node', 'propagation_node')
 DEFAULT_KITTI_SCHEDULE = ('budget:camera_rate_hz=10,parallel=true,keyframe_cost_s=1.0,'
-                          'propagate_cost_s=0.03,max_interval=30,utilisation=0.9')
+                          'propagate_cost_s=0.03,max_interval=30,utilisation=0.8')
 
 
 # ---------------------------------------------------------------------------------------------- frames
@@ -271,6 +271,8 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
            'keyframes': len(kf), 'keyframe_ratio': len(kf) / n_in if n_in else 0.0,
            'keyframes_on_time': int(sum(1 for d in stats.values() if d.get('distance') == 0)),
            'keyframe_stamps_ns': kf}
+    pos = {s: i for i, s in enumerate(stamps)}
+    res['keyframe_indices'] = [pos[s] for s in kf]
     if n_in > 1:
         res['input_rate_hz'] = (n_in - 1) / max((sent[-1][1] - sent[0][1]) * 1e-9, 1e-9)
     if n_out > 1:
@@ -286,7 +288,7 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
         res['latency_series_ms'] = [round(float(v), 2) for v in lat]
     if len(kf) > 1:
         res['keyframe_rate_hz'] = (len(kf) - 1) / max((kf[-1] - kf[0]) * 1e-9, 1e-9)
-        gaps = np.diff([stamps.index(s) for s in kf])
+        gaps = np.diff(res['keyframe_indices'])
         res['keyframe_interval_frames'] = {'median': float(np.median(gaps)), 'max': int(gaps.max())}
     if diag_before is not None and diag_after is not None:
         res['diagnostics'] = {
@@ -559,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--rate', type=float, default=0.0, help='publish rate Hz (default: the video rate; kitti: 10)')
     ap.add_argument('--model', default='', help="keyframe model (default: 'default'; kitti: espnetv2_s2.0)")
     ap.add_argument('--schedule', default='', help="keyframe schedule (default: fixed:5; kitti: budget:...)")
-    ap.add_argument('--scale', type=int, default=0, help='working-resolution downscale D (default 1)')
+    ap.add_argument('--scale', type=int, default=0, help='working-resolution downscale D (default 1; kitti: 2)')
     ap.add_argument('--window', type=int, default=3, help='frames in flight in the max-throughput phase')
     ap.add_argument('--kf-threads', type=int, default=-1,
                     help='keyframe network threads (0 = library default; default 0, kitti: 1)')
@@ -590,7 +592,7 @@ def resolve_args(args):
     k = args.kitti_rate
     args.model = args.model or ('espnetv2_s2.0' if k else 'default')
     args.schedule = args.schedule or (DEFAULT_KITTI_SCHEDULE if k else 'fixed:5')
-    args.scale = args.scale or 1
+    args.scale = args.scale or (2 if k else 1)
     args.kf_threads = (1 if k else 0) if args.kf_threads < 0 else args.kf_threads
     if k:
         args.frames = args.frames or 300

@@ -1,0 +1,55 @@
+"""Real-time run of the whole graph at the KITTI camera rate (bounded: 80 frames at 10 Hz).
+
+A 10 Hz 1242x375 stream of real frames (Cityscapes sequence frames centre-cropped to the KITTI aspect,
+looped) goes through the graph started like ``vidseg_graph`` (graph_bench --kitti-rate, live mode:
+frames never wait for the network) with the budget schedule (``parallel=true``), the keyframe
+network on one thread and D=2 (flow/propagation at 621x188, labels at 1242x375). Asserts: one label per frame, no growing lag (the median latency of the last
+quarter of the frames is not much above the first quarter's) and keyframes keep coming (also in the
+last third of the run). The packaged default model keeps the test light; ``graph_bench --kitti-rate``
+runs the same with ESPNetv2 s2.0.
+"""
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+
+pytestmark = [pytest.mark.ros, pytest.mark.shared, pytest.mark.slow, pytest.mark.timeout(180)]
+
+N = 80
+
+
+def test_kitti_rate_realtime(ros_domain, shared, tmp_path, monkeypatch):
+    from vidseg_ros.ros import graph_bench as gb
+    from vidseg_ros.ros.testing import node_env
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', gb.fastdds_profile(tmp_path / 'fastdds.xml'))
+    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
+    env = node_env()
+    monkeypatch.setenv('PYTHONPATH', env['PYTHONPATH'])
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    args = gb.resolve_args(gb.build_parser().parse_args(
+        ['--kitti-rate', '--model', 'default', '--frames', str(N), '--kitti-images', '40',
+         '--scale', '2',
+         '--schedule', 'budget:camera_rate_hz=10,parallel=true,keyframe_cost_s=0.5,max_interval=15,utilisation=0.8',
+         '--domain', str(ros_domain), '--shared', str(shared), '--log-dir', str(tmp_path / 'logs'),
+         '--settle', '4', '--quiet']))
+    r = gb.run_bench(args)
+    p = r['paced']
+    logs = '\n'.join(f.read_text(errors='replace')[-1500:] for f in sorted((tmp_path / 'logs').glob('*.log')))
+    summary = {k: v for k, v in p.items() if k not in ('latency_series_ms', 'keyframe_stamps_ns')}
+    print(summary)
+    assert 'dead_processes' not in r, logs
+    assert r['label_sizes'] == [[1242, 375, 'mono8']]
+    # one label per frame, in real time
+    assert p['frames_in'] == N and p['frames_out'] == N, (summary, logs)
+    assert abs(p['input_rate_hz'] - 10.0) < 1.0 and p['output_rate_hz'] > 8.0, summary
+    # no growing lag: last quarter vs first quarter median latency
+    lat = np.asarray(p['latency_series_ms'])
+    q = N // 4
+    first, last = float(np.median(lat[:q])), float(np.median(lat[-q:]))
+    assert last <= 1.5 * first + 100.0, (first, last, summary)
+    assert last < 1000.0, summary
+    # keyframes keep happening
+    kf = p['keyframe_stamps_ns']
+    assert len(kf) >= 4, summary
+    assert max(p['keyframe_indices']) >= 2 * N // 3, p['keyframe_indices']
+    assert p['keyframe_interval_frames']['max'] <= N // 3, summary
