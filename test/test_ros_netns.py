@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 

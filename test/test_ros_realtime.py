@@ -2,11 +2,11 @@
 
 A 10 Hz 1242x375 stream of real frames (Cityscapes sequence frames centre-cropped to the KITTI aspect,
 looped) goes through the graph started like ``vidseg_graph`` (graph_bench --kitti-rate, live mode:
-frames never wait for the network) with the budget schedule (``parallel=true``), the keyframe
-network on one thread and D=2 (flow/propagation at 621x188, labels at 1242x375). Asserts: one label per frame, no growing lag (the median latency of the last
-quarter of the frames is not much above the first quarter's) and keyframes keep coming (also in the
-last third of the run). The packaged default model keeps the test light; ``graph_bench --kitti-rate``
-runs the same with ESPNetv2 s2.0.
+frames never wait for the network) with the budget schedule (``parallel=true``), the keyframe network
+on one thread and D=2 (flow and propagation at 621x188, labels at 1242x375). Asserts: one label per
+frame, no growing lag (the median latency of the last quarter of the frames is not much above the
+first quarter's) and keyframes keep coming (also in the last third of the run). The packaged default
+model keeps the test light; ``graph_bench --kitti-rate`` runs the same with ESPNetv2 s2.0.
 """
 import numpy as np
 import pytest

@@ -79,7 +79,7 @@ def load_net(mode: str, weights=None, num_classes: int = 20):
                     '(= plain warping)', mode, path)
         return build_net(mode, {'num_classes': num_classes})
     try:
-        ck = torch.load(path, map_location='cpu', weights_only=False)
+        ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise ModelError(f'cannot read temporal weights {path}: {type(e).__name__}') from None
     if not isinstance(ck, dict) or 'state_dict' not in ck or ck.get('mode') != mode:
