@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "working size <= the network input)")
     r.add_argument('--no-warp', action='store_true', help='hold labels between keyframes (W off)')
     r.add_argument('--refine', action='store_true', help='refine IAM-flagged regions (R on, low-res network)')
+    r.add_argument('--temporal-mode', default=None,
+                   choices=('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2'),
+                   help='propagation mode (issue 4): plain warp, the low-res stand-in, the learned EVS '
+                        'refiner / GRFP STGRU / DAVSS correction (packaged weights), or keyframe '
+                        'feature caching of 1 or 2 levels (ESPNetv2, torch backend)')
+    r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
     r.add_argument('--schedule', default=None,
                    help="fixed | adaptive | budget, or a spec like 'adaptive:max_interval=10'")
     r.add_argument('--flow-preset', default='ultrafast', choices=('ultrafast', 'fast', 'medium'),
@@ -117,6 +123,16 @@ def _auto_scale(size_wh, input_wh) -> int:
         if size_wh[0] / d <= input_wh[0] * 1.001 and size_wh[1] / d <= input_wh[1] * 1.001:
             return d
     return 16
+
+
+def _cached_output(caching, rgb):
+    """Feature-caching mode: network-resolution labels of the next frame, upsampled (nearest)."""
+    import cv2
+    from types import SimpleNamespace
+    cf = caching.process(rgb)
+    h, w = rgb.shape[:2]
+    labels = cv2.resize(cf.labels, (w, h), interpolation=cv2.INTER_NEAREST)
+    return SimpleNamespace(labels=labels, is_keyframe=cf.is_keyframe, degraded=False)
 
 
 def cmd_run(args) -> int:
@@ -163,6 +179,18 @@ def cmd_run(args) -> int:
             s = {'type': 'budget', 'camera_rate_hz': src.fps or 25.0}
         schedule = s
     seg = VideoSegmenter(model, op, flow=FlowEstimator('dis', preset=args.flow_preset), schedule=schedule)
+    caching = None
+    if args.temporal_mode and args.temporal_mode != 'warp':
+        from .core import temporal
+        if args.temporal_mode in ('cache1', 'cache2'):
+            if model.net is None or getattr(model.config, 'arch', '') != 'espnetv2':
+                model = load_model(args.model, weights=args.weights, device=args.device, backend='torch')
+            caching = temporal.make_temporal_module(args.temporal_mode, model, device=args.device,
+                                                    schedule=schedule or op.interval)
+        else:
+            module = temporal.make_temporal_module(args.temporal_mode, model,
+                                                   weights=args.temporal_weights, device=args.device)
+            temporal.attach(seg, module)
 
     labels_w = LabelWriter(out_dir / 'labels', class_set=model.class_set, color=args.color)
     overlay = None if args.no_overlay else OverlayVideoWriter(out_dir / 'overlay.mp4', src.fps or 25.0,
@@ -182,7 +210,10 @@ def cmd_run(args) -> int:
     degraded = 0
     try:
         for fr in tqdm(frames, total=total, unit='frame', disable=args.quiet, desc='vidseg run'):
-            out = seg.process(fr.rgb, stamp=fr.stamp_s)
+            if caching is not None:
+                out = _cached_output(caching, fr.rgb)
+            else:
+                out = seg.process(fr.rgb, stamp=fr.stamp_s)
             labels_w.write(fr.stem, out.labels)
             if overlay is not None:
                 overlay.write(fr.rgb, out.labels)
@@ -202,7 +233,8 @@ def cmd_run(args) -> int:
         'fps': s['fps'],
         'model': {'name': model.name, 'input_size': list(model.input_size), 'backend': model.backend,
                   'device': model.device, 'class_set': model.class_set.name},
-        'operating_point': op.to_dict(), 'schedule': s['schedule'], 'flow': seg.flow.describe(),
+        'operating_point': op.to_dict(), 'temporal_mode': args.temporal_mode or 'warp',
+        'schedule': s['schedule'], 'flow': seg.flow.describe(),
         'propagator': s['propagator'],
         'outputs': {'labels': str(out_dir / 'labels'),
                     'overlay': None if overlay is None else str(overlay.path)},
