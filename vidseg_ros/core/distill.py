@@ -107,16 +107,27 @@ def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024,
 class CropDataset(torch.utils.data.Dataset):
     """Random 2:1 crops (50-100 % of the largest 2:1 window), flips and photometric jitter."""
 
-    def __init__(self, items, size_wh, length, seed=0, student_wh=None):
+    def __init__(self, items, size_wh, length, seed=0, student_wh=None, balance_sources=False):
         self.items, self.size, self.length, self.seed = items, tuple(size_wh), length, seed
         self.student = tuple(student_wh or size_wh)
+        # balance_sources: pick a source uniformly, then a frame of it (the Cityscapes sequence
+        # frames are otherwise only ~15 % of the samples next to CamVid and Udacity)
+        self.by_source = {}
+        for i, (_, _, src) in enumerate(items):
+            self.by_source.setdefault(src, []).append(i)
+        self.balance_sources = balance_sources
 
     def __len__(self):
         return self.length
 
     def __getitem__(self, idx):
         rng = random.Random(self.seed * 1_000_003 + idx)
-        rgb, lab, _ = self.items[rng.randrange(len(self.items))]
+        if self.balance_sources:
+            srcs = sorted(self.by_source)
+            pool = self.by_source[srcs[rng.randrange(len(srcs))]]
+            rgb, lab, _ = self.items[pool[rng.randrange(len(pool))]]
+        else:
+            rgb, lab, _ = self.items[rng.randrange(len(self.items))]
         h, w = rgb.shape[:2]
         tw, th = self.size
         aspect = tw / th
@@ -238,7 +249,8 @@ def train(args) -> Path:
         start = ck['iter']
         print(f'[distill] resumed from {last} at iteration {start}', flush=True)
 
-    ds = CropDataset(items, tsize, length=args.iters * args.batch, seed=args.seed, student_wh=size)
+    ds = CropDataset(items, tsize, length=args.iters * args.batch, seed=args.seed, student_wh=size,
+                     balance_sources=args.balance_sources)
     sampler = list(range(start * args.batch, args.iters * args.batch))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, sampler=sampler,
                                          num_workers=args.workers, drop_last=True,
@@ -312,6 +324,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--lr', type=float, default=2e-4)
     p.add_argument('--temperature', type=float, default=1.0)
     p.add_argument('--human-weight', type=float, default=0.5)
+    p.add_argument('--balance-sources', action=argparse.BooleanOptionalAction, default=True,
+                   help='sample the data sources (Cityscapes, CamVid, Udacity) equally often')
     p.add_argument('--balance', type=float, default=0.5,
                    help='class-balance exponent of the distillation loss (0 = plain KD)')
     p.add_argument('--holdout', nargs='*', default=['seq0003'],

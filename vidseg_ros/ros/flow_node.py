@@ -4,7 +4,9 @@ Subscribes ``/camera/image_raw`` (remappable; rgb8/bgr8/mono8/rgba8/bgra8/...), 
 ``/vidseg/flow`` as sensor_msgs/Image ``32FC4`` (backward dx, dy = flow(t, t-1) on t's grid; forward
 dx, dy = flow(t-1, t)) or ``32FC2`` (backward only, ``forward:=false``) at the flow's native (coarse)
 resolution, with the newer frame's exact header. A 0x0 message marks a chain start (first frame,
-size change, time jump) where no flow exists. All computation is ``core.flow`` / ``core.pipeline``.
+size change, time going backwards, time jump > ``max_gap``) where no flow exists. Broken images and
+repeated stamps are dropped (counted in /diagnostics, with the pid). All computation is ``core.flow`` /
+``core.pipeline``.
 """
 from __future__ import annotations
 

@@ -14,6 +14,11 @@ free, so nothing queues without bound. For a keyframe it publishes, stamped with
 
 and once, latched, ``/vidseg/keyframe/info`` (std_msgs/String JSON: model, class set, class_map).
 ``/vidseg/propagation/stats`` (JSON from the propagation node) feeds the adaptive/budget schedules.
+
+Reliability: NaN/Inf network outputs become void pixels (counted; a keyframe with > 50 % of them is
+rejected); a resolution change, a time jump > ``max_gap`` or time going backwards forces a keyframe; a
+network pass longer than ``stuck_timeout`` is reported as ERROR ``stuck`` on /diagnostics (the lifecycle
+manager then restarts the node); the node's pid is in its diagnostics. See RELIABILITY.md.
 """
 from __future__ import annotations
 

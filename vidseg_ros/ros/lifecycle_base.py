@@ -134,6 +134,8 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
     def _safe_teardown(self):
         try:
             self.teardown()
+        except Exception as e:  # a failing teardown must not turn a clean FAILURE into an error state
+            self.get_logger().error(f'teardown failed: {type(e).__name__}: {e}')
         finally:
             self._destroy_entities()
 

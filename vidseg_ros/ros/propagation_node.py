@@ -252,7 +252,7 @@ class PropagationNode(VidsegLifecycleNode):
         self._count_gap(ns)
         if self.done_ns is not None and ns <= self.done_ns:
             if self.done_ns - ns > RESTART_BACKWARDS_NS:  # stream restarted (bag loop): start over
-                self._restart()
+                self._restart(f'image {ns} < newest {self.done_ns}')
             else:
                 self._out_of_order(msg, ns)
                 return
@@ -297,7 +297,7 @@ class PropagationNode(VidsegLifecycleNode):
             return
         if self.done_ns is not None and ns <= self.done_ns:
             if flow is None and ns < self.done_ns:  # stream restarted (bag loop): start over
-                self._restart()
+                self._restart(f'flow chain start {ns} < newest {self.done_ns}')
             else:
                 self.counts['late_flows'] += 1
                 return
@@ -308,8 +308,8 @@ class PropagationNode(VidsegLifecycleNode):
         s.flow, s.has_flow = flow, True
         self.pump()
 
-    def _restart(self):
-        self.get_logger().warning('time went backwards: resetting the propagation state')
+    def _restart(self, why=''):
+        self.get_logger().warning(f'time went backwards ({why}): resetting the propagation state')
         self.counts['resets'] += 1
         self.prop.reset()
         sent = self._classes_sent
