@@ -43,7 +43,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', _files('launch/*.py')),
-        ('share/' + package_name + '/config', _files('config/*.yaml')),
+        ('share/' + package_name + '/config', _files('config/*.yaml') + _files('config/*.xml')),
         ('lib/' + package_name, _files('scripts/lib/*')),
     ],
     install_requires=['setuptools', 'numpy', 'opencv-python-headless', 'pyyaml', 'tqdm'],

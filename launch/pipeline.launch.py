@@ -7,7 +7,7 @@ The processes, parameters and remappings come from ``vidseg_ros.ros.graph`` (the
 ``vidseg_graph`` uses without ros2 launch). Empty arguments keep the config file's values.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
@@ -22,7 +22,8 @@ def launch_setup(context, *args, **kwargs):
     values = {name: LaunchConfiguration(name).perform(context) for name, _, _ in graph.LAUNCH_ARGUMENTS}
     respawn = _truthy(LaunchConfiguration('respawn').perform(context))
     log_level = LaunchConfiguration('log_level').perform(context)
-    actions = []
+    # Fast DDS profile with a large shared-memory segment (config/fastdds.xml), unless one is set
+    actions = [SetEnvironmentVariable(k, v) for k, v in graph.fastdds_profile_env().items()]
     for inv in graph.invocations(**values):
         common = dict(package=graph.PACKAGE, executable=inv.executable, name=inv.name, namespace='',
                       parameters=inv.parameters, remappings=inv.remappings, output='screen',

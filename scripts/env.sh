@@ -27,6 +27,8 @@ export PATH="$_venv/bin:$PATH"
 export AMENT_PREFIX_PATH="$_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
-export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
+# Fast DDS: a profile with a 32 MB shared-memory segment (the default 512 KB one drops camera
+# images; see config/fastdds.xml and docs/ROS.md).
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_root/config/fastdds.xml}"
 export VIDSEG_SHARED="${VIDSEG_SHARED:-$_root/../shared}"
 set +e

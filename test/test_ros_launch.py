@@ -30,7 +30,7 @@ def _fake_modules():
     mods = {name: types.ModuleType(name) for name in
             ('launch', 'launch.actions', 'launch.substitutions', 'launch_ros', 'launch_ros.actions')}
     mods['launch'].LaunchDescription = type('LaunchDescription', (_Rec,), {})
-    for cls in ('DeclareLaunchArgument', 'OpaqueFunction'):
+    for cls in ('DeclareLaunchArgument', 'OpaqueFunction', 'SetEnvironmentVariable'):
         setattr(mods['launch.actions'], cls, type(cls, (_Rec,), {}))
     mods['launch.substitutions'].LaunchConfiguration = _LaunchConfiguration
     for cls in ('LifecycleNode', 'Node'):
@@ -82,6 +82,7 @@ def test_launch_declares_arguments(monkeypatch):
 ])
 def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     _, actions = _expand(_load(monkeypatch), **overrides)
+    actions = [a for a in actions if type(a).__name__ in ('LifecycleNode', 'Node')]
     cmds = runner.commands(runner.build_parser().parse_args(cli))
     assert len(actions) == len(cmds) == len(graph.NODES)
     for act, (inv, argv) in zip(actions, cmds):
@@ -146,3 +147,15 @@ def test_config_yaml_matches_declared_parameters(ros_domain):
                 node.destroy_node()
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_launch_sets_the_fastdds_profile_unless_one_is_set(monkeypatch):
+    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
+    _, actions = _expand(_load(monkeypatch))
+    env = [a for a in actions if type(a).__name__ == 'SetEnvironmentVariable']
+    assert len(env) == 1 and env[0].args[0] == 'FASTDDS_DEFAULT_PROFILES_FILE'
+    assert env[0].args[1].endswith('fastdds.xml') and 'segment_size' in open(env[0].args[1]).read()
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/somewhere/else.xml')
+    _, actions = _expand(_load(monkeypatch))
+    assert not [a for a in actions if type(a).__name__ == 'SetEnvironmentVariable']

@@ -72,23 +72,39 @@ class Invocation:
     remappings: list = field(default_factory=list)   # [(from, to)]
 
 
-def default_config_path() -> str:
-    """share/vidseg_ros/config/pipeline.yaml via the ament index, else the source tree's, else the one
-    pip installed under ``sys.prefix``."""
+def config_file(name: str) -> str:
+    """share/vidseg_ros/config/<name> via the ament index, else the source tree's, else the one pip
+    installed under ``sys.prefix``."""
     try:
         from ament_index_python.packages import get_package_share_directory
-        p = Path(get_package_share_directory(PACKAGE)) / 'config' / 'pipeline.yaml'
+        p = Path(get_package_share_directory(PACKAGE)) / 'config' / name
         if p.is_file():
             return str(p)
     except Exception:  # not installed / AMENT_PREFIX_PATH not set
         pass
     import sys
     here = Path(__file__).resolve().parent
-    for cand in (here.parent.parent / 'config' / 'pipeline.yaml', here.parent / 'config' / 'pipeline.yaml',
-                 Path(sys.prefix) / 'share' / PACKAGE / 'config' / 'pipeline.yaml'):  # pip data_files
+    for cand in (here.parent.parent / 'config' / name, here.parent / 'config' / name,
+                 Path(sys.prefix) / 'share' / PACKAGE / 'config' / name):  # pip data_files
         if cand.is_file():
             return str(cand)
-    raise InputError('config/pipeline.yaml not found (install the package or pass --config)')
+    raise InputError(f'config/{name} not found (install the package or pass --config)')
+
+
+def default_config_path() -> str:
+    """The default parameters file config/pipeline.yaml."""
+    return config_file('pipeline.yaml')
+
+
+def fastdds_profile_env() -> dict:
+    """{'FASTDDS_DEFAULT_PROFILES_FILE': config/fastdds.xml} unless a Fast DDS profile is already
+    chosen (the profile enlarges the shared-memory segment so camera images are not lost)."""
+    if os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE'):
+        return {}
+    try:
+        return {'FASTDDS_DEFAULT_PROFILES_FILE': config_file('fastdds.xml')}
+    except InputError:
+        return {}
 
 
 def _truthy(v) -> bool:

@@ -166,6 +166,7 @@ class Graph:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.update(graph.fastdds_profile_env())   # children inherit it
     try:
         cmds = commands(args)
     except VidsegError as e:
