@@ -241,11 +241,23 @@ def test_propagation_node_bad_input_and_time(ros_domain):
         _keyframe(node, T[0] - 4 * 10**9, 96, 40)
         node.on_image(_img(96, 40, T[0] - 4 * 10**9))
         node.on_flow(_chain_start(T[0] - 4 * 10**9))
+        # an idle stream is not a silent node
         time.sleep(0.7)
-        node.cfg['flow_timeout'] = 30.0   # labels right away below can only come from the silence rule
-        node.on_image(_img(96, 40, T[0] - 4 * 10**9 + 33 * ms))
-        assert stamp_to_ns(labels[-1].header.stamp) == T[0] - 4 * 10**9 + 33 * ms
-        assert {'keyframe_node_silent', 'flow_node_silent'} <= set(last()['reasons'])
+        t_d = T[0] - 4 * 10**9 + 33 * ms
+        _decision(node, t_d)
+        node.on_image(_img(96, 40, t_d))
+        node.on_flow(_flow(96, 40, t_d))
+        assert last()['stamp_ns'] == t_d and not last()['degraded']
+        # frames keep coming, nothing from either node: degraded, and frames stop waiting for flow
+        node.cfg['flow_timeout'] = 30.0   # labels without flow below can only come from the silence rule
+        t_a, t_b = t_d + 33 * ms, t_d + 66 * ms
+        node.on_image(_img(96, 40, t_a))
+        assert stamp_to_ns(labels[-1].header.stamp) == t_d  # A waits for its flow
+        time.sleep(0.7)
+        node.on_image(_img(96, 40, t_b))
+        assert [stamp_to_ns(m.header.stamp) for m in labels[-2:]] == [t_a, t_b]
+        for m in status[-2:]:
+            assert {'keyframe_node_silent', 'flow_node_silent'} <= set(json.loads(m.data)['reasons'])
         diag = node.diagnostics()[0]
         assert diag[1] == 1 and 'keyframe_node_silent' in diag[2]  # WARN with the reason
 

@@ -19,9 +19,9 @@ N = 80
 
 
 def test_kitti_rate_realtime(ros_domain, shared, tmp_path, monkeypatch):
-    from vidseg_ros.ros import graph_bench as gb
+    from vidseg_ros.ros import graph, graph_bench as gb
     from vidseg_ros.ros.testing import node_env
-    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', gb.fastdds_profile(tmp_path / 'fastdds.xml'))
+    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', graph.config_file('fastdds.xml'))
     monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
     env = node_env()
     monkeypatch.setenv('PYTHONPATH', env['PYTHONPATH'])

@@ -46,7 +46,8 @@ def train_main(argv) -> int:
     return int(getattr(importlib.import_module(mod), fn)(argv[1:]) or 0)
 
 
-def _positive_int(s):
+def positive_int(s):
+    """argparse type: an integer >= 1."""
     try:
         v = int(s)
     except ValueError:
@@ -56,10 +57,11 @@ def _positive_int(s):
     return v
 
 
-def _scale(s):
+def scale_arg(s):
+    """argparse type: a working-resolution downscale D >= 1, or 'auto'."""
     if s == 'auto':
         return s
-    return _positive_int(s)
+    return positive_int(s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    '(default: packaged default model)')
     r.add_argument('--weights', default=None, help='weights file overriding the model spec')
     r.add_argument('--preset', default=None, help='named operating point (e.g. warp_s5, hold_s5, per_frame)')
-    r.add_argument('--interval', type=_positive_int, default=None, help='keyframe interval S (default 5)')
-    r.add_argument('--scale', type=_scale, default='auto',
+    r.add_argument('--interval', type=positive_int, default=None, help='keyframe interval S (default 5)')
+    r.add_argument('--scale', type=scale_arg, default='auto',
                    help="working-resolution downscale D (1, 2, 4, ...; 'auto': smallest D with the "
                         "working size <= the network input)")
     r.add_argument('--no-warp', action='store_true', help='hold labels between keyframes (W off)')
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='DIS preset for propagation flow (default ultrafast)')
     r.add_argument('--device', default='cpu', help='cpu or cuda')
     r.add_argument('--backend', default='auto', help='auto, torch, torchscript or onnxruntime')
-    r.add_argument('--max-frames', type=_positive_int, default=None, help='stop after N frames')
+    r.add_argument('--max-frames', type=positive_int, default=None, help='stop after N frames')
     r.add_argument('--topic', default=None, help='image topic (rosbag sources)')
     r.add_argument('--fps', type=float, default=None, help='frame rate of an image folder (overlay video)')
     r.add_argument('--no-overlay', action='store_true', help='do not write overlay.mp4')

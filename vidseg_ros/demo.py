@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vidseg_ros.core.errors import ConfigError, InputError, VidsegError
+from vidseg_ros.cli import positive_int, scale_arg
+from vidseg_ros.core.errors import InputError, VidsegError
 
 FRAME_ID = 'camera'
 SYNTH_DEFAULTS = dict(frames=60, size=(640, 360), fps=10.0, seed=0)
@@ -45,16 +46,6 @@ class GraphError(VidsegError):
 
 
 # ------------------------------------------------------------------------------------------ options
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {s!r}') from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {s!r}')
-    return v
-
-
 def _positive_float(s):
     try:
         v = float(s)
@@ -65,8 +56,6 @@ def _positive_float(s):
     return v
 
 
-def _scale(s):
-    return s if s == 'auto' else _positive_int(s)
 
 
 def auto_scale(size_wh) -> int:
@@ -106,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--input', default=None,
                    help='video, image folder, image or rosbag2 (default: a generated synthetic drive)')
     p.add_argument('--out', default='out/demo', help='output folder (default out/demo)')
-    p.add_argument('--frames', type=_positive_int, default=None,
+    p.add_argument('--frames', type=positive_int, default=None,
                    help=f'synthetic drive length (default {SYNTH_DEFAULTS["frames"]}) / at most N input frames')
     p.add_argument('--rate', type=_positive_float, default=None,
                    help='publish rate in Hz (default: the input\'s frame rate, else 10)')
     p.add_argument('--model', default='default', help='keyframe model (registry name or file; default: packaged)')
     p.add_argument('--schedule', default='fixed:5', help="keyframe schedule (default 'fixed:5')")
-    p.add_argument('--scale', type=_scale, default='auto',
+    p.add_argument('--scale', type=scale_arg, default='auto',
                    help="working-resolution downscale D; 'auto' (default): the smallest D with a working size of "
                         f"at most {AUTO_SCALE_PIXELS} pixels (640x360 -> 1, 1280x720 -> 2)")
     p.add_argument('--domain-id', type=_domain, default=None, help='ROS domain id (default: a free one is picked)')

@@ -430,45 +430,6 @@ class GraphProcesses:
         self.graph.stop(10.0)
 
 
-FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<dds xmlns="http://www.eprosima.com">
-  <profiles>
-    <transport_descriptors>
-      <transport_descriptor>
-        <transport_id>vidseg_shm</transport_id>
-        <type>SHM</type>
-        <segment_size>{segment}</segment_size>
-      </transport_descriptor>
-      <transport_descriptor>
-        <transport_id>vidseg_udp</transport_id>
-        <type>UDPv4</type>
-      </transport_descriptor>
-    </transport_descriptors>
-    <participant profile_name="vidseg_participant" is_default_profile="true">
-      <rtps>
-        <userTransports>
-          <transport_id>vidseg_shm</transport_id>
-          <transport_id>vidseg_udp</transport_id>
-        </userTransports>
-        <useBuiltinTransports>false</useBuiltinTransports>
-      </rtps>
-    </participant>
-  </profiles>
-</dds>
-"""
-
-
-def fastdds_profile(path, segment_mb: int = 32) -> str:
-    """Write a Fast DDS XML profile whose shared-memory segment holds several camera images.
-
-    Fast DDS's default SHM segment is 512 KB: a 1.4 MB image (960x540 or 1242x375 rgb8) does not fit,
-    so samples are fragmented, allocation fails while readers still hold fragments and best-effort
-    (sensor-data) subscribers lose most frames (measured: ~60% lost at 10 Hz, also with LARGE_DATA).
-    A 32 MB segment delivers every frame over SHM on one host; UDPv4 remains for other hosts."""
-    Path(path).write_text(FASTDDS_PROFILE.format(segment=int(segment_mb) << 20))
-    return str(path)
-
-
 def isolate_domain(domain: int | None = None, transport: str = 'shm') -> int:
     """Set an isolated ROS_DOMAIN_ID (given, else derived from the pid), LOCALHOST discovery and
     (``transport='shm'``, unless a Fast DDS profile file is already set) the large-SHM profile."""
@@ -478,11 +439,13 @@ def isolate_domain(domain: int | None = None, transport: str = 'shm') -> int:
     os.environ['ROS_DOMAIN_ID'] = str(domain)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     os.environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
-    if transport == 'shm' and not (os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')
-                                   or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE')):
-        path = os.path.join(tempfile.gettempdir(), f'vidseg_fastdds_{os.getpid()}.xml')
-        os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = fastdds_profile(path)
-        os.environ.pop('FASTDDS_BUILTIN_TRANSPORTS', None)  # the profile chooses the transports
+    if transport == 'shm':
+        # config/fastdds.xml: a 32 MB shared-memory segment (the default 512 KB one loses images)
+        from vidseg_ros.ros import graph
+        env = graph.fastdds_profile_env()
+        if env:
+            os.environ.update(env)
+            os.environ.pop('FASTDDS_BUILTIN_TRANSPORTS', None)  # the profile chooses the transports
     return domain
 
 

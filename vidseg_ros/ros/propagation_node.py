@@ -14,7 +14,8 @@ JSON per input frame: ``{"stamp_ns", "frame_id", "published", "degraded", "reaso
 Degraded reasons: ``no_keyframe``, ``flow_missing`` (this frame's flow did not come), ``flow_chain_restart``,
 ``labels_held`` (held across an earlier flow gap until the next keyframe), ``keyframe_too_old``
 (``max_distance``), ``keyframe_overdue`` (an announced keyframe result is ``source_timeout`` s late),
-``keyframe_node_silent`` / ``flow_node_silent`` (nothing from that node for ``source_timeout`` s; frames
+``keyframe_node_silent`` / ``flow_node_silent`` (camera frames kept coming for ``source_timeout`` s
+without any message from that node; an idle stream is not a silent node; frames
 then stop waiting for flow), ``out_of_order``, ``step_error``. Frames without labels (``published``
 false): ``bad_image: ...`` and ``duplicate_stamp``.
 
@@ -180,8 +181,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.size = None                          # (w, h) of the input
         self._classes_sent = None    # JSON last published on /semantic/classes
         now = time.monotonic()
-        self.last_flow_t = now       # last message from flow_node (activation counts as one)
-        self.last_kf_msg_t = now     # last message from keyframe_node (decision or result)
+        self.flow_owed_since = None  # first image received since the last flow_node message
+        self.kf_owed_since = None    # first image received since the last keyframe_node message
         self.last_kf_result_t = None
         self.newest_kf_result_ns = None
         self.kf_overdue = None       # (stamp_ns, t) of the oldest announced keyframe without a result
@@ -189,22 +190,22 @@ class PropagationNode(VidsegLifecycleNode):
         self.intervals = collections.deque(maxlen=31)
 
     def activate(self):
-        now = time.monotonic()
-        self.last_flow_t = self.last_kf_msg_t = now
+        self.flow_owed_since = self.kf_owed_since = None
         self._publish_classes()
 
     # -------------------------------------------------------------- source health
-    def _silent(self, last, now=None) -> bool:
+    def _silent(self, since, now=None) -> bool:
+        """True when ``since`` (a monotonic time, or None) is more than ``source_timeout`` ago."""
         to = self.cfg['source_timeout']
-        return to > 0 and (time.monotonic() if now is None else now) - last > to
+        return to > 0 and since is not None and (time.monotonic() if now is None else now) - since > to
 
     def _source_reasons(self, now) -> list:
         r = []
-        if self._silent(self.last_kf_msg_t, now):
+        if self._silent(self.kf_owed_since, now):
             r.append('keyframe_node_silent')
         elif self.kf_overdue is not None and self._silent(self.kf_overdue[1], now):
             r.append('keyframe_overdue')
-        if self._silent(self.last_flow_t, now):
+        if self._silent(self.flow_owed_since, now):
             r.append('flow_node_silent')
         return r
 
@@ -250,6 +251,10 @@ class PropagationNode(VidsegLifecycleNode):
             self._status(msg.header, False, True, [f'bad_image: {e}'])
             return
         self._count_gap(ns)
+        if self.flow_owed_since is None:
+            self.flow_owed_since = now
+        if self.kf_owed_since is None:
+            self.kf_owed_since = now
         if self.done_ns is not None and ns <= self.done_ns:
             if self.done_ns - ns > RESTART_BACKWARDS_NS:  # stream restarted (bag loop): start over
                 self._restart(f'image {ns} < newest {self.done_ns}')
@@ -287,7 +292,7 @@ class PropagationNode(VidsegLifecycleNode):
         if not self.active:
             return
         now = time.monotonic()
-        self.last_flow_t = now
+        self.flow_owed_since = None
         ns = stamp_to_ns(msg.header.stamp)
         try:
             flow = decode_flow(msg, self._on_nonfinite_flow)
@@ -326,7 +331,7 @@ class PropagationNode(VidsegLifecycleNode):
             self.counts['bad_decisions'] += 1
             return
         now = time.monotonic()
-        self.last_kf_msg_t = now
+        self.kf_owed_since = None
         if kf and self.kf_overdue is None and (self.newest_kf_result_ns is None or ns > self.newest_kf_result_ns):
             self.kf_overdue = (ns, now)
         if self.decisions.get(ns) != 'received':
@@ -373,7 +378,7 @@ class PropagationNode(VidsegLifecycleNode):
             return
         ns = stamp_to_ns(msg.header.stamp)
         now = time.monotonic()
-        self.last_kf_msg_t = now
+        self.kf_owed_since = None
         if key == 'labels':
             self.last_kf_result_t = now
             self.newest_kf_result_ns = ns if self.newest_kf_result_ns is None else max(ns, self.newest_kf_result_ns)
@@ -408,7 +413,7 @@ class PropagationNode(VidsegLifecycleNode):
             return
         now = time.monotonic()
         p = self.cfg
-        flow_silent = self._silent(self.last_flow_t, now)
+        flow_silent = self._silent(self.flow_owed_since, now)
         while self.slots:
             ns, s = next(iter(self.slots.items()))
             overflow = len(self.slots) > p['max_pending']
