@@ -57,7 +57,10 @@ def test_graph_survives_hung_keyframe_node_and_dead_flow_node(ros_domain, tmp_pa
            '--param', 'keyframe_node:num_threads=1',
            '--param', 'propagation_node:source_timeout=1.0', '--param', 'propagation_node:flow_timeout=0.3',
            '--param', 'lifecycle_manager:health_period=0.3', '--param', 'lifecycle_manager:health_timeout=1.0',
-           '--param', 'lifecycle_manager:restart_after=1.0']
+           '--param', 'lifecycle_manager:restart_after=1.0',
+           # every frame must be accounted for below: a deep (still bounded) camera queue so that CPU
+           # contention on the shared test machine does not drop frames before the node sees them
+           '--param', 'propagation_node:queue_depth=100']
     for n in ('flow_node', 'keyframe_node', 'propagation_node'):
         cmd += ['--param', f'{n}:input_qos=reliable']
     runner = start_process(cmd, str(runner_log))
@@ -139,7 +142,7 @@ def test_graph_survives_hung_keyframe_node_and_dead_flow_node(ros_domain, tmp_pa
         assert silent and all(s['degraded'] for s in silent)
         d = [s['distance'] for s in during]
         c = [s['confidence_scale'] for s in during]
-        assert d[-1] > d[0] >= 1 and c[-1] < c[0]  # confidence decays with distance from the keyframe
+        assert d[-1] > d[0] >= 0 and c[-1] < c[0]  # confidence decays with distance from the keyframe
         assert probe.wait_for(lambda: lifecycle('keyframe_node').get('restarts') == '1', 30), logs_text()
         kf_diag = lifecycle('keyframe_node')
         assert kf_diag['kills'] == '1'
