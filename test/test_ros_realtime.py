@@ -8,6 +8,10 @@ frame, no growing lag (the median latency of the last quarter of the frames is n
 first quarter's) and keyframes keep coming (also in the last third of the run). The packaged default
 model keeps the test light; ``graph_bench --kitti-rate`` runs the same with ESPNetv2 s2.0.
 """
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -18,21 +22,23 @@ pytestmark = [pytest.mark.ros, pytest.mark.shared, pytest.mark.slow, pytest.mark
 N = 80
 
 
-def test_kitti_rate_realtime(ros_domain, shared, tmp_path, monkeypatch):
-    from vidseg_ros.ros import graph, graph_bench as gb
+def test_kitti_rate_realtime(ros_domain, shared, tmp_path):
+    from vidseg_ros.ros import graph
     from vidseg_ros.ros.testing import node_env
-    monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', graph.config_file('fastdds.xml'))
-    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
-    env = node_env()
-    monkeypatch.setenv('PYTHONPATH', env['PYTHONPATH'])
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    args = gb.resolve_args(gb.build_parser().parse_args(
-        ['--kitti-rate', '--model', 'default', '--frames', str(N), '--kitti-images', '40',
-         '--scale', '2',
-         '--schedule', 'budget:camera_rate_hz=10,parallel=true,keyframe_cost_s=0.5,max_interval=15,utilisation=0.8',
-         '--domain', str(ros_domain), '--shared', str(shared), '--log-dir', str(tmp_path / 'logs'),
-         '--settle', '4', '--quiet']))
-    r = gb.run_bench(args)
+    # Run the benchmark in a fresh process: its camera publisher must not share a DDS participant
+    # (and its transport settings) with ROS nodes earlier tests created inside pytest.
+    env = node_env({'FASTDDS_DEFAULT_PROFILES_FILE': graph.config_file('fastdds.xml'),
+                    'OMP_NUM_THREADS': '1'})
+    env.pop('FASTDDS_BUILTIN_TRANSPORTS', None)
+    out = tmp_path / 'r.json'
+    cmd = [sys.executable, '-m', 'vidseg_ros.ros.graph_bench',
+           '--kitti-rate', '--model', 'default', '--frames', str(N), '--kitti-images', '40', '--scale', '2',
+           '--schedule', 'budget:camera_rate_hz=10,parallel=true,keyframe_cost_s=0.5,max_interval=15,utilisation=0.8',
+           '--domain', str(ros_domain), '--shared', str(shared), '--log-dir', str(tmp_path / 'logs'),
+           '--settle', '4', '--quiet', '--out', str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0 and out.is_file(), (proc.stdout[-2000:], proc.stderr[-3000:])
+    r = json.loads(out.read_text())
     p = r['paced']
     logs = '\n'.join(f.read_text(errors='replace')[-1500:] for f in sorted((tmp_path / 'logs').glob('*.log')))
     summary = {k: v for k, v in p.items() if k not in ('latency_series_ms', 'keyframe_stamps_ns')}
