@@ -26,6 +26,7 @@ console_scripts += [
     'vidseg_graph = vidseg_ros.ros.runner:main',
     'vidseg_bag_play = vidseg_ros.ros.bag_replay:main',
     'vidseg_demo = vidseg_ros.demo:main',
+    'vidseg_soak = vidseg_ros.ros.soak:main',
 ]
 
 

@@ -27,6 +27,7 @@ STATS_TOPIC = '/vidseg/propagation/stats'
 LABELS_TOPIC = '/semantic/labels'
 LABELS_COLOR_TOPIC = '/semantic/labels_color'
 CONFIDENCE_TOPIC = '/semantic/confidence'
+STATUS_TOPIC = '/semantic/status'          # per-frame JSON: degraded + reasons (also for unpublished frames)
 CLASSES_TOPIC = '/semantic/classes'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 

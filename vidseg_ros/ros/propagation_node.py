@@ -46,7 +46,7 @@ from vidseg_ros.ros.conversions import (ConversionError, check_image, image_to_n
 from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 
 
-STATUS_TOPIC = '/semantic/status'   # per-frame JSON status (degraded + reasons)
+STATUS_TOPIC = graph.STATUS_TOPIC   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
 
 
@@ -104,6 +104,9 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('warp', True, 'propagate labels with the flow (false: hold keyframe labels)')
         self.declare('use_iam', True, 'compute the inconsistency attention mask (needs forward flow)')
         self.declare('refine', False, 'repair IAM regions with a low-resolution network pass')
+        self.declare('temporal_mode', '', "propagation mode (issue 4): '' (from refine), warp, iam-lowres, "
+                     'refiner (EVS), grfp (STGRU), davss; the learned ones use the packaged weights')
+        self.declare('temporal_weights', '', 'weights of the learned temporal module (empty = packaged)')
         self.declare('model', 'default', 'model for the refiner (refine:=true)')
         self.declare('weights', '', 'refiner weights (empty = from the model spec)')
         self.declare('device', 'cpu', 'refiner device')
@@ -131,7 +134,8 @@ class PropagationNode(VidsegLifecycleNode):
         from std_msgs.msg import String
         from vidseg_ros.core.classes import get_class_set
         from vidseg_ros.core.propagation import Propagator
-        p = self.params('scale', 'warp', 'use_iam', 'refine', 'model', 'weights', 'device', 'history',
+        p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights',
+                        'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
                         'source_timeout',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
@@ -140,15 +144,26 @@ class PropagationNode(VidsegLifecycleNode):
         check(not (p['refine'] and not p['warp']), 'refine:=true needs warp:=true')
         self.cfg = p
         self.class_set = get_class_set(p['class_set'])
+        mode = p['temporal_mode'] or ('iam-lowres' if p['refine'] else 'warp')
+        node_modes = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss')
+        check(mode in node_modes, f'temporal_mode {mode!r} is not available in the propagation node '
+              f'(use one of {", ".join(node_modes)}; feature caching cache1/cache2 needs the split '
+              'network: vidseg run --temporal-mode)')
+        check(mode == 'warp' or p['warp'], f'temporal_mode {mode} needs warp:=true')
         refiner = None
-        if p['refine']:
+        prop_cls = Propagator
+        if mode != 'warp':
             from vidseg_ros.core.models import load_model
-            from vidseg_ros.core.pipeline import make_low_res_refiner
-            refiner = make_low_res_refiner(load_model(p['model'], weights=p['weights'] or None,
-                                                      device=p['device']))
-        self.prop = Propagator(warp=p['warp'], refiner=refiner, use_iam=p['use_iam'], history=p['history'],
-                               confidence_decay=p['confidence_decay'],
-                               max_distance=p['max_distance'] or None)
+            from vidseg_ros.core.temporal import TemporalPropagator, make_temporal_module
+            refiner = make_temporal_module(mode, load_model(p['model'], weights=p['weights'] or None,
+                                                            device=p['device']),
+                                           weights=p['temporal_weights'] or None, device=p['device'])
+            if mode != 'iam-lowres':
+                prop_cls = TemporalPropagator
+        self.temporal_mode = mode
+        self.prop = prop_cls(warp=p['warp'], refiner=refiner, use_iam=p['use_iam'], history=p['history'],
+                             confidence_decay=p['confidence_decay'],
+                             max_distance=p['max_distance'] or None)
         self.class_map = None
         self._reset_join()
         self.counts = collections.Counter()
@@ -539,7 +554,8 @@ class PropagationNode(VidsegLifecycleNode):
             self.counts['keyframe_frames'] += 1
         from std_msgs.msg import String
         st = {'stamp_ns': stamp_to_ns(hdr.stamp), 'cost_s': cost, 'distance': int(out.distance),
-              'degraded': degraded}
+              'degraded': degraded, 'temporal_mode': self.temporal_mode,
+              'refined_frames': int(self.prop.stats.get('refined_frames', 0))}
         if out.mask is not None:
             st['inconsistent_fraction'] = float(out.inconsistent_fraction)
         self.stats_pub.publish(String(data=json.dumps(st)))
