@@ -29,6 +29,9 @@ class Rec:
     def publish(self, msg):
         self.msgs.append(msg)
 
+    def get_subscription_count(self):
+        return 1   # a recording subscriber is attached
+
 
 def _node(cls, params=None, extra_args=()):
     import rclpy

@@ -529,9 +529,10 @@ class PropagationNode(VidsegLifecycleNode):
             labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
         hdr = img_msg.header
         self.labels_pub.publish(ndarray_to_image(labels, 'mono8', hdr))
-        if self.color_pub is not None:
+        # the colour and confidence images are built only while someone subscribes to them
+        if self.color_pub is not None and self.color_pub.get_subscription_count() > 0:
             self.color_pub.publish(ndarray_to_image(colorize(labels, self.class_set), 'rgb8', hdr))
-        if self.conf_pub is not None:
+        if self.conf_pub is not None and self.conf_pub.get_subscription_count() > 0:
             conf = np.clip(np.rint(out.confidence * 255.0), 0, 255).astype(np.uint8)
             if (conf.shape[1], conf.shape[0]) != size:
                 conf = cv2.resize(conf, size, interpolation=cv2.INTER_LINEAR)
