@@ -90,6 +90,18 @@ def commands(args) -> list:
     return out
 
 
+def kill_process_group(p: subprocess.Popen, wait: float = 2.0) -> None:
+    """SIGKILL the process group of ``p`` (the process and anything it spawned), then reap it."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(wait)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 class Graph:
     """The running processes; ``stop()`` is idempotent."""
 
@@ -153,14 +165,7 @@ class Graph:
                     p.wait(timeout if name == graph.MANAGER.name else min(timeout, 5.0))
                 except subprocess.TimeoutExpired:
                     pass
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                p.wait(2.0)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_process_group(p)
             print(f'[vidseg_graph] stopped {name} ({p.returncode})', flush=True)
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from vidseg_ros.ros import graph
+from vidseg_ros.ros.runner import kill_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,14 +68,7 @@ def stop_processes(procs, grace: float = 5.0):
             p.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)  # the group, including anything it spawned
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            p.wait(2.0)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_process_group(p)   # the group, including anything it spawned
 
 
 def read_log(p) -> str:
