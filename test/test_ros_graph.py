@@ -78,7 +78,10 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
            '--param', 'keyframe_node:backend=torch', '--param', 'keyframe_node:num_threads=1',
            '--param', 'propagation_node:keyframe_wait=30.0', '--param', 'propagation_node:flow_timeout=30.0',
            '--param', 'lifecycle_manager:autostart=false', '--param', 'lifecycle_manager:health_period=0.5',
-           '--param', 'lifecycle_manager:health_timeout=2.0']
+           '--param', 'lifecycle_manager:health_timeout=2.0',
+           # the SIGSTOP case below checks "reported, then recovers when it answers again"; keep the
+           # manager's kill-after-restart_after (test_reliability_faults.py) out of this scenario
+           '--param', 'lifecycle_manager:restart_after=0.0']
     for r in reliable:
         cmd += ['--param', r]
     runner = start_process(cmd, str(tmp_path / 'runner.log'))
