@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError, ModelError
+from .errors import ModelError
 from .refiner import (CheapPass, ImageStem, TorchModule, blend_torch, check_warped, conv,
                       hwc_tensor, image_tensor, log_probs, prev_warped_image, probs_tensor)
 
@@ -90,11 +90,7 @@ class DAVSSRefiner(TorchModule):
         self.skipped = 0
 
     def refine(self, image, warped, mask, prev_image=None, flow_bwd=None):
-        k, hp, wp = check_warped(warped)
-        if k != self.net.num_classes:
-            raise ModelError(f'DAVSS has {self.net.num_classes} classes, semantics have {k} planes')
-        if image is None:
-            raise InputError('DAVSS needs the current image')
+        k, hp, wp = check_warped(warped, self.net.num_classes, image, 'DAVSS')
         dev = self.device
         cur, prev_w = prev_warped_image(image, prev_image, flow_bwd, (wp, hp))
         self.calls += 1

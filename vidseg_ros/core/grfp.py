@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import InputError, ModelError
+from .errors import ModelError
 from .refiner import (CheapPass, TorchModule, changed_region, check_warped, hwc_tensor, log_probs,
                       mask_tensor, prev_warped_image, probs_tensor)
 
@@ -78,11 +78,7 @@ class STGRURefiner(TorchModule):
         self.cheap = cheap
 
     def refine(self, image, warped, mask, prev_image=None, flow_bwd=None):
-        k, hp, wp = check_warped(warped)
-        if k != self.net.num_classes:
-            raise ModelError(f'STGRU has {self.net.num_classes} classes, semantics have {k} planes')
-        if image is None:
-            raise InputError('GRFP needs the current image')
+        k, hp, wp = check_warped(warped, self.net.num_classes, image, 'GRFP (STGRU)')
         d = self.device
         px = self.cheap(image, (wp, hp))
         cur, prev_w = prev_warped_image(image, prev_image, flow_bwd, (wp, hp))

@@ -76,11 +76,17 @@ def mask_tensor(mask, size_wh, device='cpu') -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(m))[None, None].to(device)
 
 
-def check_warped(warped) -> tuple:
-    """(K, hp, wp) of a warped Semantics (raises InputError without probabilities)."""
+def check_warped(warped, num_classes: int | None = None, image=(), what: str = 'temporal module') -> tuple:
+    """(K, hp, wp) of a warped Semantics. Raises InputError without probabilities or, when ``image``
+    is passed, when it is None; ModelError when K differs from ``num_classes``."""
     if warped is None or getattr(warped, 'probs', None) is None:
-        raise InputError('temporal module needs warped semantics with probabilities (Semantics.probs)')
-    return warped.probs.shape
+        raise InputError(f'{what} needs warped semantics with probabilities (Semantics.probs)')
+    k, hp, wp = warped.probs.shape
+    if num_classes is not None and k != num_classes:
+        raise ModelError(f'{what} has {num_classes} classes, semantics have {k} planes')
+    if image is None:
+        raise InputError(f'{what} needs the current image')
+    return k, hp, wp
 
 
 def blend_torch(mask: torch.Tensor, p_ref: torch.Tensor, p_warp: torch.Tensor) -> torch.Tensor:
@@ -175,11 +181,7 @@ class EVSRefiner(TorchModule):
         super().__init__(net if net is not None else RefinerNet(), device)
 
     def p_ref(self, image, warped, mask) -> tuple:
-        k, hp, wp = check_warped(warped)
-        if k != self.net.num_classes:
-            raise ModelError(f'refiner has {self.net.num_classes} classes, semantics have {k} planes')
-        if image is None:
-            raise InputError('the EVS refiner needs the current image')
+        k, hp, wp = check_warped(warped, self.net.num_classes, image, 'the EVS refiner')
         d = self.device
         with torch.inference_mode():
             pw = probs_tensor(warped.probs, d)
