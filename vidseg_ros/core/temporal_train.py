@@ -442,11 +442,7 @@ def cli_main(argv=None) -> int:
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == '__main__':   # same as `vidseg train temporal` (one-line errors, exit 2)
     import sys
-    from .errors import VidsegError
-    try:
-        raise SystemExit(cli_main())
-    except VidsegError as e:
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2)
+    from vidseg_ros.cli import main as _vidseg
+    raise SystemExit(_vidseg(['train', 'temporal'] + sys.argv[1:]))
