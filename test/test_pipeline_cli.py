@@ -296,3 +296,36 @@ def test_bench_on_tiny_synthetic_snippets(tmp_path):
     for f in ('bench.json', 'bench.md', 'accuracy_vs_distance.png', 'speed_vs_accuracy.png'):
         assert (tmp_path / 'b' / f).is_file()
     assert '| warp_s5 |' in (tmp_path / 'b' / 'bench.md').read_text()
+
+
+class NaNNet(ColourNet):
+    """ColourNet whose output is NaN on chosen frames: a band of pixels, or (almost) everything."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad = bad  # call index -> 'band' | 'all'
+
+    def _infer(self, x):
+        out = super()._infer(x)
+        kind = self.bad.get(self.calls - 1)
+        if kind == 'band':
+            out[..., :4, :] = float('nan')
+        elif kind == 'all':
+            out[..., 2:, :] = float('inf') * 0.0
+        return out
+
+
+def test_pipeline_sanitises_nonfinite_network_outputs():
+    """NaN/Inf network outputs never reach the labels as a class: a few bad pixels become void, a mostly
+    non-finite keyframe is rejected and the frame is propagated from the previous keyframe."""
+    net = NaNNet({1: 'band', 2: 'all'})
+    vs = VideoSegmenter(net, OperatingPoint('t', scale=1, interval=2, warp=True, refine=False))
+    outs = [vs.process(scene(t)[0]) for t in range(6)]
+    assert [o.is_keyframe for o in outs] == [True, False, True, False, False, False]
+    # frame 2: band of NaN rows at the top of the network output -> void there, the rest classified
+    assert (outs[2].labels[:4] == 255).all() and (outs[2].labels[16:] != 255).all()
+    # frame 4: keyframe rejected (output NaN almost everywhere) -> propagated from frame 2, not void
+    assert not outs[4].is_keyframe and outs[4].distance == 2
+    assert (outs[4].labels[16:] != 255).mean() > 0.9
+    s = vs.summary()
+    assert s['rejected_keyframes'] == 1 and s['nonfinite_pixels'] > 0 and s['keyframes'] == 2

@@ -14,10 +14,13 @@ Per frame (RGB uint8, any size):
 4. labels are upsampled (nearest) to the input resolution. ``confidence`` stays at working resolution.
 
 ``out.timings`` holds seconds per stage: flow, keyframe (network), warp, iam, refine, upsample, total.
-A change of the input resolution resets the state and forces a keyframe.
+A change of the input resolution resets the state and forces a keyframe. NaN/Inf network outputs
+are set to void and counted (``nonfinite_pixels``); a keyframe whose output is mostly non-finite is
+rejected and counted (``rejected_keyframes``) and the frame is propagated from the previous state.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Optional
 
@@ -30,6 +33,8 @@ from .propagation import (FrameOutput, LowResNetworkRefiner, Propagator, Semanti
 from .schedule import OperatingPoint, Schedule, make_schedule
 
 __all__ = ['VideoSegmenter', 'working_size', 'default_flow', 'STAGES', 'make_low_res_refiner']
+
+log = logging.getLogger(__name__)
 
 STAGES = ('flow', 'keyframe', 'warp', 'iam', 'refine', 'upsample', 'total')
 
@@ -111,6 +116,8 @@ class VideoSegmenter:
         self._kf_total = 0.0
         self._prop_total = 0.0
         self.resets = 0
+        self.rejected_keyframes = 0   # keyframes whose network output was mostly NaN/Inf
+        self.nonfinite_pixels = 0     # NaN/Inf output pixels set to void in accepted keyframes
         self.reset()
         self.resets = 0
 
@@ -139,6 +146,24 @@ class VideoSegmenter:
         fwd = fn(prev, cur) if (self.use_iam and self.op.warp) else None
         return bwd, fwd
 
+    def _keyframe_semantics(self, idx, rgb, ws) -> Semantics | None:
+        """The keyframe network's semantics for this frame, NaN/Inf outputs sanitised (void, counted);
+        None when the output is unusable (the keyframe is rejected: the frame is propagated instead)."""
+        seg = self.keyframe_fn(idx, rgb) if self.keyframe_fn is not None else self.model.segment(rgb)
+        if isinstance(seg, Semantics):
+            return seg
+        from .models.base import sanitize_segmentation
+        try:
+            seg, bad = sanitize_segmentation(seg)
+        except InputError as exc:
+            self.rejected_keyframes += 1
+            log.warning('frame %d: keyframe rejected (%s); propagating the previous semantics', idx, exc)
+            return None
+        if bad:
+            self.nonfinite_pixels += bad
+            log.warning('frame %d: %d pixels with non-finite network outputs set to void', idx, bad)
+        return semantics_from_segmentation(seg, self.class_map, ws)
+
     def process(self, rgb: np.ndarray, stamp: float | None = None) -> FrameOutput:
         """Segment the next frame; returns labels at the input resolution (see module docstring)."""
         t0 = time.perf_counter()
@@ -162,11 +187,13 @@ class VideoSegmenter:
         is_kf = self.schedule.is_keyframe(idx, stats)
         timings = {}
         prop = self.propagator
+        sem = None
         if is_kf:
             t1 = time.perf_counter()
-            seg = self.keyframe_fn(idx, rgb) if self.keyframe_fn is not None else self.model.segment(rgb)
-            sem = seg if isinstance(seg, Semantics) else semantics_from_segmentation(seg, self.class_map, ws)
+            sem = self._keyframe_semantics(idx, rgb, ws)
             timings['keyframe'] = time.perf_counter() - t1
+            is_kf = sem is not None
+        if is_kf:
             prop.set_keyframe(idx, sem)
             out = prop.step(idx, None, None, None)
             self._last_frac = None
@@ -212,4 +239,6 @@ class VideoSegmenter:
             'schedule': self.schedule.to_dict(),
             'propagator': dict(self.propagator.stats),
             'resets': self.resets,
+            'rejected_keyframes': self.rejected_keyframes,
+            'nonfinite_pixels': self.nonfinite_pixels,
         }

@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from vidseg_ros.core.errors import ConfigError, InputError, VidsegError
+from vidseg_ros.core.models.base import sanitize_segmentation
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, Worker, check, diag_level, input_qos,
                                    latched_qos, reliable_qos, run_node)
@@ -59,33 +60,6 @@ def working_size(size_wh, scale: int) -> tuple:
     except ImportError:
         w, h = size_wh
         return (max(1, int(round(w / scale))), max(1, int(round(h / scale))))
-
-
-def sanitize_segmentation(seg, max_bad_fraction: float = 0.5):
-    """Guard against NaN/Inf network outputs: returns (segmentation, number of bad pixels).
-
-    Pixels where any probability plane is not finite get probability 0 on every plane and label 255
-    (void: zero confidence, never propagated as a class). More than ``max_bad_fraction`` bad pixels
-    raises InputError (the keyframe is rejected; the previous semantics stay in use).
-    """
-    probs = np.asarray(seg.probs)
-    finite = np.isfinite(probs)
-    if finite.all():
-        return seg, 0
-    bad = ~finite.all(axis=0)
-    n = int(bad.sum())
-    if n > max_bad_fraction * bad.size:
-        raise InputError(f'network output has non-finite values at {n / bad.size:.1%} of the pixels')
-    probs = np.where(finite, probs, 0.0).astype(np.float32)
-    probs[:, bad] = 0.0
-    labels = np.array(seg.labels, dtype=np.uint8, copy=True)
-    if labels.shape == bad.shape:
-        labels[bad] = 255
-    else:  # labels at another resolution than the probabilities: map the bad mask onto them
-        import cv2
-        m = cv2.resize(bad.astype(np.uint8), labels.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-        labels[m] = 255
-    return type(seg)(probs=probs, labels=labels), n
 
 
 def make_semantics_fn(model, scale: int, on_nonfinite=None):

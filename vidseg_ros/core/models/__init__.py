@@ -18,12 +18,12 @@ from . import espnet as _espnet
 from . import espnetv2 as _espnetv2
 from .backends import (BACKENDS, NetworkModel, OrtRunner, TorchRunner, cache_dir, check_device,
                        export_onnx, make_torchscript, state_hash, synthetic_image)
-from .base import KeyframeModel, Preprocessor, Segmentation, check_image
+from .base import KeyframeModel, Preprocessor, Segmentation, check_image, sanitize_segmentation
 from .config import REGISTRY, ModelConfig, lookup, preset_for_file, registry_names, size_from_name
 
 __all__ = ['KeyframeModel', 'NetworkModel', 'ModelConfig', 'Segmentation', 'load_model',
            'registry_names', 'REGISTRY', 'AUTO_BACKEND', 'BACKENDS', 'DEFAULT_FALLBACK',
-           'check_image', 'Preprocessor', 'cache_dir', 'load_state_dict']
+           'check_image', 'sanitize_segmentation', 'Preprocessor', 'cache_dir', 'load_state_dict']
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,33 @@ class Segmentation:
     labels: np.ndarray
 
 
+def sanitize_segmentation(seg: Segmentation, max_bad_fraction: float = 0.5):
+    """Guard against NaN/Inf network outputs: returns (segmentation, number of bad pixels).
+
+    Pixels where any probability plane is not finite get probability 0 on every plane and label 255
+    (void: zero confidence, never propagated as a class). More than ``max_bad_fraction`` bad pixels
+    raises InputError (the caller rejects the keyframe and keeps its previous semantics).
+    """
+    probs = np.asarray(seg.probs)
+    finite = np.isfinite(probs)
+    if finite.all():
+        return seg, 0
+    bad = ~finite.all(axis=0)
+    n = int(bad.sum())
+    if n > max_bad_fraction * bad.size:
+        raise InputError(f'network output has non-finite values at {n / bad.size:.1%} of the pixels')
+    probs = np.where(finite, probs, 0.0).astype(np.float32)
+    probs[:, bad] = 0.0
+    labels = np.array(seg.labels, dtype=np.uint8, copy=True)
+    if labels.shape == bad.shape:
+        labels[bad] = 255
+    else:  # labels at another resolution than the probabilities: map the bad mask onto them
+        import cv2
+        m = cv2.resize(bad.astype(np.uint8), labels.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        labels[m] = 255
+    return type(seg)(probs=probs, labels=labels), n
+
+
 def check_image(rgb) -> np.ndarray:
     """Validate an RGB uint8 (H, W, 3) image (raises InputError)."""
     if not isinstance(rgb, np.ndarray):
