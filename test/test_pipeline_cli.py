@@ -272,17 +272,22 @@ def test_cli_subprocess_exit_code(tmp_path):
     assert r.stderr.strip().startswith('error: input not found') and 'Traceback' not in r.stderr
 
 
+def _bench_snippets(root, seqs=('seqA', 'seqB'), frames=6, size=(96, 64)):
+    """cityscapes_seq-like snippet folders of the moving-band scene (pseudo labels in label ids)."""
+    to_labelid = np.array([7, 8, 11, 12], np.uint8)      # label ids of train ids 0..3
+    for j, s in enumerate(seqs):
+        (root / s / 'pseudo_labels').mkdir(parents=True)
+        for t in range(frames):
+            img, gt = scene(t + 3 * j, size)
+            stem = f'{s}_{t:06d}_leftImg8bit'
+            cv2.imwrite(str(root / s / f'{stem}.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(root / s / 'pseudo_labels' / f'{stem}.png'), to_labelid[gt])
+    return root
+
+
 def test_bench_on_tiny_synthetic_snippets(tmp_path):
     from vidseg_ros.core.bench import run_bench
-    data = tmp_path / 'seqdata'
-    to_labelid = np.array([7, 8, 11, 12], np.uint8)      # label ids of train ids 0..3
-    for s in ('seqA', 'seqB'):
-        (data / s / 'pseudo_labels').mkdir(parents=True)
-        for t in range(6):
-            img, gt = scene(t + (3 if s == 'seqB' else 0))
-            stem = f'{s}_{t:06d}_leftImg8bit'
-            cv2.imwrite(str(data / s / f'{stem}.png'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            cv2.imwrite(str(data / s / 'pseudo_labels' / f'{stem}.png'), to_labelid[gt])
+    data = _bench_snippets(tmp_path / 'seqdata')
     res = run_bench(model=ColourNet(), data=data, frames=6, scale=2, out=tmp_path / 'b', progress=False)
     rows = {r['name']: r for r in res['rows']}
     assert list(rows)[:2] == ['per_frame', 'warp_s2'] and 'warp_iam_s5' in rows and 'hold_s5' in rows
@@ -296,6 +301,25 @@ def test_bench_on_tiny_synthetic_snippets(tmp_path):
     for f in ('bench.json', 'bench.md', 'accuracy_vs_distance.png', 'speed_vs_accuracy.png'):
         assert (tmp_path / 'b' / f).is_file()
     assert '| warp_s5 |' in (tmp_path / 'b' / 'bench.md').read_text()
+
+
+@pytest.mark.shared
+def test_bench_iam_rows_with_a_learned_refiner(shared, tmp_path):
+    """`vidseg bench --refiner refiner`: the warp_iam rows run the packaged EVS refiner (its cost is
+    measured on every propagated frame); a model whose class planes do not match is refused clearly."""
+    from vidseg_ros.core.bench import run_bench
+    from vidseg_ros.core.errors import VidsegError
+    from vidseg_ros.core.models import load_model
+    data = _bench_snippets(tmp_path / 'seqdata', seqs=('seqA',), frames=6, size=(128, 64))
+    net = load_model('espnetv2_s0.5_512x256', input_size=(128, 64), backend='torch')
+    res = run_bench(model=net, data=data, frames=6, scale=1, refiner='refiner', out=tmp_path / 'b',
+                    progress=False)
+    rows = {r['name']: r for r in res['rows']}
+    assert res['refiner'] == {'type': 'EVSRefiner', 'mode': 'refiner'}
+    assert rows['warp_iam_s5']['keyframes'] == 2 and rows['warp_iam_s5']['propagated_stage_ms']['refine'] > 0
+    assert 'refine' not in rows['warp_s5']['propagated_stage_ms'] or rows['warp_s5']['propagated_stage_ms']['refine'] == 0
+    with pytest.raises(VidsegError, match='classes'):
+        run_bench(model=ColourNet(), data=data, frames=6, refiner='refiner', out=tmp_path / 'c', progress=False)
 
 
 class NaNNet(ColourNet):

@@ -10,8 +10,10 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
   not used: this is the "without IAM" row;
 * ``warp_iam_sN``    -- "with IAM": as warp_sN plus refinement R through the IAM: where the IAM mask
   is set, the warped probabilities are blended (EVS eq. 4) with those of a low-resolution (1/2 by
-  default: 512x256, the registry's 512x256 checkpoint when there is one) pass of the network (:class:`~vidseg_ros.core.propagation.LowResNetworkRefiner`, the stand-in for the
-  learned refiner);
+  default: 512x256, the registry's 512x256 checkpoint when there is one) pass of the network
+  (:class:`~vidseg_ros.core.propagation.LowResNetworkRefiner`, the stand-in, ``--refiner lowres``),
+  or with a learned temporal module of issue 4 (``--refiner refiner|grfp|davss``, packaged weights,
+  run through ``temporal.TemporalPropagator`` with its own blend);
 * ``hold_s5``        -- keyframe every 5 frames, labels held (W off);
 * ``adaptive``       -- AdaptiveSchedule (max interval 10, keyframe when the IAM inconsistent
   fraction of the last propagated frame reaches the threshold).
@@ -54,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--refine-factor', type=int, default=2,
                    help='the warp_iam rows refine with the network at 1/F of its input size (default 2)')
     p.add_argument('--no-refine', action='store_true', help='skip the warp_iam rows (no low-res network)')
+    p.add_argument('--refiner', default='lowres', choices=REFINERS,
+                   help="what the warp_iam rows refine with: 'lowres' (the stand-in: the network at 1/F of "
+                        "its input size, default) or a learned temporal module of issue 4 (packaged weights)")
     p.add_argument('--out', default='bench_out', help='output folder (bench.json, bench.md, plots)')
     p.add_argument('-q', '--quiet', action='store_true')
 
@@ -62,10 +67,14 @@ def run_from_args(args) -> int:
     res = run_bench(model=args.model, weights=args.weights, data=args.data, seqs=args.seqs,
                     frames=args.frames, scale=args.scale, flow_preset=args.flow_preset,
                     adaptive_threshold=args.adaptive_threshold, backend=args.backend, device=args.device,
-                    refine=not args.no_refine, refine_factor=args.refine_factor, out=args.out, progress=not args.quiet)
+                    refine=not args.no_refine, refine_factor=args.refine_factor, refiner=args.refiner,
+                    out=args.out, progress=not args.quiet)
     print(res['table_md'])
     print(f'\nwrote {Path(args.out) / "bench.json"}, bench.md, accuracy_vs_distance.png, speed_vs_accuracy.png')
     return 0
+
+
+REFINERS = ('lowres', 'refiner', 'grfp', 'davss')
 
 
 def _rows(refine: bool, adaptive_threshold: float, scale: int):
@@ -125,7 +134,7 @@ def _load_seq(folder: Path, n: int):
 
 def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=30, scale=2,
               flow_preset='ultrafast', adaptive_threshold=0.1, backend='auto', device='cpu',
-              refine=True, refine_factor=2, out='bench_out', progress=True) -> dict:
+              refine=True, refine_factor=2, refiner='lowres', out='bench_out', progress=True) -> dict:
     """Run the benchmark (see module docstring); writes bench.json, bench.md and two plots to ``out``.
 
     ``model``: a spec for ``load_model`` or a KeyframeModel instance. ``data``: a folder of snippet
@@ -159,7 +168,13 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
     cs = net.class_set
     k = cs.num_classes
     class_map = np.asarray(net.output_to_class, np.uint8)
-    refiner_base = make_low_res_refiner(net, refine_factor) if refine else None
+    if refiner not in REFINERS:
+        raise InputError(f'unknown refiner {refiner!r} (known: {", ".join(REFINERS)})')
+    learned = None
+    if refine and refiner != 'lowres':
+        from .temporal import make_temporal_module
+        learned = make_temporal_module(refiner, net, device=device)
+    refiner_base = make_low_res_refiner(net, refine_factor) if (refine and learned is None) else None
     prop_flow = FlowEstimator('dis', preset=flow_preset)
     tc_flow = FlowEstimator('dis', preset='medium')
     rows = _rows(refine, adaptive_threshold, scale)
@@ -197,13 +212,16 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
         cache_cost['keyframe'] += list(kf_cost.values())
         cache_cost['flow'] += list(flow_cost.values())
         bar.update(1)
-        cref = _CachedRefiner(refiner_base) if refine else None
+        cref = _CachedRefiner(refiner_base) if refiner_base is not None else None
         for op in rows:
             bar.set_postfix_str(f'{seq}: {op.name}')
             a = acc[op.name]
             vs = VideoSegmenter(net, op, flow=prop_flow, refiner=cref if op.refine else None,
                                 keyframe_fn=lambda i, rgb: sem_cache[i],
                                 flow_fn=lambda i, prev, cur: flow_cache[i])
+            if op.refine and learned is not None:
+                from .temporal import attach
+                attach(vs, learned)   # its cost is measured on every frame (nothing cached)
             prev_lab = None
             for i, im in enumerate(imgs):
                 if cref is not None:
@@ -273,7 +291,7 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
         'data': {'root': str(root), 'seqs': seqs, 'frames_per_seq': int(frames),
                  'input_size': list(size), 'working_size': list(ws)},
         'flow': prop_flow.describe(), 'tc_flow': tc_flow.describe(),
-        'refiner': None if not refine else {'type': 'LowResNetworkRefiner',
+        'refiner': None if not refine else {'type': type(learned).__name__, 'mode': refiner} if learned is not None else {'type': 'LowResNetworkRefiner',
                                             'model': getattr(refiner_base.model, 'name', None),
                                             'input_size': list(refiner_base.input_size or
                                                                getattr(refiner_base.model, 'input_size', ()))},
