@@ -137,6 +137,15 @@ def _chain_start(ns):
     return empty_image('32FC4', Header(frame_id='cam', stamp=ns_to_stamp(ns)))
 
 
+def _first_frame(node, ns, w, h, keyframe=None):
+    """The first camera frame of a stream (after ``keyframe(node, ns, w, h)``, its keyframe result, when
+    given) and its chain-start flow message."""
+    if keyframe is not None:
+        keyframe(node, ns, w, h)
+    node.on_image(_img(w, h, ns))
+    node.on_flow(_chain_start(ns))
+
+
 def _keyframe(node, ns, w, h, cls=3):
     from std_msgs.msg import Header, String
     hdr = Header(frame_id='cam', stamp=ns_to_stamp(ns))
@@ -279,9 +288,7 @@ def test_propagation_node_keyframe_overdue(ros_domain):
     node = _prop({'flow_timeout': 0.2, 'source_timeout': 0.5})
     try:
         T = [10**10 + i * 33_000_000 for i in range(20)]
-        _keyframe(node, T[0], W, H)
-        node.on_image(_img(W, H, T[0]))
-        node.on_flow(_chain_start(T[0]))
+        _first_frame(node, T[0], W, H, _keyframe)
         _decision(node, T[1], kf=True)        # announced, result never comes
         for i in range(1, 12):
             if i > 1:
@@ -302,9 +309,177 @@ def test_propagation_node_keyframe_overdue(ros_domain):
         _close(node)
 
 
+def _flow_from(w, h, ns, ref_ns, dx=0.5):
+    """A flow message that names the frame it starts from (as flow_node writes it)."""
+    from vidseg_ros.ros.flow_node import flow_frame_id
+    m = _flow(w, h, ns, dx)
+    m.header.frame_id = flow_frame_id('cam', ref_ns)
+    return m
+
+
+def _halves_keyframe(node, ns, w, h):
+    """Keyframe semantics with a vertical class boundary (left 3, right 5); returns its messages."""
+    from std_msgs.msg import Header
+    hdr = Header(frame_id='cam', stamp=ns_to_stamp(ns))
+    lab = np.full((h, w), 3, np.uint8)
+    lab[:, w // 2:] = 5
+    probs = np.zeros((-(-h // 4), -(-w // 4), 20), np.uint8)
+    probs[..., 3] = 255
+    probs[:, probs.shape[1] // 2:, 3], probs[:, probs.shape[1] // 2:, 5] = 0, 255
+    msgs = (ndarray_to_image(lab, 'mono8', hdr), ndarray_to_image(probs, '8UC(20)', hdr))
+    _decision(node, ns, True)
+    node.on_kf_probs(msgs[1])
+    node.on_kf_labels(msgs[0])
+    return msgs
+
+
+def test_flow_across_a_gap_is_used_and_not_marked_held(ros_domain):
+    """Issue 5: the flow message names the frame it starts from. A frame the flow node never saw is held
+    (flow_missing), but the next flow spans the gap from the frame the labels were held from, so the
+    following frames are propagated exactly and NOT marked degraded -- also when the keyframe arrives late
+    and is re-propagated across the gap. Without the reference (or from a frame whose state is not held),
+    the labels stay `labels_held` until the next keyframe, as before."""
+    from vidseg_ros.core.propagation import Propagator
+    from vidseg_ros.ros.conversions import image_to_ndarray
+    from vidseg_ros.ros.propagation_node import decode_flow, semantics_from_msgs
+    W, H = 64, 48
+    node = _prop({'flow_timeout': 0.2, 'source_timeout': 0.0})
+    try:
+        T = [10**10 + i * 33_000_000 for i in range(20)]
+        st = lambda: [json.loads(m.data) for m in node.status_pub.msgs]  # noqa: E731
+        kf0 = _halves_keyframe(node, T[0], W, H)
+        flows = {1: _flow_from(W, H, T[1], T[0], 2.0), 3: _flow_from(W, H, T[3], T[1], 4.0),
+                 4: _flow_from(W, H, T[4], T[3], 1.0)}
+        _first_frame(node, T[0], W, H)
+        node.on_image(_img(W, H, T[1]))
+        node.on_flow(flows[1])
+        node.on_image(_img(W, H, T[2]))    # the flow node never saw frame 2: its flow never comes
+        node.on_image(_img(W, H, T[3]))
+        node.on_flow(flows[3])             # spans 1 -> 3
+        node.on_image(_img(W, H, T[4]))
+        node.on_flow(flows[4])
+        s = st()
+        assert [x['stamp_ns'] for x in s] == T[:5]
+        assert [x['reasons'] for x in s] == [[], [], ['flow_missing'], [], []]
+        assert [x['distance'] for x in s] == [0, 1, 2, 3, 4]
+        # the labels are the offline Propagator's with the same flows (frame 2 held, 1 -> 3 applied to it)
+        ref = Propagator()
+        ref.set_keyframe(T[0], semantics_from_msgs(*kf0, node.class_map))
+        want = [ref.step(T[0]).labels.copy(), ref.step(T[1], *decode_flow(flows[1])).labels.copy(),
+                ref.step(T[2]).labels.copy()]
+        want += [ref.step(T[3], *decode_flow(flows[3]), flow_ref=T[1]).labels.copy(),
+                 ref.step(T[4], *decode_flow(flows[4])).labels.copy()]
+        got = [image_to_ndarray(m) for m in node.labels_pub.msgs]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        assert not np.array_equal(got[3], got[2])   # frame 3 was really propagated (boundary moved)
+
+        # frame 5's flow lost on the way (the flow node saw 5): frame 6's flow starts at 5, whose state the
+        # node does not have -> held until the next keyframe, as before
+        node.on_image(_img(W, H, T[5]))
+        node.on_image(_img(W, H, T[6]))
+        node.on_flow(_flow_from(W, H, T[6], T[5]))
+        assert [x['reasons'] for x in st()[5:]] == [['flow_missing'], ['labels_held']]
+
+        # a keyframe whose result arrives late, with a gap after it: re-propagated across the gap
+        _decision(node, T[7], True)
+        node.on_image(_img(W, H, T[7]))
+        node.on_flow(_flow_from(W, H, T[7], T[6]))
+        node.on_image(_img(W, H, T[8]))    # never seen by the flow node
+        node.on_image(_img(W, H, T[9]))
+        node.on_flow(_flow_from(W, H, T[9], T[7], 3.0))
+        _halves_keyframe(node, T[7], W, H)  # late: frames 8 and 9 were already published
+        assert node.counts['keyframes_late'] == 1
+        node.on_image(_img(W, H, T[10]))
+        node.on_flow(_flow_from(W, H, T[10], T[9]))
+        last = st()[-1]
+        assert last['stamp_ns'] == T[10] and last['keyframe_stamp_ns'] == T[7] and last['distance'] == 3
+        assert last['reasons'] == [] and not last['degraded']
+        c = node.counts
+        assert c['degraded_labels_held'] == 3 and c['degraded_flow_missing'] == 3  # frames 6, 7, 9 / 2, 5, 8
+    finally:
+        _close(node)
+
+
+def test_late_flow_of_the_newest_frame_is_still_used(ros_domain):
+    """A flow that arrives after its frame was output held (flow_timeout): the frame's labels stay as
+    published (flow_missing), but the state takes the flow, so the next frames are not `labels_held`."""
+    from vidseg_ros.ros.conversions import stamp_to_ns
+    W, H = 64, 48
+    node = _prop({'flow_timeout': 0.2, 'source_timeout': 0.0})
+    try:
+        T = [10**10 + i * 33_000_000 for i in range(6)]
+        _first_frame(node, T[0], W, H, _halves_keyframe)
+        node.on_image(_img(W, H, T[1]))
+        t0 = time.monotonic()
+        while stamp_to_ns(node.labels_pub.msgs[-1].header.stamp) != T[1]:  # waits flow_timeout, then held
+            assert time.monotonic() - t0 < 2
+            time.sleep(0.02)
+            node.pump()
+        node.on_flow(_flow_from(W, H, T[1], T[0], 3.0))   # too late for frame 1's labels
+        node.on_image(_img(W, H, T[2]))
+        node.on_flow(_flow_from(W, H, T[2], T[1]))
+        st = [json.loads(m.data) for m in node.status_pub.msgs]
+        assert [x['reasons'] for x in st] == [[], ['flow_missing'], []]
+        assert node.counts['late_flows'] == 1 and node.counts['late_flows_applied'] == 1
+        # a late flow for a frame that is no longer the newest changes nothing
+        node.on_image(_img(W, H, T[3]))
+        node.on_flow(_flow_from(W, H, T[3], T[2]))
+        node.on_flow(_flow_from(W, H, T[2], T[1]))
+        assert node.counts['duplicate_flows'] + node.counts['late_flows'] == 2
+        assert node.counts['late_flows_applied'] == 1
+    finally:
+        _close(node)
+
+
+def test_node_processes_tune_malloc(monkeypatch):
+    """The glibc settings every node applies are accepted (mallopt returns 0 for a value it refuses,
+    which would silently leave the defaults) and can be turned off."""
+    import ctypes.util
+    from vidseg_ros.ros import common
+    if not sys.platform.startswith('linux') or 'glibc' not in ' '.join(__import__('platform').libc_ver()):
+        pytest.skip('glibc only')
+    assert ctypes.util.find_library('c')
+    assert common.tune_malloc() is True
+    monkeypatch.setenv('VIDSEG_MALLOC_TUNE', '0')
+    assert common.tune_malloc() is False
+
+
+def test_propagator_flow_ref_needs_the_held_frame():
+    """Core rule behind it: a flow from frame r lands exactly only if the state was held since r."""
+    from vidseg_ros.core.propagation import Propagator, Semantics
+    lab = np.full((8, 8), 2, np.uint8)
+    f = np.zeros((8, 8, 2), np.float32)
+    p = Propagator()
+    p.set_keyframe(0, Semantics(lab))
+    p.step(0)
+    assert not p.step(1, f, f).degraded
+    assert p.step(2).degraded                        # held (no flow)
+    assert not p.step(3, f, f, flow_ref=1).degraded  # from the frame held since: exact again
+    assert p.step(4).degraded
+    assert p.step(5, f, f, flow_ref=3).degraded is False
+    assert p.step(6, f, f, flow_ref=4).degraded      # from a frame whose state it does not have
+    assert p.step(7, f, f).degraded                  # stays held until the next keyframe
+    # a late flow for the newest (held) frame from the frame the state is exact for: applied
+    p.set_keyframe(8, Semantics(lab))
+    p.step(8)
+    assert p.step(9).degraded
+    assert not p.amend_flow(9, f, f, flow_ref=7)     # does not start where the state is exact
+    assert p.amend_flow(9, f, f) and p.stats['amended_flows'] == 1
+    assert not p.amend_flow(9, f, f)                 # has its flow now
+    assert not p.step(10, f, f).degraded
+    # several frames held in a row, their flows late, in order: each one lands, the last one clears it
+    assert p.step(11).degraded and p.step(12).degraded
+    assert not p.amend_flow(12, f, f)                # 11 is not resolved yet
+    assert p.amend_flow(11, f, f) and p.current_output().degraded  # exact at 11, 12 still held
+    assert p.amend_flow(12, f, f) and not p.current_output().degraded
+    assert not p.amend_flow(10, f, f)                # had its flow in time
+
+
 # ------------------------------------------------------------------------ flow node
 def test_flow_node_bad_input_and_time(ros_domain):
-    from vidseg_ros.ros.flow_node import FlowNode
+    from rclpy.serialization import serialize_message
+    from vidseg_ros.ros.flow_node import FlowNode, parse_flow_frame_id
     node = _node(FlowNode, {'input_qos': 'reliable', 'diagnostics_period': 0.0, 'max_gap': 0.5})
     try:
         assert node.trigger_configure().name == 'SUCCESS'
@@ -323,12 +498,13 @@ def test_flow_node_bad_input_and_time(ros_domain):
         send(T[0]); send(T[1], 2)
         assert out[0].width == 0 and out[1].encoding == '32FC4' and out[1].width > 0
         for _, msg, _ in _bad_images(64, 48, T[2]):
-            node.on_image(msg)
-        assert node.counts['bad_images'] == 7 and len(out) == 2
+            node.on_image(serialize_message(msg))  # as the camera subscription gets them: serialized
+        node.on_image(b'\x00\x01\x00\x00\x07')   # bytes that are no Image at all
+        assert node.counts['bad_images'] == 8 and len(out) == 2
         send(T[1], 2)                          # duplicate stamp: no output
         assert node.counts['duplicate_stamps'] == 1 and len(out) == 2
         send(T[3], 4)                          # flow across the gap left by frame 2
-        assert out[-1].width > 0
+        assert out[-1].width > 0 and parse_flow_frame_id(out[-1].header.frame_id) == ('c', T[1])
         send(T[4], 4, w=60)                    # size change -> chain start
         send(T[2], 4, w=60)                    # time backwards -> chain start
         send(T[2] + 2 * 10**9, 4, w=60)        # time jump > max_gap -> chain start
@@ -497,9 +673,7 @@ def test_propagation_node_reorders_pending_frames(ros_domain):
     node = _prop({'flow_timeout': 0.5})
     try:
         T = [10**10 + i * 33_000_000 for i in range(6)]
-        _keyframe(node, T[0], W, H)
-        node.on_image(_img(W, H, T[0]))
-        node.on_flow(_chain_start(T[0]))
+        _first_frame(node, T[0], W, H, _keyframe)
         node.on_image(_img(W, H, T[2]))   # T2 before T1
         node.on_image(_img(W, H, T[1]))
         node.on_flow(_flow(W, H, T[1]))

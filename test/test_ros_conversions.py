@@ -111,3 +111,30 @@ def test_camera_rejects_non_image_encodings_and_encode_checks_type():
         ndarray_to_image(np.zeros((0, 2), np.uint8), 'mono8')
     with pytest.raises(ConversionError, match='dtype'):
         ndarray_to_image(np.zeros((2, 2), np.complex64))
+
+
+@pytest.mark.parametrize('frame_id', ['', 'c', 'ca', 'cam', 'cam0', 'camera_color_left'])
+@pytest.mark.parametrize('enc,pad,bigendian', [('rgb8', 0, 0), ('bgr8', 1, 0), ('mono16', 3, 1),
+                                               ('8UC(20)', 2, 0), ('32FC4', 0, 1)])
+def test_image_from_cdr_reads_the_serialized_message_like_rclpy(frame_id, enc, pad, bigendian):
+    """The nodes' camera subscriptions read the serialized message (no conversion of the pixels): every
+    field must equal rclpy's deserialisation, whatever the string lengths (CDR alignment)."""
+    pytest.importorskip('rclpy')
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.conversions import RawImage, image_from_cdr
+    dtype, ch = encoding_info(enc)
+    w, h = 5, 3
+    row = w * ch * dtype.itemsize + pad
+    data = RNG.integers(0, 256, h * row, dtype=np.uint8).tobytes()
+    m = Image(header=Header(frame_id=frame_id, stamp=ns_to_stamp(1_700_000_000_987_654_321)), height=h,
+              width=w, encoding=enc, is_bigendian=bigendian, step=row, data=data)
+    r = image_from_cdr(serialize_message(m))
+    assert isinstance(r, RawImage)
+    assert r.header == m.header
+    assert (r.height, r.width, r.encoding, r.is_bigendian, r.step) == (h, w, enc, bigendian, row)
+    assert bytes(r.data) == data
+    np.testing.assert_array_equal(image_to_ndarray(r), image_to_ndarray(m))
+    with pytest.raises(ConversionError, match='cannot deserialize an Image message'):
+        image_from_cdr(b'\x00\x01\x00\x00' + b'\xff' * 9)  # does not parse, rclpy refuses it too

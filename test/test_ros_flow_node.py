@@ -22,7 +22,8 @@ def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
     from lifecycle_msgs.msg import Transition
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
-    from vidseg_ros.ros.flow_node import make_flow_fn, working_gray
+    from vidseg_ros.core.flow import FlowEstimator
+    from vidseg_ros.ros.flow_node import make_flow_fn, parse_flow_frame_id, working_gray
 
     proc = start_node('flow_node', {'scale': 0, 'preset': 'ultrafast', 'method': 'nope',
                                     'input_qos': 'reliable'}, log_dir=str(tmp_path))
@@ -53,13 +54,18 @@ def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
             assert probe.wait_for(lambda: probe.count(graph.FLOW_TOPIC) == i + 1, 10), read_log(proc)
         msgs = [m for _, m in probe.messages[graph.FLOW_TOPIC]]
         assert [stamp_to_ns(m.header.stamp) for m in msgs] == [10**9 + i * 50_000_000 for i in range(4)]
-        assert all(m.header.frame_id == 'cam_left' for m in msgs)
+        # frame_id = the camera's + the stamp of the frame the flow starts from (none on a chain start)
+        assert [parse_flow_frame_id(m.header.frame_id) for m in msgs] == \
+            [('cam_left', None)] + [('cam_left', 10**9 + i * 50_000_000) for i in range(3)]
         assert msgs[0].height == 0 and msgs[0].width == 0  # chain start: no predecessor
-        fn = make_flow_fn('dis', 'ultrafast', True)
+        est = FlowEstimator('dis', 'ultrafast')   # what VideoSegmenter computes (native flows, both ways)
         for i in range(1, 4):
             arr = image_to_ndarray(msgs[i])
             assert msgs[i].encoding == '32FC4'
-            bwd, fwd = fn(working_gray(frames[i - 1], 2), working_gray(frames[i], 2))
+            prev, cur = working_gray(frames[i - 1], 2), working_gray(frames[i], 2)
+            bwd, fwd = est.compute_native(cur, prev), est.compute_native(prev, cur)
+            assert [a.tolist() for a in make_flow_fn('dis', 'ultrafast', True)(prev, cur)] == \
+                [bwd.tolist(), fwd.tolist()]
             assert arr.shape[:2] == bwd.shape[:2] and arr.shape[1] < 80  # native (coarse) resolution
             np.testing.assert_array_equal(arr[..., :2], bwd)
             np.testing.assert_array_equal(arr[..., 2:], fwd)

@@ -89,7 +89,8 @@ def test_propagation_node_live_join(ros_domain, tmp_path):
         # frame 4: its flow never comes in time -> output after flow_timeout, labels held
         dt = frame(4, with_flow=False)
         assert dt >= 0.35
-        flow_pub.publish(ndarray_to_image(flows[4], '32FC4', hdrs[4]))  # too late: counted, ignored
+        # too late for frame 4's labels (counted); the state still takes it (frame 5 is not held)
+        flow_pub.publish(ndarray_to_image(flows[4], '32FC4', hdrs[4]))
         frame(5)
         # an image older than the newest processed frame still gets exactly one (degraded) output
         cam.publish(ndarray_to_image(img, 'rgb8', hdrs[2]))
@@ -108,6 +109,7 @@ def test_propagation_node_live_join(ros_domain, tmp_path):
         assert ref.set_keyframe(0, sem) == 'late'
         expect.append(ref.step(3, flows[3][..., :2], flows[3][..., 2:]).labels.copy())
         expect.append(ref.step(4).labels.copy())
+        assert ref.amend_flow(4, flows[4][..., :2], flows[4][..., 2:])
         expect.append(ref.step(5, flows[5][..., :2], flows[5][..., 2:]).labels.copy())
         import cv2
         for k in range(6):
@@ -130,6 +132,7 @@ def test_propagation_node_live_join(ros_domain, tmp_path):
         assert probe.wait_for(lambda: counts().get('frames_out') == '7', 5), counts()
         c = counts()
         assert c['flow_timeouts'] == '1' and c['late_flows'] == '1' and c['out_of_order'] == '1'
+        assert c['late_flows_applied'] == '1'
         assert c['keyframes_late'] == '1' and int(c['degraded']) >= 4
         assert probe.transition('propagation_node', Transition.TRANSITION_DEACTIVATE)
         assert probe.transition('propagation_node', Transition.TRANSITION_CLEANUP)

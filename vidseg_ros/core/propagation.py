@@ -21,8 +21,11 @@ Protocol (per frame, frame ids strictly increasing)::
     out = prop.step(fid, flow_bwd, flow_fwd, image)
 
 ``flow_bwd = flow(t, t-1)`` (t's grid) and ``flow_fwd = flow(t-1, t)`` between the previous stepped
-frame and this one, at any resolution (resized to the grids used; values rescaled). ``flow_fwd`` enables
-the IAM; ``image`` (RGB at working resolution) is needed only by a refiner. A keyframe result that
+frame and this one, at any resolution (resized to the grids used; values rescaled). ``step(..., flow_ref=r)``
+says the flows start from frame ``r`` instead (a flow across frames stepped without flow, which were held):
+when the state was held since ``r``, the flow lands exactly and the holds no longer degrade the output;
+a flow from any other frame marks the state degraded. ``flow_fwd`` enables the IAM; ``image`` (RGB at
+working resolution) is needed only by a refiner. A keyframe result that
 arrives after newer frames were stepped is re-propagated through the buffered flows (bounded by
 ``history``) so the state equals what in-order processing would have produced.
 """
@@ -213,11 +216,12 @@ class LowResNetworkRefiner:
 
 
 class _Entry:
-    __slots__ = ('frame_id', 'prev_id', 'flow_bwd', 'flow_fwd', 'image')
+    __slots__ = ('frame_id', 'prev_id', 'flow_bwd', 'flow_fwd', 'image', 'flow_ref')
 
-    def __init__(self, frame_id, prev_id, flow_bwd, flow_fwd, image):
+    def __init__(self, frame_id, prev_id, flow_bwd, flow_fwd, image, flow_ref=None):
         self.frame_id, self.prev_id = frame_id, prev_id
         self.flow_bwd, self.flow_fwd, self.image = flow_bwd, flow_fwd, image
+        self.flow_ref = prev_id if flow_ref is None else flow_ref  # the frame the flows start from
 
 
 def _validate_flow(name, f):
@@ -276,6 +280,8 @@ class Propagator:
         self._dist = -1
         self._newest = None
         self._state_degraded = False
+        self._anchor = None     # (frame id the state is exact for, degraded flag there); holds keep it
+        self._skip_iam = False  # catch-up: no IAM for frames whose mask nobody reads
         self._last_mask = None
         self._last_frac = 0.0
         self._hist: OrderedDict = OrderedDict()
@@ -283,7 +289,7 @@ class Propagator:
         self.last_timings = {}
         self.stats = dict(frames=0, keyframes=0, late_keyframes=0, repropagated_steps=0,
                           dropped_keyframes_too_old=0, stale_keyframes=0, orphan_keyframes=0,
-                          degraded_frames=0, refined_frames=0)
+                          degraded_frames=0, refined_frames=0, amended_flows=0)
 
     @property
     def semantics(self) -> Semantics | None:
@@ -339,15 +345,22 @@ class Propagator:
         if not complete:
             self.stats['dropped_keyframes_too_old'] += 1
             degraded = True
-        for e in chain:
-            sem, mask, frac, deg = self._advance(sem, e)
-            degraded |= deg
+        anchor = (frame_id, degraded)
+        # without a refiner the IAM only feeds the newest frame's mask: skip it on the frames in between
+        skip = self.refiner is None
+        for i, e in enumerate(chain):
+            self._skip_iam = skip and i < len(chain) - 1
+            try:
+                sem, degraded, anchor, mask, frac = self._carry(sem, degraded, anchor, e)
+            finally:
+                self._skip_iam = False
         self.stats['late_keyframes'] += 1
         self.stats['repropagated_steps'] += len(chain)
         self._sem = sem
         self._kf_id = frame_id
         self._dist = len(chain) if complete else max(len(chain), 1)
         self._state_degraded = degraded
+        self._anchor = anchor
         self._last_mask, self._last_frac = mask, frac
         return 'late' if complete else 'partial'
 
@@ -356,14 +369,16 @@ class Propagator:
         self._kf_id = frame_id
         self._dist = 0
         self._state_degraded = False
+        self._anchor = (frame_id, False)
 
     # ------------------------------------------------------------------ stepping
-    def step(self, frame_id, flow_bwd=None, flow_fwd=None, image=None) -> FrameOutput:
+    def step(self, frame_id, flow_bwd=None, flow_fwd=None, image=None, flow_ref=None) -> FrameOutput:
         """Advance to ``frame_id`` (strictly increasing) and return its output.
 
         ``flow_bwd``/``flow_fwd``: flows between the previous stepped frame and this one (see module
         docstring); None on the first frame / when unavailable (then the labels are held and, in warp
-        mode, flagged degraded).
+        mode, flagged degraded). ``flow_ref``: the frame the flows start from when it is not the previous
+        stepped frame (a flow across held frames; see the module docstring). None = the previous frame.
         """
         if self._newest is not None and not frame_id > self._newest:
             raise InputError(f'frame ids must increase: got {frame_id!r} after {self._newest!r}')
@@ -374,7 +389,7 @@ class Propagator:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise InputError(f'image must be (h, w, 3) uint8 RGB, got {image.shape} {image.dtype}')
         entry = _Entry(frame_id, self._newest, flow_bwd, flow_fwd,
-                       image if self.refiner is not None else None)
+                       image if self.refiner is not None else None, flow_ref)
         self._hist[frame_id] = entry
         while len(self._hist) > self.history:
             self._hist.popitem(last=False)
@@ -393,14 +408,40 @@ class Propagator:
         elif self._sem is None:
             return self._no_keyframe_output(frame_id, image, flow_bwd)
         else:
-            self._sem, mask, frac, deg = self._advance(self._sem, entry)
-            self._state_degraded |= deg
+            self._sem, self._state_degraded, self._anchor, mask, frac = self._carry(
+                self._sem, self._state_degraded, self._anchor, entry)
             self._dist += 1
             is_kf = False
         self._last_mask, self._last_frac = mask, frac
         out = self._output(frame_id, is_kf)
         out.timings.update(self.last_timings)
         return out
+
+    def amend_flow(self, frame_id, flow_bwd, flow_fwd=None, flow_ref=None) -> bool:
+        """A flow for ``frame_id`` that arrived after the frame was stepped without one (its labels held).
+        When the state was held since the flow's start frame (``flow_ref``, default: the frame stepped
+        before it) -- every frame stepped since then had no flow -- the flow is applied now: the state is
+        exact at ``frame_id`` (the outputs already returned stay as they were; the history entry keeps the
+        flow for late keyframes) and no longer degraded if ``frame_id`` is the newest frame; newer frames
+        held after it wait for their own flows, which can be amended the same way. Returns whether it
+        was applied."""
+        e = self._hist.get(frame_id)
+        if e is None or e.flow_bwd is not None or flow_bwd is None or self._sem is None or not self.warp:
+            return False
+        ref = e.prev_id if flow_ref is None else flow_ref
+        if self._anchor is None or self._anchor[0] != ref or not ref < frame_id:
+            return False
+        if any(x.flow_bwd is not None for f, x in self._hist.items() if f > ref):
+            return False  # the state moved on since ``ref``: this flow no longer applies to it
+        e.flow_bwd, e.flow_fwd = _validate_flow('flow_bwd', flow_bwd), _validate_flow('flow_fwd', flow_fwd)
+        e.flow_ref = ref
+        self._sem, mask, frac, deg = self._advance(self._sem, e)
+        exact = self._anchor[1] or deg
+        self._anchor = (frame_id, exact)
+        self._state_degraded = exact if frame_id == self._newest else True
+        self._last_mask, self._last_frac = mask, frac
+        self.stats['amended_flows'] += 1
+        return True
 
     def current_output(self) -> FrameOutput | None:
         """Output for the newest frame from the current state (e.g. after a late keyframe)."""
@@ -443,6 +484,20 @@ class Propagator:
         conf[sem.labels == IGNORE] = 0.0
         return conf
 
+    def _carry(self, sem, degraded, anchor, e: _Entry):
+        """Apply entry ``e`` to the state (sem, degraded, anchor) -> (sem, degraded, anchor, mask, frac).
+
+        ``anchor`` = (frame id the state is exact for, the degraded flag there): held frames (no flow) keep
+        it. A flow across held frames (``e.flow_ref != e.prev_id``) that starts at the anchor lands exactly,
+        so the degradation the holds added is dropped; one from another frame degrades the state."""
+        if self.warp and e.flow_bwd is not None and e.flow_ref != e.prev_id:
+            degraded = anchor[1] if anchor is not None and anchor[0] == e.flow_ref else True
+        sem, mask, frac, deg = self._advance(sem, e)
+        degraded = degraded or deg
+        if not deg:
+            anchor = (e.frame_id, degraded)
+        return sem, degraded, anchor, mask, frac
+
     def _advance(self, sem: Semantics, e: _Entry):
         """Carry ``sem`` from e.prev_id to e.frame_id. Returns (semantics, mask, fraction, degraded)."""
         if not self.warp:
@@ -460,7 +515,7 @@ class Propagator:
         t1 = time.perf_counter()
         tm['warp'] = t1 - t0
         mask, frac = None, 0.0
-        if self.use_iam and e.flow_fwd is not None:
+        if self.use_iam and e.flow_fwd is not None and not self._skip_iam:
             from .iam import inconsistency_mask
             mask = inconsistency_mask(sem.labels, flow_bwd=e.flow_bwd, flow_fwd=e.flow_fwd,
                                       size_wh=(w, h), **self.iam_params)

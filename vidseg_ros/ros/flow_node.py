@@ -3,10 +3,14 @@
 Subscribes ``/camera/image_raw`` (remappable; rgb8/bgr8/mono8/rgba8/bgra8/...), publishes
 ``/vidseg/flow`` as sensor_msgs/Image ``32FC4`` (backward dx, dy = flow(t, t-1) on t's grid; forward
 dx, dy = flow(t-1, t)) or ``32FC2`` (backward only, ``forward:=false``) at the flow's native (coarse)
-resolution, with the newer frame's exact header. A 0x0 message marks a chain start (first frame,
-size change, time going backwards, time jump > ``max_gap``) where no flow exists. Broken images and
-repeated stamps are dropped (counted in /diagnostics, with the pid). All computation is ``core.flow`` /
-``core.pipeline``.
+resolution, with the newer frame's stamp; its ``header.frame_id`` is the camera's followed by
+``#ref_ns=<stamp of the older frame in ns>`` (:func:`flow_frame_id`), the frame the flow starts from (the
+previous frame this node received, so across a frame lost before it), read back with
+:func:`parse_flow_frame_id`. A 0x0 message marks a chain start (first frame, size change, time going
+backwards, time jump > ``max_gap``) where no flow exists (no ``#ref_ns``). Broken images and repeated
+stamps are dropped (counted in /diagnostics, with the pid). All computation is ``core.flow`` /
+``core.pipeline``. The camera is taken serialized (``image_from_cdr``: no per-message conversion of
+the pixels).
 """
 from __future__ import annotations
 
@@ -19,8 +23,28 @@ import numpy as np
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, reliable_qos,
                                    run_node)
-from vidseg_ros.ros.conversions import ConversionError, empty_image, image_to_rgb, ndarray_to_image, stamp_to_ns
+from vidseg_ros.ros.conversions import (ConversionError, empty_image, image_from_cdr, image_to_rgb,
+                                        ndarray_to_image, stamp_to_ns)
 from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
+
+REF_TAG = '#ref_ns='   # /vidseg/flow header.frame_id = <camera frame_id>#ref_ns=<older frame's stamp, ns>
+
+
+def flow_frame_id(frame_id: str, ref_ns: int) -> str:
+    """header.frame_id of a /vidseg/flow message: the camera's frame id + the reference stamp."""
+    return f'{frame_id}{REF_TAG}{int(ref_ns)}'
+
+
+def parse_flow_frame_id(frame_id: str):
+    """(camera frame_id, reference stamp ns | None) of a /vidseg/flow header.frame_id (None: not given,
+    e.g. a chain start or another publisher; the flow is then taken to start at the previous frame)."""
+    head, tag, ref = frame_id.rpartition(REF_TAG)
+    if not tag:
+        return frame_id, None
+    try:
+        return head, int(ref)
+    except ValueError:
+        return frame_id, None
 
 
 def make_flow_fn(method: str = 'dis', preset: str = 'ultrafast', forward: bool = True):
@@ -30,8 +54,9 @@ def make_flow_fn(method: str = 'dis', preset: str = 'ultrafast', forward: bool =
     est = FlowEstimator(method=method, preset=preset) if method == 'dis' else FlowEstimator(method=method)
 
     def fn(prev, cur):
-        bwd = est.compute_native(cur, prev)
-        fwd = est.compute_native(prev, cur) if forward else None
+        if not forward:
+            return est.compute_native(cur, prev), None
+        fwd, bwd = est.forward_backward(prev, cur, native=True)  # = compute_native both ways, one downscale
         return bwd, fwd
     return fn
 
@@ -68,23 +93,28 @@ class FlowNode(VidsegLifecycleNode):
         self.cfg = p
         self.flow_fn = make_flow_fn(p['method'], p['preset'], p['forward'])
         self.encoding = '32FC4' if p['forward'] else '32FC2'
-        self.prev = None  # (stamp_ns, rgb)
+        self.prev = None  # (stamp_ns, grey working-resolution frame)
         self.frames = RateCounter()
         self.latency = LatencyStats()
         self.counts = dict(frames=0, flows=0, chain_starts=0, bad_images=0, dropped_inactive=0, duplicate_stamps=0,
                            size_changes=0, time_backwards=0, gaps=0)
         self.flow_pub = self.pub(Image, graph.FLOW_TOPIC, reliable_qos(10))
-        self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos)
+        self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos, raw=True)
 
     def deactivate(self):
         self.prev = None
 
     def on_image(self, msg):
+        """A camera Image, or its serialized bytes (the subscription: fields and a view of the pixels,
+        no conversion)."""
+        from std_msgs.msg import Header
         if not self.active:
             self.counts['dropped_inactive'] += 1
             return
         t0 = time.perf_counter()
         try:
+            if isinstance(msg, bytes):
+                msg = image_from_cdr(msg)
             rgb = image_to_rgb(msg)
         except ConversionError as e:
             self.counts['bad_images'] += 1
@@ -118,7 +148,8 @@ class FlowNode(VidsegLifecycleNode):
         else:
             bwd, fwd = self.flow_fn(prev[1], gray)
             arr = bwd if fwd is None else np.concatenate([bwd, fwd], axis=2)
-            out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, msg.header)
+            hdr = Header(stamp=msg.header.stamp, frame_id=flow_frame_id(msg.header.frame_id, prev[0]))
+            out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, hdr)
             self.counts['flows'] += 1
         self.prev = (ns, gray)
         self.flow_pub.publish(out)

@@ -17,7 +17,9 @@ wall clock at publish time) and records ``/semantic/labels``, ``/vidseg/propagat
    frames as fast as possible, interleaved with the ``max`` phase in ``--chunks`` chunks (core on chunk
    c, then the graph on chunk c, ...) so that both see the same background load of a shared machine.
    ``graph/core`` = graph steady rate (sum of (labels - 1) / sum of first-to-last label time per chunk)
-   / core rate (frames / processing time). Goal >= 0.85.
+   / core rate (frames / processing time). Goal >= 0.85. Also the CPU each side spends per frame (graph:
+   user+system time of every graph process from /proc over its chunks; core: this process's CPU time
+   over its chunks), which depends much less on the background load than the rates.
 
 ``--kitti-rate``: the real-time mode instead: a 10 Hz 1242x375 stream made of real Cityscapes sequence
 frames (centre crop to the KITTI aspect, resized, looped), ESPNetv2 s2.0 keyframes with the budget
@@ -356,8 +358,26 @@ def run_core(frames, model: str, schedule: str, scale: int, num_threads: int = 0
     return c.summary()
 
 
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (/proc/<pid>/stat); None when it cannot be read."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rpartition(')')[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def graph_cpu_s(procs) -> dict:
+    """{process name: CPU seconds so far} of the graph's processes."""
+    if procs is None:
+        return {}
+    out = {n: proc_cpu_s(p.pid) for n, p in procs.graph.procs.items()}
+    return {n: v for n, v in out.items() if v is not None}
+
+
 def run_max_interleaved(rec, frames, n: int, window: int, chunks: int, core: CoreRunner | None,
-                        progress=True):
+                        progress=True, procs=None):
     """Max-throughput phase interleaved with the core: for each chunk of the frames, the core processes
     it, then the graph (closed loop, ``window`` in flight). Interleaving keeps both under the same
     background load on a shared machine. Graph chunk rate = (labels - 1) / (last - first label)
@@ -369,9 +389,14 @@ def run_max_interleaved(rec, frames, n: int, window: int, chunks: int, core: Cor
         fr = [frames[i % len(frames)] for i in part]
         row = {'frames': len(fr)}
         if core is not None:
+            c0 = time.process_time()
             row['core_s'] = core.run(fr)
+            row['core_cpu_s'] = time.process_time() - c0
             time.sleep(0.5)  # onnxruntime's spinning threads settle
+        g0 = graph_cpu_s(procs)
         sent, g = run_windowed(rec, fr, len(fr), window=window, progress=False)
+        g1 = graph_cpu_s(procs)
+        row['graph_cpu_s'] = {k: g1[k] - g0[k] for k in g1 if k in g0}
         given_up += g
         with rec.cv:
             t = sorted(rec.labels[s] for s, _ in sent if s in rec.labels)
@@ -501,7 +526,8 @@ def run_bench(args) -> dict:
         if not args.kitti_rate and not args.external_graph and not args.skip_max:
             time.sleep(1.0)
             d0 = rec.diag_snapshot()
-            sent, given_up, per = run_max_interleaved(rec, frames, n, args.window, args.chunks, core, progress)
+            sent, given_up, per = run_max_interleaved(rec, frames, n, args.window, args.chunks, core, progress,
+                                                      procs)
             time.sleep(1.5)
             result['max'] = summarize(rec, sent, d0, rec.diag_snapshot())
             result['max']['given_up'] = given_up
@@ -510,6 +536,14 @@ def run_bench(args) -> dict:
             gs = sum(r.get('graph_s', 0.0) for r in per)
             if gs > 0:
                 result['max']['steady_fps'] = gl / gs
+            cpu = {}
+            for r in per:
+                for k, v in r.get('graph_cpu_s', {}).items():
+                    cpu[k] = cpu.get(k, 0.0) + v
+            if cpu:
+                nf = sum(r['frames'] for r in per)
+                result['max']['cpu_ms_per_frame'] = dict({k: 1000 * v / nf for k, v in cpu.items()},
+                                                         total=1000 * sum(cpu.values()) / nf)
         result['label_sizes'] = sorted(list(s) for s in rec.label_sizes)
         result['label_classes_seen'] = sorted(rec.label_classes)
         with rec.cv:
@@ -533,6 +567,8 @@ def run_bench(args) -> dict:
     if core is not None and core.frames:
         result['core'] = core.summary()
         result['core']['chunk_fps'] = [r['frames'] / r['core_s'] for r in result['max']['chunks'] if 'core_s' in r]
+        result['core']['cpu_ms_per_frame'] = 1000 * sum(r.get('core_cpu_s', 0.0) for r in result['max']['chunks']) \
+            / max(core.frames, 1)
         if result['max'].get('steady_fps'):
             result['graph_vs_core'] = result['max']['steady_fps'] / result['core']['fps']
     return result
@@ -567,6 +603,10 @@ def format_table(r: dict) -> str:
         out.append(f"graph max steady throughput {r['max']['steady_fps']:.1f} fps / in-process core "
                    f"{r['core']['fps']:.1f} fps = {r['graph_vs_core']:.3f} (goal >= 0.85; interleaved in "
                    f"{len(r['max']['chunks'])} chunks)")
+    gc, cc = r.get('max', {}).get('cpu_ms_per_frame'), r.get('core', {}).get('cpu_ms_per_frame')
+    if gc and cc:
+        out.append(f"CPU per frame: graph {gc['total']:.1f} ms (" + ', '.join(
+            f'{k} {v:.1f}' for k, v in gc.items() if k != 'total') + f") vs in-process core {cc:.1f} ms")
     p = r.get('paced', {})
     if r['mode'] == 'kitti-rate' and p:
         out.append(f"keyframe rate sustained: {f(p.get('keyframe_rate_hz'), '{:.2f}')} Hz "

@@ -1,7 +1,9 @@
 """propagation_node: joins camera frames, flow and keyframe semantics and runs the core Propagator.
 
-Inputs: ``/camera/image_raw`` (headers, output size, timing; the pixels only when refining),
-``/vidseg/flow`` (32FC4/32FC2 at native resolution, 0x0 = chain start), ``/vidseg/keyframe/{labels,probs}``
+Inputs: ``/camera/image_raw`` (headers, output size, timing; the pixels only when refining: taken
+serialized, read with ``image_from_cdr`` without converting the pixels),
+``/vidseg/flow`` (32FC4/32FC2 at native resolution, 0x0 = chain start; the header's ``#ref_ns=`` names the
+frame the flow starts from, see flow_node), ``/vidseg/keyframe/{labels,probs}``
 (+ latched ``/vidseg/keyframe/info`` for the class map) and ``/vidseg/keyframe/decision`` (per frame).
 
 For EVERY input frame it publishes, with the input image's exact header: ``/semantic/labels`` (mono8
@@ -12,7 +14,10 @@ JSON per input frame: ``{"stamp_ns", "frame_id", "published", "degraded", "reaso
 "keyframe_stamp_ns", "keyframe_age_s", "confidence_scale"}``, see RELIABILITY.md); and ``/diagnostics``.
 
 Degraded reasons: ``no_keyframe``, ``flow_missing`` (this frame's flow did not come), ``flow_chain_restart``,
-``labels_held`` (held across an earlier flow gap until the next keyframe), ``keyframe_too_old``
+``labels_held`` (held across an earlier flow gap until the next keyframe, unless a later flow spans the gap
+from the frame the labels were held from, or the missing flow arrives late before a newer frame was
+propagated with its own flow (``late_flows_applied``, ``Propagator.amend_flow``): then they are exact
+again), ``keyframe_too_old``
 (``max_distance``), ``keyframe_overdue`` (an announced keyframe result is ``source_timeout`` s late),
 ``keyframe_node_silent`` / ``flow_node_silent`` (camera frames kept coming for ``source_timeout`` s
 without any message from that node; an idle stream is not a silent node; frames
@@ -41,8 +46,9 @@ from vidseg_ros.core.errors import VidsegError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, latched_qos,
                                    reliable_qos, run_node)
-from vidseg_ros.ros.conversions import (ConversionError, check_image, image_to_ndarray, image_to_rgb,
-                                        ndarray_to_image, stamp_to_ns)
+from vidseg_ros.ros.conversions import (ConversionError, check_image, image_from_cdr, image_to_ndarray,
+                                        image_to_rgb, ndarray_to_image, stamp_to_ns)
+from vidseg_ros.ros.flow_node import parse_flow_frame_id
 from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 
 
@@ -51,12 +57,13 @@ RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest
 
 
 class _Slot:
-    __slots__ = ('ns', 'image', 'flow', 'has_flow', 't_first', 't_image', 't_ready')
+    __slots__ = ('ns', 'image', 'flow', 'flow_ref', 'has_flow', 't_first', 't_image', 't_ready')
 
     def __init__(self, ns, now):
         self.ns = ns
         self.image = None      # the camera Image message
         self.flow = None       # (bwd, fwd) arrays, or None for a chain start
+        self.flow_ref = None   # stamp of the frame the flow starts from (None: not given)
         self.has_flow = False
         self.t_first = now
         self.t_image = None
@@ -73,7 +80,7 @@ def decode_flow(msg, on_nonfinite=None):
         raise VidsegError(f'flow message must be 32FC2 or 32FC4, got {msg.encoding}')
     bad = ~np.isfinite(arr)
     if bad.any():
-        arr[bad] = 0.0
+        arr = np.where(bad, np.float32(0.0), arr)
         if on_nonfinite is not None:
             on_nonfinite(int(bad.sum()))
     bwd = np.ascontiguousarray(arr[:, :, :2])
@@ -179,7 +186,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
         self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
         self.status_pub = self.pub(String, STATUS_TOPIC, reliable_qos(30))
-        self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos)
+        self.sub(Image, graph.CAMERA_TOPIC, self.on_image_raw, qos, raw=True)
         self.sub(Image, graph.FLOW_TOPIC, self.on_flow, reliable_qos(30))
         self.sub(Image, graph.KEYFRAME_LABELS_TOPIC, self.on_kf_labels, reliable_qos(10))
         self.sub(Image, graph.KEYFRAME_PROBS_TOPIC, self.on_kf_probs, reliable_qos(10))
@@ -195,7 +202,6 @@ class PropagationNode(VidsegLifecycleNode):
         self.done_ns = None                       # newest processed stamp
         self.size = None                          # (w, h) of the input
         self._classes_sent = None    # JSON last published on /semantic/classes
-        now = time.monotonic()
         self.flow_owed_since = None  # first image received since the last flow_node message
         self.kf_owed_since = None    # first image received since the last keyframe_node message
         self.last_kf_result_t = None
@@ -249,6 +255,20 @@ class PropagationNode(VidsegLifecycleNode):
             if newest is not None and ns < newest:  # keep stamp order
                 self.slots = collections.OrderedDict(sorted(self.slots.items()))
         return s
+
+    def on_image_raw(self, raw: bytes):
+        """The camera subscription (serialized): header and fields; the pixels stay undecoded bytes."""
+        if not self.active:
+            self.counts['dropped_inactive'] += 1
+            return
+        try:
+            msg = image_from_cdr(raw)
+        except ConversionError as e:  # no header either: cannot be reported per frame, only counted
+            self.counts['frames_in'] += 1
+            self.counts['bad_images'] += 1
+            self.get_logger().error(f'input image rejected: {e}', throttle_duration_sec=5.0)
+            return
+        self.on_image(msg)
 
     def on_image(self, msg):
         if not self.active:
@@ -320,12 +340,17 @@ class PropagationNode(VidsegLifecycleNode):
                 self._restart(f'flow chain start {ns} < newest {self.done_ns}')
             else:
                 self.counts['late_flows'] += 1
+                # its frame was output held: the state can still use it (if held since the flow's start)
+                ref = parse_flow_frame_id(msg.header.frame_id)[1]
+                if flow is not None and self.prop.amend_flow(ns, *flow, flow_ref=ref):
+                    self.counts['late_flows_applied'] += 1
                 return
         s = self._slot(ns, now)
         if s.has_flow:  # a second flow for the same stamp (duplicate camera stamps): keep the first
             self.counts['duplicate_flows'] += 1
             return
         s.flow, s.has_flow = flow, True
+        s.flow_ref = parse_flow_frame_id(msg.header.frame_id)[1] if flow is not None else None
         self.pump()
 
     def _restart(self, why=''):
@@ -479,11 +504,12 @@ class PropagationNode(VidsegLifecycleNode):
             from vidseg_ros.core.pipeline import working_size
             rgb = image_to_rgb(s.image)
             ws = working_size(self.size, p['scale'])
-            image = rgb if ws == self.size else cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA)
+            # own the pixels (the message's bytes are read-only and the refiner's history keeps them)
+            image = rgb.copy() if ws == self.size else cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA)
         bwd, fwd = flow if flow is not None else (None, None)
         reasons = []
         try:
-            out = self.prop.step(s.ns, bwd, fwd, image)
+            out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref)
         except VidsegError as e:  # still one (degraded) output for the frame
             self.counts['step_errors'] += 1
             self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)

@@ -10,6 +10,7 @@ panning texture (real motion, so flow and warping do real work) at ``--rate`` Hz
   sent - frames_in) next to the node's own estimate from stamp gaps, labels received by the soak's
   subscriber (a slow subscriber loses messages rather than blocking the publisher);
 * degraded frames by reason, keyframes, frames skipped by the busy keyframe network, flow chain starts;
+  the propagation node's flow timeouts, join overflows, late flows and late flows it could still apply;
 * resident memory (VmRSS) of each node after the warm-up and at the end, and its peak (VmHWM);
 * output latency (publish -> labels received) mean / p99 / max.
 """
@@ -171,6 +172,9 @@ def run_soak(frames: int = 2000, rate: float = 30.0, size=(1242, 375), model: st
             'keyframe_skipped_busy': int(kn.get('skipped_busy', 0)),
             'flow_frames': int(fn.get('frames', 0)), 'flow_chain_starts': int(fn.get('chain_starts', 0)),
             'prop_drops': int(pn.get('drops', 0)), 'prop_flow_timeouts': int(pn.get('flow_timeouts', 0)),
+            'prop_dropped_overflow': int(pn.get('dropped_overflow', 0)),
+            'prop_late_flows': int(pn.get('late_flows', 0)),
+            'prop_late_flows_applied': int(pn.get('late_flows_applied', 0)),
             'latency_ms': {'mean': round(float(lat_ms.mean()), 1),
                            'p99': round(float(np.percentile(lat_ms, 99)), 1), 'max': round(float(lat_ms.max()), 1)},
             'rss_mib_start': {n: round(v.get('VmRSS', 0), 1) for n, v in mem_start.items()},
