@@ -623,6 +623,29 @@ def test_keyframe_node_forces_keyframe_on_size_change_and_reports_stuck(ros_doma
         _close(node)
 
 
+def test_keyframe_node_takes_serialized_camera_images(ros_domain):
+    """The keyframe node subscribes to the camera serialized: a good message reaches the worker with its
+    header and pixels, bytes that are no Image are counted as bad images and never raise."""
+    from rclpy.serialization import serialize_message
+    from vidseg_ros.ros.conversions import image_to_rgb
+    from vidseg_ros.ros.keyframe_node import KeyframeNode
+    node = _node(KeyframeNode, {'warmup': False, 'num_threads': 1, 'schedule': 'fixed:100',
+                                'diagnostics_period': 0.0})
+    try:
+        assert node.trigger_configure().name == 'SUCCESS'
+        node.trigger_activate()
+        got = []
+        node.worker.submit = got.append
+        msg = _img(64, 48, 10**10 + 7, value=9)
+        node.on_image_raw(serialize_message(msg))
+        node.on_image_raw(b'\x00\x01 not an image')
+        assert len(got) == 1 and got[0][1].header.stamp == msg.header.stamp
+        assert (image_to_rgb(got[0][1]) == 9).all()
+        assert node.counts['frames'] == 1 and node.counts['bad_images'] == 1
+    finally:
+        _close(node)
+
+
 # ------------------------------------------------------------------------ manager restart hook
 def test_manager_kills_stuck_or_hung_node_by_pid(ros_domain):
     from diagnostic_msgs.msg import DiagnosticArray
