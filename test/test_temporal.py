@@ -172,6 +172,59 @@ def test_save_load_roundtrip(tmp_path):
         build_net('warp')
 
 
+def test_cheap_spec_parsing():
+    from vidseg_ros.core.refiner import DEFAULT_CHEAP, cheap_matches, parse_cheap
+    assert parse_cheap('espnetv2_s0.5_512x256@192x96') == ('espnetv2_s0.5_512x256', (192, 96))
+    assert parse_cheap('default') == ('default', None)
+    assert parse_cheap(DEFAULT_CHEAP)[1] is not None
+    for bad in ('', '@192x96', 'net@192', 'net@axb'):
+        with pytest.raises(ConfigError, match='cheap network spec'):
+            parse_cheap(bad)
+    assert cheap_matches('a@192x96', 'a@192x96') and cheap_matches('a@192x96', 'a')
+    assert not cheap_matches('a@192x96', 'a@256x128') and not cheap_matches('a@192x96', 'b@192x96')
+
+
+class _NamedFake:
+    """Keyframe-model stand-in: only what make_temporal_module looks at."""
+    name, num_outputs = 'fake', K
+    output_to_class = np.array(list(range(19)) + [255], np.uint8)
+
+
+@pytest.mark.parametrize('mode', ['grfp', 'davss'])
+def test_cheap_network_recorded_and_checked(shared, tmp_path, mode):
+    """GRFP/DAVSS weights fix their cheap network: it is loaded from the record, a different one is
+    refused with a clear error, and weights without a record are refused."""
+    net = build_net(mode, {'num_classes': K})
+    spec = 'espnetv2_s0.5_512x256@128x64'
+    w = save_net(net, mode, tmp_path / f'{mode}.pt', {'cheap': spec})
+    mod = make_temporal_module(mode, _NamedFake(), weights=w)
+    assert mod.cheap.spec == spec and mod.cheap.input_size == (128, 64)
+    assert make_temporal_module(mode, _NamedFake(), weights=w, cheap='espnetv2_s0.5_512x256').cheap.spec == spec
+    with pytest.raises(ModelError, match='trained with the cheap network espnetv2_s0.5_512x256@128x64, '
+                                         'not espnetv2_s1.0_512x256@128x64'):
+        make_temporal_module(mode, _NamedFake(), weights=w, cheap='espnetv2_s1.0_512x256@128x64')
+    with pytest.raises(ModelError, match='not espnetv2_s0.5_512x256@192x96'):
+        make_temporal_module(mode, _NamedFake(), weights=w, cheap='espnetv2_s0.5_512x256@192x96')
+    old = save_net(net, mode, tmp_path / 'old.pt', {'cheap_factor': 2})
+    with pytest.raises(ModelError, match='do not record their cheap network'):
+        make_temporal_module(mode, _NamedFake(), weights=old)
+    other = _NamedFake()
+    other.output_to_class = np.arange(K, dtype=np.uint8)
+    with pytest.raises(ModelError, match='other classes'):
+        make_temporal_module(mode, other, weights=w)
+
+
+def test_cheap_pass_output(shared):
+    """CheapPass runs its network at its own input size and returns probabilities on the grid."""
+    from vidseg_ros.core.refiner import CheapPass
+    cp = CheapPass.load('espnetv2_s0.5_512x256@128x64')
+    assert cp.spec == 'espnetv2_s0.5_512x256@128x64' and cp.num_outputs == K
+    p = cp(_image(_rng(8), 256, 128), (WP, HP))
+    assert p.shape == (K, HP, WP) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-4)
+    assert CheapPass.load('espnetv2_s0.5_512x256').spec == 'espnetv2_s0.5_512x256@512x256'
+
+
 def test_apply_refinement_region():
     rng = _rng(5)
     sem = _semantics(rng)
@@ -362,3 +415,54 @@ def test_train_cli_tiny(shared, tmp_path):
     assert (tmp_path / 'w' / 'TEMPORAL.md').read_text().count('## refiner') == 1
     with pytest.raises(ConfigError):
         cli_main(args + ['--size', '100x50'])
+
+
+def test_train_cli_grfp_records_cheap_network(shared, tmp_path, capsys):
+    """A GRFP run records its cheap network in the weights and the card; a later run with another
+    cheap network does not resume the first one's checkpoint."""
+    from vidseg_ros.core.temporal_train import cli_main
+    base = ['--mode', 'grfp', '--iters', '2', '--batch', '2', '--size', '128x64', '--seqs', 'seq0000',
+            '--udacity-frames', '0', '--max-dist', '3', '--out', str(tmp_path / 'w'),
+            '--ckpt-dir', str(tmp_path / 'ck'), '--cache-dir', str(tmp_path / 'cache')]
+    assert cli_main(base + ['--cheap', 'espnetv2_s0.5_512x256@64x32']) == 0
+    w = tmp_path / 'w' / 'grfp.pt'
+    assert load_net('grfp', w).meta['cheap'] == 'espnetv2_s0.5_512x256@64x32'
+    card = (tmp_path / 'w' / 'TEMPORAL.md').read_text()
+    assert 'cheap network `espnetv2_s0.5_512x256@64x32`' in card and '--cheap espnetv2_s0.5' in card
+    capsys.readouterr()
+    assert cli_main(base[:2] + ['--iters', '3'] + base[4:] + ['--cheap', 'espnetv2_s1.0_512x256@64x32']) == 0
+    assert 'does not fit (other size/teacher/cheap network)' in capsys.readouterr().out
+    assert load_net('grfp', w).meta['cheap'] == 'espnetv2_s1.0_512x256@64x32'
+    with pytest.raises(ConfigError, match='cheap network spec'):
+        cli_main(base + ['--cheap', 'espnetv2_s0.5_512x256@64'])
+
+
+def test_bench_cheap_candidates(shared, tmp_path, capsys):
+    """`bench-temporal --cheap-candidates` measures each candidate against the keyframe network."""
+    import json
+    from vidseg_ros.core.temporal_bench import main
+    out = tmp_path / 'c.json'
+    assert main(['--cheap-candidates', 'espnetv2_s0.5_512x256@64x32', 'espnetv2_s0.5_512x256@128x64',
+                 '--size', '128x64', '--frames', '3', '--cost-rounds', '1', '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = res['candidates']
+    assert list(rows) == ['espnetv2_s0.5_512x256@64x32', 'espnetv2_s0.5_512x256@128x64']
+    for r in rows.values():
+        assert r['cost_rel'] > 0 and 0 <= r['agree_keyframe'] <= 1 and 0 <= r['miou'] <= 1
+    assert 'espnetv2_s0.5_512x256@64x32' in capsys.readouterr().out
+    assert out.with_suffix('.txt').is_file()
+
+
+def test_bench_table_entries():
+    """bench-temporal rows: --modes with --weights-dir, then --variants LABEL=MODE:WEIGHTS."""
+    from argparse import Namespace
+    from pathlib import Path
+    from vidseg_ros.core.temporal_bench import table_entries
+    a = Namespace(modes=['warp', 'grfp', 'cache1'], weights_dir='w', variants=['g2=grfp:x/g.pt'])
+    assert table_entries(a) == [('warp', 'warp', None), ('grfp', 'grfp', Path('w/grfp.pt')),
+                                ('cache1', 'cache1', None), ('g2', 'grfp', Path('x/g.pt'))]
+    for bad in (['g2=cache1:x.pt'], ['g2=grfp'], ['grfp=grfp:x.pt'], ['=grfp:x.pt']):
+        with pytest.raises(ConfigError, match='--variants'):
+            table_entries(Namespace(modes=['warp', 'grfp'], weights_dir=None, variants=bad))
+    with pytest.raises(ConfigError, match='unknown mode'):
+        table_entries(Namespace(modes=['magic'], weights_dir=None, variants=None))

@@ -7,7 +7,8 @@ Two tiny networks at 1/4 of the working resolution:
   where the propagated semantics are wrong (trained with binary cross-entropy against the pixels
   where the warped teacher labels disagree with the teacher's labels on the current frame);
 * correction ``P_corr = softmax(log P_cheap + f([stem(I_t), log P_warp, log P_cheap]))`` from a
-  lightweight pass over the current frame (the keyframe network at 1/4 input size + a few convs).
+  cheap pass over the current frame (a small network at low resolution, ``refiner.CheapPass``,
+  recorded in the weights) + a few convs.
 
 Output ``P = D * P_corr + (1 - D) * P_warp``: only the distorted region is corrected. When no pixel
 has D > 0.5 the correction (and its cheap network pass) is skipped.
@@ -85,7 +86,7 @@ class DAVSSRefiner(TorchModule):
     def __init__(self, net: DAVSSNet | None = None, cheap=None, device='cpu'):
         super().__init__(net if net is not None else DAVSSNet(), device)
         if cheap is None:
-            raise ModelError('DAVSS needs a cheap per-frame pass (CheapPass(model))')
+            raise ModelError('DAVSS needs a cheap per-frame pass (CheapPass.load(spec))')
         self.cheap = cheap
         self.skipped = 0
 

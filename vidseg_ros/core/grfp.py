@@ -4,7 +4,7 @@ Spatio-Temporal GRU (STGRU) on class log-probabilities at the probability grid.
 Per frame t (all at 1/4 of the working resolution)::
 
     w_t  = log warp(P_{t-1}, flow(t, t-1))          # hidden state: previous estimate, flow-warped
-    x_t  = log P_cheap(I_t)                         # cheap current estimate (low-res network pass)
+    x_t  = log P_cheap(I_t)                         # cheap current estimate (small network, low res)
     e_t  = I_t - warp(I_{t-1}, flow(t, t-1))        # image warping error
     r_t  = 1 - tanh(|conv(e_t)|)                    # reset gate: distrust the warp where e_t is large
     h~_t = conv_x(x_t) + conv_h(r_t * w_t)
@@ -14,7 +14,9 @@ Per frame t (all at 1/4 of the working resolution)::
 In the Propagator, ``P_{t-1}`` warped is exactly the warped state (:class:`Semantics`), so the module
 is a refiner; it needs I_{t-1} and the flow (``needs_context``; ``temporal.TemporalPropagator``
 hands them over). Trained end to end over short sequences (``vidseg train temporal --mode grfp``).
-Initialisation (z ~ 0.05, identity convs) starts close to plain warping.
+Initialisation (z ~ 0.05, identity convs) starts close to plain warping. The cheap network
+(``refiner.CheapPass``, ``NAME@WxH``, default ``refiner.DEFAULT_CHEAP``) is recorded in the weights
+and fixed by them (``temporal.load_cheap_pass``).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class STGRURefiner(TorchModule):
     def __init__(self, net: STGRU | None = None, cheap=None, device='cpu'):
         super().__init__(net if net is not None else STGRU(), device)
         if cheap is None:
-            raise ModelError('GRFP needs a cheap per-frame estimate (CheapPass(model))')
+            raise ModelError('GRFP needs a cheap per-frame estimate (CheapPass.load(spec))')
         self.cheap = cheap
 
     def refine(self, image, warped, mask, prev_image=None, flow_bwd=None):

@@ -19,13 +19,15 @@ Module protocol (shared by :class:`EVSRefiner`, ``grfp.STGRURefiner`` and ``davs
 """
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError, ModelError
+from .errors import ConfigError, InputError, ModelError
 
 EPS = 1e-3
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
@@ -207,19 +209,50 @@ def iam_blend(mask, p_refined, p_warped) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- cheap pass
-class CheapPass:
-    """Cheap per-frame estimate of the current frame: the keyframe network at 1/``factor`` of its
-    input size (``pipeline.make_low_res_refiner``), softmax resized to a given grid."""
+# Cheap current-frame network of GRFP / DAVSS: ``NAME@WxH`` = model spec (registry name, 'default',
+# a file) run at input size WxH; trained weights record theirs. Default for training and untrained
+# modules; measured on the dev CPU (1 thread, torch; BENCHMARKS.md section 7) at 0.17 of the s2.0
+# 512x256 keyframe pass (the packaged GRFP uses espnetv2_s0.5_512x256@224x112, 0.19).
+DEFAULT_CHEAP = 'espnetv2_s0.5_512x256@192x96'
 
-    def __init__(self, model, factor: int = 4):
-        from .pipeline import make_low_res_refiner
-        low = make_low_res_refiner(model, factor)
-        self.model, self.input_size = low.model, low.input_size
-        self.num_outputs = int(self.model.num_outputs)
+
+def parse_cheap(spec) -> tuple:
+    """``'NAME[@WxH]'`` -> (NAME, (W, H) or None); ConfigError when malformed."""
+    name, sep, size = str(spec).strip().partition('@')
+    m = re.fullmatch(r'(\d+)[xX](\d+)', size.strip())
+    if not name or (sep and not m):
+        raise ConfigError(f'cheap network spec must be NAME or NAME@WxH (e.g. {DEFAULT_CHEAP}), got {spec!r}')
+    return name, ((int(m.group(1)), int(m.group(2))) if m else None)
+
+
+def cheap_matches(trained: str, requested: str) -> bool:
+    """Same network, and the same size unless ``requested`` gives none."""
+    (n1, s1), (n2, s2) = parse_cheap(trained), parse_cheap(requested)
+    return n1 == n2 and (s2 is None or s1 == s2)
+
+
+class CheapPass:
+    """Cheap estimate of the current frame: a segmentation network (``model``, a KeyframeModel) at
+    its input size (the image is area-resized to it), softmax resized to a given grid. ``spec``:
+    ``NAME@WxH`` it was loaded from (see :func:`load`)."""
+
+    def __init__(self, model, spec: str | None = None):
+        self.model = model
+        self.input_size = tuple(int(v) for v in model.input_size)
+        self.num_outputs = int(model.num_outputs)
+        self.spec = spec or f'{getattr(model, "name", "model")}@{self.input_size[0]}x{self.input_size[1]}'
+
+    @classmethod
+    def load(cls, spec: str, device='cpu') -> 'CheapPass':
+        """Load ``NAME[@WxH]`` (torch backend; without WxH: the network's own input size)."""
+        from .models import load_model
+        name, size = parse_cheap(spec)
+        model = load_model(name, device=device, backend='torch', input_size=size)
+        w, h = model.input_size
+        return cls(model, f'{name}@{w}x{h}')
 
     def __call__(self, image: np.ndarray, size_wh) -> np.ndarray:
-        img = image if self.input_size is None else resize_image(image, self.input_size)
-        p = np.asarray(self.model.segment(img).probs, np.float32)
+        p = np.asarray(self.model.segment(resize_image(image, self.input_size)).probs, np.float32)
         w, h = int(size_wh[0]), int(size_wh[1])
         if p.shape[1:] != (h, w):
             p = np.ascontiguousarray(cv2.resize(np.ascontiguousarray(p.transpose(1, 2, 0)), (w, h),

@@ -86,7 +86,7 @@ def load_net(mode: str, weights=None, num_classes: int = 20):
         raise ModelError(f'temporal weights {path} are not {mode!r} weights '
                          f'(mode {ck.get("mode") if isinstance(ck, dict) else None!r})')
     net = build_net(mode, ck.get('config'))
-    net.meta = dict(ck.get('meta') or {})
+    net.meta = dict(ck.get('meta') or {}, path=str(path))
     try:
         net.load_state_dict(ck['state_dict'], strict=True)
     except RuntimeError as e:
@@ -104,10 +104,12 @@ def save_net(net, mode: str, path, meta: dict | None = None) -> Path:
 
 
 def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', schedule=5,
-                         cheap_factor: int | None = None, flow=None):
+                         cheap: str | None = None, cheap_factor: int | None = None, flow=None):
     """Object implementing ``mode`` (see module docstring). ``model``: the keyframe KeyframeModel
-    (its class planes; GRFP/DAVSS use a pass of it at 1/``cheap_factor`` of its input size, default:
-    the factor the weights were trained with, else 2; 'iam-lowres' uses 4; caching splits it).
+    (its class planes; 'iam-lowres' runs it at 1/``cheap_factor`` (default 4) of its input size;
+    caching splits it). GRFP/DAVSS run their own cheap network ``NAME@WxH``
+    (``refiner.CheapPass``): the one recorded in their weights; ``cheap`` may name it and must then
+    match it (ModelError otherwise); untrained networks use ``cheap`` or ``refiner.DEFAULT_CHEAP``.
     ``schedule``: keyframe interval / Schedule for the caching modes."""
     if mode not in MODES:
         raise ConfigError(f'unknown temporal mode {mode!r} (known: {", ".join(MODES)})')
@@ -126,15 +128,40 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     if mode == 'refiner':
         from .refiner import EVSRefiner
         return EVSRefiner(net, device)
-    from .refiner import CheapPass
-    if cheap_factor is None:
-        cheap_factor = int(getattr(net, 'meta', {}).get('cheap_factor', 2))
-    cheap = CheapPass(model, cheap_factor)
+    cp = load_cheap_pass(mode, net, model, cheap, device)
     if mode == 'grfp':
         from .grfp import STGRURefiner
-        return STGRURefiner(net, cheap, device)
+        return STGRURefiner(net, cp, device)
     from .davss import DAVSSRefiner
-    return DAVSSRefiner(net, cheap, device)
+    return DAVSSRefiner(net, cp, device)
+
+
+def load_cheap_pass(mode: str, net, model, cheap: str | None = None, device: str = 'cpu'):
+    """The CheapPass of a GRFP/DAVSS network: the cheap network its weights record
+    (``meta['cheap']``); ModelError when ``cheap`` names another one, when trained weights record
+    none, or when its output planes differ from the keyframe ``model``'s."""
+    from .refiner import DEFAULT_CHEAP, CheapPass, cheap_matches, parse_cheap
+    meta = getattr(net, 'meta', None)
+    trained = (meta or {}).get('cheap')
+    src = (meta or {}).get('path', 'the weights')
+    if cheap is not None:
+        parse_cheap(cheap)
+    if meta is not None and trained is None:
+        raise ModelError(f'{mode} weights {src} do not record their cheap network (trained before it was '
+                         f'configurable): retrain with vidseg train temporal --mode {mode}')
+    if trained is not None and cheap is not None and not cheap_matches(trained, cheap):
+        raise ModelError(f'{mode} weights {src} were trained with the cheap network {trained}, not {cheap}: '
+                         f'use {trained} or retrain (vidseg train temporal --mode {mode} --cheap {cheap})')
+    cp = CheapPass.load(trained or cheap or DEFAULT_CHEAP, device)
+    mine = np.asarray(getattr(model, 'output_to_class', ()), np.int64)
+    theirs = np.asarray(getattr(cp.model, 'output_to_class', ()), np.int64)
+    if cp.num_outputs != net.num_classes:
+        raise ModelError(f'cheap network {cp.spec} has {cp.num_outputs} outputs, the {mode} network '
+                         f'{net.num_classes}')
+    if mine.size and not np.array_equal(mine, theirs):
+        raise ModelError(f'cheap network {cp.spec} maps its outputs to other classes than the keyframe '
+                         f'model {getattr(model, "name", "")}')
+    return cp
 
 
 class TemporalPropagator(Propagator):

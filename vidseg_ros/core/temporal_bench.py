@@ -2,13 +2,16 @@
 temporal module at keyframe intervals S (default 2 and 5) on a held-out Cityscapes snippet.
 
     python -m vidseg_ros.core.temporal_bench [--seq seq0003] [--size 512x256] [--intervals 2 5]
+    python -m vidseg_ros.core.temporal_bench --cheap-candidates espnetv2_s0.5_512x256@192x96 ...
+        (cost and accuracy of candidate cheap current-frame networks of GRFP/DAVSS, ``run_cheap``)
+    ... --variants grfp-b=grfp:runs/x/grfp.pt   (extra rows: a learned mode with other weights)
 
 Ground truth: the snippet's pseudo labels (Cityscapes label ids -> train ids), resized (nearest) to
 the working size, where everything is evaluated. The keyframe network runs (torch backend) on every
 frame once; its outputs serve as per-frame results and as keyframe semantics for every mode; DIS
 flows (native resolution, as in the pipeline) are computed once. Per mode: mIoU over all frames and
 over propagated frames only, the recovered share of the warping drop
-``(mIoU_mode - mIoU_warp) / (mIoU_per_frame - mIoU_warp)``, and the per-frame cost of the module
+``(mIoU_mode - mIoU_warp) / (mIoU_per_frame - mIoU_warp)`` (and 'rec-gt', the same on mIoU-gt), and the per-frame cost of the module
 (refine step; for caching the whole non-keyframe pass incl. its flow) relative to one keyframe
 network pass ('cost/kf'), the same for the whole propagated frame (flow pair + warp + IAM + module:
 'frame/kf'); 'agree-net': pixel agreement of the propagated frames with the keyframe network's
@@ -114,29 +117,107 @@ def measure_costs(model, modules: dict, imgs, sems, bwd, fwd, flow, rounds: int 
             for m in modules}
 
 
-def run(args) -> dict:
-    from tqdm import tqdm
-
-    from .flow import FlowEstimator
-    from .metrics import ConfusionMatrix
+def _setup(args) -> tuple:
+    """(working size, keyframe network spec, frames, pseudo labels, keyframe model) of a run."""
     from .models import load_model
-    from .propagation import semantics_from_segmentation
-    from .temporal import TemporalPropagator, make_temporal_module
     from .temporal_train import default_teacher, parse_size
-
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = parse_size(args.size)
     root = Path(args.shared) if args.shared else shared_dir()
     spec = args.model if args.model != 'auto' else default_teacher(size)
-    modes = list(args.modes)
-    for m in modes:
+    imgs, gts = load_snippet(root, args.seq, size, args.frames)
+    return size, spec, imgs, gts, load_model(spec, backend='torch', input_size=size, device=args.device)
+
+
+def run_cheap(args) -> dict:
+    """Candidate cheap current-frame networks of GRFP/DAVSS (``refiner.CheapPass`` specs
+    ``NAME@WxH``): per-frame cost relative to the keyframe network (median over interleaved rounds
+    on one frame, as called at runtime: to the probability grid), and mIoU / pixel agreement with
+    the keyframe network's labels of their own output upsampled to the working size."""
+    from .metrics import ConfusionMatrix
+    from .propagation import prob_size
+    from .refiner import CheapPass
+    size, spec, imgs, gts, model = _setup(args)
+    cps = [CheapPass.load(c, args.device) for c in args.cheap_candidates]
+    k = CITYSCAPES.num_classes
+    cm_kf, kf_labels = ConfusionMatrix(k), []
+    for im, g in zip(imgs, gts):
+        kf_labels.append(model.segment(im).labels)
+        cm_kf.update(kf_labels[-1], g)
+    rows = {}
+    for cp in cps:
+        cm, agree = ConfusionMatrix(k), []
+        cmap = np.asarray(cp.model.output_to_class, np.uint8)
+        for im, g, kl in zip(imgs, gts, kf_labels):
+            lab = cmap[np.argmax(cp(im, size), 0)]
+            cm.update(lab, g)
+            agree.append(float(np.mean(lab == kl)))
+        rows[cp.spec] = {'miou': cm.miou(), 'agree_keyframe': float(np.mean(agree)), 'sec': [], 'rel': []}
+    img, grid, kf_t = imgs[min(2, len(imgs) - 1)], prob_size(size), []
+    for r in range(args.cost_rounds + 1):
+        t0 = time.perf_counter()
+        model.segment(img)
+        kf = time.perf_counter() - t0
+        for cp in cps:
+            t0 = time.perf_counter()
+            cp(img, grid)
+            dt = time.perf_counter() - t0
+            if r:   # round 0: warm-up
+                rows[cp.spec]['sec'].append(dt)
+                rows[cp.spec]['rel'].append(dt / kf)
+        kf_t.append(kf)
+    for row in rows.values():
+        row['cheap_s'], row['cost_rel'] = float(np.median(row.pop('sec'))), float(np.median(row.pop('rel')))
+    return {'config': {'seq': args.seq, 'frames': len(imgs), 'size': list(size), 'model': spec,
+                       'device': args.device, 'threads': torch.get_num_threads(), 'rounds': args.cost_rounds},
+            'keyframe_network_s': float(np.median(kf_t[1:])), 'keyframe_miou': cm_kf.miou(), 'candidates': rows}
+
+
+def format_cheap(res: dict) -> str:
+    c = res['config']
+    lines = [f"Cheap current-frame networks on {c['seq']} ({c['frames']} frames, {c['size'][0]}x{c['size'][1]}; "
+             f"keyframe network {c['model']} {1000 * res['keyframe_network_s']:.0f} ms, mIoU "
+             f"{100 * res['keyframe_miou']:.1f}; {c['threads']} thread(s))",
+             f"{'cheap network':<34}{'ms':>6}{'cost/kf':>9}{'mIoU':>7}{'agree-kf':>9}"]
+    for name, r in res['candidates'].items():
+        lines.append(f"{name:<34}{1000 * r['cheap_s']:6.0f}{r['cost_rel']:9.3f}{_p(r['miou'])}"
+                     f"{_p(r['agree_keyframe']):>9}")
+    return '\n'.join(lines)
+
+
+def table_entries(args) -> list:
+    """(row label, mode, weights path or None) of every table row: ``--modes`` (weights from
+    ``--weights-dir`` or the packaged ones), then each ``--variants LABEL=MODE:WEIGHTS``."""
+    out = []
+    for m in args.modes:
         if m not in PROP_MODES + CACHE_MODES:
             raise ConfigError(f'unknown mode {m!r} (known: {", ".join(PROP_MODES + CACHE_MODES)})')
-    imgs, gts = load_snippet(root, args.seq, size, args.frames)
+        learned = args.weights_dir and m in ('refiner', 'grfp', 'davss')
+        out.append((m, m, Path(args.weights_dir) / f'{m}.pt' if learned else None))
+    for v in args.variants or ():
+        label, _, rest = v.partition('=')
+        mode, _, path = rest.partition(':')
+        if not label or mode not in ('refiner', 'grfp', 'davss') or not path:
+            raise ConfigError(f'--variants takes LABEL=MODE:WEIGHTS with MODE refiner|grfp|davss, got {v!r}')
+        if label in [e[0] for e in out]:
+            raise ConfigError(f'--variants label {label!r} is used twice or names a mode')
+        out.append((label, mode, Path(path)))
+    return out
+
+
+def run(args) -> dict:
+    from tqdm import tqdm
+
+    from .flow import FlowEstimator
+    from .metrics import ConfusionMatrix
+    from .propagation import semantics_from_segmentation
+    from .temporal import TemporalPropagator, make_temporal_module
+
+    entries = table_entries(args)
+    size, spec, imgs, gts, model = _setup(args)
     n = len(imgs)
-    model = load_model(spec, backend='torch', input_size=size, device=args.device)
     k = CITYSCAPES.num_classes
     cmap = np.asarray(model.output_to_class, np.uint8)
 
@@ -164,20 +245,19 @@ def run(args) -> dict:
 
     res = {'config': {'seq': args.seq, 'frames': n, 'size': list(size), 'model': spec, 'device': args.device,
                       'flow': flow.describe(), 'intervals': list(args.intervals), 'threads':
-                      torch.get_num_threads(), 'weights_dir': args.weights_dir},
+                      torch.get_num_threads(), 'weights_dir': args.weights_dir,
+                      'variants': args.variants, 'cheap': {}},
            'keyframe_network_s': kf_s, 'flow_pair_s': float(np.median(flow_times)) if flow_times else 0.0, 'per_frame': _iou_row(cm_pf), 'intervals': {}}
-    wdir = Path(args.weights_dir) if args.weights_dir else None
     built = {}
     for S in args.intervals:
         rows = {}
-        for mode in modes:
+        for label, mode, weights in entries:
             cm_all, cm_prop, cm_net = ConfusionMatrix(k), ConfusionMatrix(k), ConfusionMatrix(k)
             costs, frame_costs = [], []
-            weights = None
-            if wdir is not None and mode in ('refiner', 'grfp', 'davss'):
-                weights = wdir / f'{mode}.pt'
             module = make_temporal_module(mode, model, weights=weights, device=args.device, schedule=S)
-            built[mode] = module
+            built[label] = module
+            if hasattr(module, 'cheap'):
+                res['config']['cheap'][label] = module.cheap.spec
             if mode in CACHE_MODES:
                 for i in tqdm(range(n), desc=f'S={S} {mode}', mininterval=5):
                     r = module.process(imgs[i], keyframe=(i % S == 0))
@@ -207,11 +287,8 @@ def run(args) -> dict:
             # in-loop timings (informative only; the table uses the interleaved measurement below)
             row['inloop_module_s'] = float(np.median(costs)) if costs else 0.0
             row['inloop_frame_s'] = float(np.median(frame_costs)) if frame_costs else 0.0
-            rows[mode] = row
-        if 'warp' in rows:
-            drop = res['per_frame']['miou'] - rows['warp']['miou']
-            for row in rows.values():
-                row['recovered'] = (row['miou'] - rows['warp']['miou']) / drop if drop > 1e-9 else None
+            rows[label] = row
+        add_recovered(res['per_frame'], rows)
         res['intervals'][str(S)] = rows
     costs = measure_costs(model, built, imgs, sems, bwd, fwd, flow, rounds=args.cost_rounds)
     res['costs'] = costs
@@ -219,6 +296,18 @@ def run(args) -> dict:
         for mode, row in rows.items():
             row.update(costs[mode])
     return res
+
+
+def add_recovered(per_frame: dict, rows: dict) -> None:
+    """``recovered`` (on mIoU) and ``recovered_gt`` (on mIoU-gt) of every row: the share of the
+    warping drop (per-frame minus warp) won back; None without a 'warp' row or a drop."""
+    if 'warp' not in rows:
+        return
+    for out, key in (('recovered', 'miou'), ('recovered_gt', 'miou_gt')):
+        w = rows['warp'][key]
+        drop = per_frame[key] - w if per_frame[key] is not None and w is not None else 0.0
+        for row in rows.values():
+            row[out] = (row[key] - w) / drop if drop > 1e-9 and row[key] is not None else None
 
 
 def _p(v):
@@ -229,15 +318,16 @@ def format_table(res: dict) -> str:
     c = res['config']
     lines = [f"Temporal modules on {c['seq']} ({c['frames']} frames, {c['size'][0]}x{c['size'][1]}, "
              f"keyframe network {c['model']} {1000 * res['keyframe_network_s']:.0f} ms/frame, "
-             f"{c['threads']} thread(s)); mIoU vs pseudo labels",
-             f"{'method':<16}{'mIoU':>7}{'mIoU-gt':>8}{'mIoU-prop':>10}{'recovered':>10}{'cost/kf':>9}{'frame/kf':>9}{'agree-net':>10}"]
-    lines.append(f"{'per-frame':<16}{_p(res['per_frame']['miou'])}{_p(res['per_frame']['miou_gt']):>8}{'':>10}{'':>10}{'1.000':>9}{'1.000':>9}{'100.0':>10}")
+             f"{c['threads']} thread(s)); mIoU vs pseudo labels"
+             + ''.join(f'; {m} cheap network {spec}' for m, spec in c.get('cheap', {}).items()),
+             f"{'method':<20}{'mIoU':>7}{'mIoU-gt':>8}{'mIoU-prop':>10}{'recovered':>10}{'rec-gt':>8}{'cost/kf':>9}{'frame/kf':>9}{'agree-net':>10}"]
+    lines.append(f"{'per-frame':<20}{_p(res['per_frame']['miou'])}{_p(res['per_frame']['miou_gt']):>8}{'':>10}{'':>10}{'':>8}{'1.000':>9}{'1.000':>9}{'100.0':>10}")
     for S, rows in res['intervals'].items():
         for mode, r in rows.items():
-            rec = r.get('recovered')
-            rec_s = '      -   ' if rec is None or mode == 'warp' else f'{100 * rec:9.0f}%'
-            lines.append(f"{'S=' + S + ' ' + mode:<16}{_p(r['miou'])}{_p(r['miou_gt']):>8}{_p(r['miou_propagated']):>10}"
-                         f"{rec_s:>10}{r['cost_rel']:9.3f}{r['frame_rel']:9.3f}{_p(r['agree_per_frame']):>10}")
+            rec = [r.get(k) for k in ('recovered', 'recovered_gt')]
+            rec_s = ['-' if v is None or mode == 'warp' else f'{100 * v:.0f}%' for v in rec]
+            lines.append(f"{'S=' + S + ' ' + mode:<20}{_p(r['miou'])}{_p(r['miou_gt']):>8}{_p(r['miou_propagated']):>10}"
+                         f"{rec_s[0]:>10}{rec_s[1]:>8}{r['cost_rel']:9.3f}{r['frame_rel']:9.3f}{_p(r['agree_per_frame']):>10}")
     lines.append('')
     names = CITYSCAPES.names
     cols = [('per-frame', res['per_frame'])] + [(f'S{S} {m}', r) for S, rows in res['intervals'].items()
@@ -259,16 +349,27 @@ def main(argv=None) -> int:
     p.add_argument('--modes', nargs='+', default=list(PROP_MODES + CACHE_MODES))
     p.add_argument('--flow-preset', default='ultrafast')
     p.add_argument('--weights-dir', default=None, help='temporal weights (default: packaged)')
+    p.add_argument('--variants', nargs='+', default=None, metavar='LABEL=MODE:WEIGHTS',
+                   help='extra rows: a learned mode with other weights (e.g. grfp-b=grfp:runs/x/grfp.pt)')
     p.add_argument('--device', default='cpu', help='cpu or cuda (network and modules)')
     p.add_argument('--cost-rounds', type=int, default=7, help='interleaved timing rounds')
     p.add_argument('--threads', type=int, default=1, help='torch threads (0 = leave as is)')
     p.add_argument('--shared', default=None)
-    p.add_argument('--out', default='runs/temporal_bench.json')
+    p.add_argument('--cheap-candidates', nargs='+', default=None, metavar='NAME@WxH',
+                   help='instead of the table: cost and accuracy of candidate cheap networks of GRFP/DAVSS')
+    p.add_argument('--out', default=None,
+                   help='JSON output (default runs/temporal_bench.json, runs/cheap_candidates.json)')
     args = p.parse_args(argv)
-    if 'warp' not in args.modes:
-        args.modes = ['warp'] + list(args.modes)
-    res = run(args)
-    table = format_table(res)
+    if args.cheap_candidates:
+        res = run_cheap(args)
+        table = format_cheap(res)
+        args.out = args.out or 'runs/cheap_candidates.json'
+    else:
+        if 'warp' not in args.modes:
+            args.modes = ['warp'] + list(args.modes)
+        res = run(args)
+        table = format_table(res)
+        args.out = args.out or 'runs/temporal_bench.json'
     print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

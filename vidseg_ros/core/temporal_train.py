@@ -8,7 +8,9 @@ kept for ``temporal_bench``) and the first ``--udacity-frames`` frames of the Ud
 resized to the working size ``--size``. ``--sparse-labels`` (Lup & Nedevschi): targets only on every
 10th frame (teacher) and flow-propagated teacher labels from it on the frames between.
 
-Teacher outputs, flows and propagated states are cached under ``runs/temporal_cache``. Training is
+GRFP/DAVSS also take the output of a cheap current-frame network ``--cheap NAME@WxH``
+(``refiner.CheapPass``), recorded in the weights. Teacher outputs, flows and propagated states (and,
+separately, each cheap network's outputs) are cached under ``runs/temporal_cache``. Training is
 seeded, checkpointed every ``--ckpt-every`` iterations to ``runs/temporal/<mode>/last.ckpt`` (resumed
 unless ``--restart``) and stops at ``--iters`` or ``--time-budget`` seconds. Output:
 ``<out>/<mode>.pt`` (a few hundred kB at most) and the mode's section in ``<out>/TEMPORAL.md``.
@@ -20,6 +22,7 @@ import hashlib
 import json
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, InputError
 from .paths import WEIGHTS_DIR, shared_dir
+from .refiner import DEFAULT_CHEAP, parse_cheap
 
 TRAIN_SEQS = ('seq0000', 'seq0001', 'seq0002')
 SPARSE_EVERY = 10
@@ -86,32 +90,68 @@ def _area(img, size):
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA) if img.shape[1::-1] != tuple(size) else img
 
 
+def _cached(path: Path, make) -> dict:
+    """Arrays of the .npz at ``path``, else ``make()`` saved there."""
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    data = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **data)
+    return data
+
+
 def prepare_data(root: Path, size, teacher: str, device='cpu', max_dist: int = 5, sparse: bool = False,
                  udacity_frames: int = 60, cache_dir='runs/temporal_cache', flow_preset='ultrafast',
-                 seqs=TRAIN_SEQS, progress=True, cheap_factor: int = 2) -> dict:
-    """Teacher / cheap-pass outputs, flows and Propagator states for training (cached as .npz)."""
-    key = hashlib.sha1(json.dumps([str(root), size, teacher, max_dist, sparse, udacity_frames,
-                                   flow_preset, list(seqs), cheap_factor]).encode()).hexdigest()[:12]
-    cache = Path(cache_dir) / f'data_{size[0]}x{size[1]}_{key}.npz'
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+                 seqs=TRAIN_SEQS, progress=True, cheap: str | None = None) -> dict:
+    """Teacher outputs, flows and Propagator states for training, plus (``cheap``: a
+    ``refiner.CheapPass`` spec) the cheap network's outputs on every frame as ``data['cheap']``.
+    Both are cached as .npz (the cheap outputs separately, per cheap network)."""
+    args = [str(root), size, teacher, max_dist, sparse, udacity_frames, flow_preset, list(seqs), 'grfp-v2']
+    key = hashlib.sha1(json.dumps(args).encode()).hexdigest()[:12]
+    tag = f'{size[0]}x{size[1]}_{key}'
+    data = _cached(Path(cache_dir) / f'data_{tag}.npz',
+                   lambda: _make_data(root, size, teacher, device, max_dist, sparse, udacity_frames,
+                                      flow_preset, seqs, progress))
+    if cheap is not None:
+        from .refiner import CheapPass
+        cp = CheapPass.load(cheap, device)
+        ckey = hashlib.sha1(cp.spec.encode()).hexdigest()[:8]
+        data.update(_cached(Path(cache_dir) / f'cheap_{tag}_{ckey}.npz',
+                            lambda: _cheap_outputs(cp, root, size, seqs, udacity_frames, progress)))
+        meta = json.loads(str(data['meta']))
+        data['meta'] = np.asarray(json.dumps(dict(meta, cheap=cp.spec)))
+    return data
+
+
+def _cheap_outputs(cp, root, size, seqs, udacity_frames, progress) -> dict:
+    """``cheap``: uint8-quantised cheap-pass probabilities on the probability grid of every frame."""
+    from tqdm import tqdm
+
+    from .propagation import prob_size
+    grid = prob_size(size)
+    frames = [f for _, fr in load_sequences(root, size, seqs, udacity_frames) for f in fr]
+    out = [np.rint(cp(rgb, grid) * 255).clip(0, 255).astype(np.uint8)
+           for rgb in tqdm(frames, desc=f'cheap {cp.spec}', disable=not progress, mininterval=5)]
+    return {'cheap': np.stack(out)}
+
+
+def _make_data(root, size, teacher, device, max_dist, sparse, udacity_frames, flow_preset, seqs,
+               progress) -> dict:
     from tqdm import tqdm
 
     from .flow import FlowEstimator
     from .models import load_model
     from .propagation import Propagator, prob_size, semantics_from_segmentation
-    from .refiner import CheapPass
     from .warp import make_remap, warp_image
 
     model = load_model(teacher, device=device, backend='torch', input_size=size)
-    cheap = CheapPass(model, cheap_factor)
     cm = np.asarray(model.output_to_class, np.uint8)
     flow = FlowEstimator('dis', preset=flow_preset)
     wp, hp = prob_size(size)
     seqs_data = load_sequences(root, size, seqs, udacity_frames)
     n_total = sum(len(f) for _, f in seqs_data)
-    A = {k: [] for k in ('img_half', 'img_q', 'prevw_q', 'teacher', 'cheap', 'target', 'grid', 'seq')}
+    A = {k: [] for k in ('img_half', 'img_q', 'prevw_q', 'teacher', 'target', 'grid', 'seq')}
     S = {k: [] for k in ('frame', 'key', 'warped', 'mask')}
     G, GM = [], []   # GRFP sequences: global index of the keyframe, sample indices of its 3 steps
     bar = tqdm(total=n_total, desc='teacher+flow', disable=not progress, mininterval=5)
@@ -122,7 +162,6 @@ def prepare_data(root: Path, size, teacher: str, device='cpu', max_dist: int = 5
             sem = semantics_from_segmentation(model.segment(rgb), cm, size)
             sems.append(sem)
             A['teacher'].append(sem.probs)
-            A['cheap'].append(np.rint(cheap(rgb, (wp, hp)) * 255).clip(0, 255).astype(np.uint8))
             A['img_half'].append(_area(rgb, (2 * wp, 2 * hp)))
             q = _area(rgb, (wp, hp))
             A['img_q'].append(q)
@@ -166,20 +205,18 @@ def prepare_data(root: Path, size, teacher: str, device='cpu', max_dist: int = 5
                 S['warped'].append(out.semantics.probs)
                 m = out.mask if out.mask is not None else np.zeros(size[::-1], np.float32)
                 S['mask'].append(np.rint(_area(m, (wp, hp)) * 255).astype(np.uint8))
-            if k + 3 < n and max_dist >= 3:
+            if k + max_dist < n:   # GRFP: the keyframe and its max_dist following frames
                 G.append(base + k)
-                GM.append([first, first + 1, first + 2])
+                GM.append(list(range(first, first + max_dist)))
         base += n
     bar.close()
     data = {k: np.stack(v) for k, v in A.items()}
     data.update({k: np.stack(v) for k, v in S.items()})
     data['grfp_keys'] = np.asarray(G, np.int64)
-    data['grfp_mask_idx'] = np.asarray(GM, np.int64).reshape(-1, 3)
+    data['grfp_mask_idx'] = np.asarray(GM, np.int64).reshape(-1, max_dist)
     data['meta'] = np.asarray(json.dumps({'teacher': teacher, 'size': list(size), 'frames': n_total,
                                           'sequences': [s for s, _ in seqs_data], 'sparse': sparse,
-                                          'max_dist': max_dist, 'cheap_factor': cheap_factor}))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **data)
+                                          'max_dist': max_dist}))
     return data
 
 
@@ -203,8 +240,9 @@ def grid_warp(h: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(h, g, mode='bilinear', padding_mode='border', align_corners=True)
 
 
-def step_loss(mode, net, data, idx, dev):
-    """Loss on a batch: sample indices (refiner/davss) or GRFP keyframe indices."""
+def step_loss(mode, net, data, idx, dev, steps: int | None = None):
+    """Loss on a batch: sample indices (refiner/davss) or GRFP keyframe indices (GRFP: mean over
+    ``steps`` recurrent steps, default all that the data holds)."""
     from .refiner import blend_torch, log_probs, soft_ce
     u8 = 1.0 / 255.0
     if mode == 'grfp':
@@ -212,7 +250,7 @@ def step_loss(mode, net, data, idx, dev):
         midx = data['grfp_mask_idx'][idx]
         h = _t(data['teacher'][keys], dev, u8)
         loss = 0.0
-        T = 3
+        T = midx.shape[1] if steps is None else min(int(steps), midx.shape[1])
         for s in range(1, T + 1):
             f = keys + s
             w = log_probs(grid_warp(h, _t(data['grid'][f], dev)))
@@ -243,7 +281,7 @@ def step_loss(mode, net, data, idx, dev):
 
 
 @torch.no_grad()
-def evaluate(mode, net, data, idx, dev, batch=16) -> dict:
+def evaluate(mode, net, data, idx, dev, batch=16, steps: int | None = None) -> dict:
     """On the given samples (training data: a sanity check, not a held-out score): mean loss and,
     for refiner/davss, the share of pixels whose argmax agrees with the target's, for the module
     and for plain warping."""
@@ -253,7 +291,7 @@ def evaluate(mode, net, data, idx, dev, batch=16) -> dict:
     u8 = 1.0 / 255.0
     for i in range(0, len(idx), batch):
         b = idx[i:i + batch]
-        losses.append(float(step_loss(mode, net, data, b, dev)))
+        losses.append(float(step_loss(mode, net, data, b, dev, steps)))
         if mode == 'grfp':
             continue
         f = data['frame'][b]
@@ -281,6 +319,8 @@ def train(args) -> Path:
     from tqdm import tqdm
 
     from .temporal import build_net, save_net
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -295,11 +335,16 @@ def train(args) -> Path:
     t_prep = time.time()
     data = prepare_data(root, size, teacher, args.device, args.max_dist, args.sparse_labels,
                         args.udacity_frames, args.cache_dir, seqs=tuple(args.seqs),
-                        cheap_factor=args.cheap_factor)
+                        cheap=None if args.mode == 'refiner' else args.cheap)
     prep_s = time.time() - t_prep
+    cheap = json.loads(str(data['meta'])).get('cheap')
     n = len(data['grfp_keys']) if args.mode == 'grfp' else len(data['frame'])
+    if n == 0:
+        raise InputError(f'no training {"sequences" if args.mode == "grfp" else "samples"} '
+                         f'(too few frames for --max-dist {args.max_dist})')
     print(f'[temporal] mode {args.mode}: {n} training {"sequences" if args.mode == "grfp" else "samples"} '
-          f'at {size[0]}x{size[1]} (teacher {teacher}, data {prep_s:.0f} s), device {dev}', flush=True)
+          f'at {size[0]}x{size[1]} (teacher {teacher}{", cheap network " + cheap if cheap else ""}, '
+          f'data {prep_s:.0f} s), device {dev}', flush=True)
     net = build_net(args.mode, {'num_classes': int(data['teacher'].shape[1])}).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     ckdir = Path(args.ckpt_dir) / args.mode
@@ -309,8 +354,8 @@ def train(args) -> Path:
     if last.is_file() and not args.restart:
         ck = torch.load(last, map_location=dev, weights_only=False)
         try:
-            if ck.get('size') != list(size) or ck.get('teacher') != teacher:
-                raise ValueError('other size/teacher')
+            if ck.get('size') != list(size) or ck.get('teacher') != teacher or ck.get('cheap') != cheap:
+                raise ValueError('other size/teacher/cheap network')
             net.load_state_dict(ck['net'])
             opt.load_state_dict(ck['opt'])
             start = int(ck['iter'])
@@ -323,7 +368,7 @@ def train(args) -> Path:
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(np.arange(n).repeat(max(1, -(-args.iters * args.batch // n))))
     probe = np.sort(np.random.default_rng(1).choice(n, min(n, 64), replace=False))
-    before = evaluate(args.mode, net, data, probe, dev) if start == 0 else None
+    before = evaluate(args.mode, net, data, probe, dev, steps=args.grfp_steps) if start == 0 else None
     t0 = time.time()
     it = start
     hist = []
@@ -334,15 +379,15 @@ def train(args) -> Path:
         lr = args.lr * 0.5 * (1 + np.cos(np.pi * min(it / total, 1.0)))
         for g in opt.param_groups:
             g['lr'] = lr
-        loss = step_loss(args.mode, net, data, idx, dev)
+        loss = step_loss(args.mode, net, data, idx, dev, args.grfp_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         it += 1
         bar.update(1)
         if it % 25 == 0:
-            hist.append({'iter': it, 'loss': round(float(loss), 5)})
-            bar.set_postfix(loss=f'{float(loss):.4f}')
+            hist.append({'iter': it, 'loss': round(float(loss.detach()), 5)})
+            bar.set_postfix(loss=f'{float(loss.detach()):.4f}')
         if args.time_budget and it == start + 10:
             rate = 10 / max(time.time() - t0, 1e-6)
             fit = it + int(rate * (args.time_budget - (time.time() - t0)))
@@ -353,22 +398,24 @@ def train(args) -> Path:
         stop = args.time_budget and time.time() - t0 > 1.1 * args.time_budget
         if it % args.ckpt_every == 0 or it >= total or stop:
             torch.save({'net': net.state_dict(), 'opt': opt.state_dict(), 'iter': it,
-                        'size': list(size), 'teacher': teacher}, last)
+                        'size': list(size), 'teacher': teacher, 'cheap': cheap}, last)
         if stop:
             print(f'\n[temporal] --time-budget {args.time_budget}s reached at iteration {it}', flush=True)
             break
     bar.close()
-    after = evaluate(args.mode, net, data, probe, dev)
+    after = evaluate(args.mode, net, data, probe, dev, steps=args.grfp_steps)
     net = net.cpu().eval()
     out = Path(args.out)
     meta = {'mode': args.mode, 'teacher': teacher, 'size': list(size), 'iterations': it,
             'batch': args.batch, 'lr': args.lr, 'seed': args.seed, 'sparse_labels': args.sparse_labels,
-            'max_dist': args.max_dist, 'cheap_factor': args.cheap_factor, 'train_seconds': round(time.time() - t0, 1),
+            'max_dist': args.max_dist, 'train_seconds': round(time.time() - t0, 1),
             'device': str(dev), 'samples': n, 'data': json.loads(str(data['meta'])),
             'probe_loss_before': None if before is None else round(before['loss'], 5),
             'probe_loss_after': round(after['loss'], 5), 'loss_history': hist[-40:],
             'probe_agree': after.get('agree'), 'probe_agree_warp': after.get('agree_warp'),
-            'params': int(sum(p.numel() for p in net.parameters()))}
+            'params': int(sum(p.numel() for p in net.parameters())),
+            'cheap': cheap, 'command': getattr(args, 'command', None),
+            'grfp_steps': min(args.grfp_steps, args.max_dist) if args.mode == 'grfp' else None}
     path = save_net(net, args.mode, out / f'{args.mode}.pt', meta)
     write_card(out / 'TEMPORAL.md', args.mode, meta)
     print(f'[temporal] wrote {path} ({path.stat().st_size / 1024:.0f} kB); probe loss '
@@ -380,6 +427,10 @@ CARD_HEAD = ('# Temporal modules (issue 4)\n\nWritten by `vidseg train temporal`
              '(replaced when the mode is retrained). Accuracy: see `python -m vidseg_ros.core.temporal_bench`.\n')
 
 
+def _unit(mode: str, meta: dict) -> str:
+    return f'sequences ({meta.get("grfp_steps") or 3} recurrent steps)' if mode == 'grfp' else 'samples'
+
+
 def write_card(path: Path, mode: str, meta: dict) -> None:
     """Replace ``mode``'s section in the temporal model card."""
     text = path.read_text() if path.is_file() else CARD_HEAD
@@ -388,17 +439,18 @@ def write_card(path: Path, mode: str, meta: dict) -> None:
            f'- network: {meta["params"]} parameters; weights `{mode}.pt`\n'
            f'- teacher: `{meta["teacher"]}` at {meta["size"][0]}x{meta["size"][1]} (working size); '
            f'data: {d["frames"]} frames of {", ".join(d["sequences"])} (seq0003 held out), '
-           f'{meta["samples"]} {"3-frame sequences" if mode == "grfp" else "samples"}, '
+           f'{meta["samples"]} {_unit(mode, meta)}, '
            f'keyframe distance 1..{meta["max_dist"]}'
            f'{", sparse labels every %d frames" % SPARSE_EVERY if meta["sparse_labels"] else ""}'
-           f'{"; cheap pass at 1/%d input size" % meta["cheap_factor"] if mode != "refiner" else ""}\n'
+           f'{"; cheap network `%s`" % meta["cheap"] if meta.get("cheap") else ""}\n'
            f'- training: {meta["iterations"]} iterations x batch {meta["batch"]}, Adam lr {meta["lr"]} '
            f'cosine, seed {meta["seed"]}, {meta["train_seconds"]} s on {meta["device"]}\n'
            f'- probe loss (64 training samples, soft cross-entropy vs teacher): '
            f'{meta["probe_loss_before"]} (untrained, starts as plain warping) -> {meta["probe_loss_after"]}'
            + ('' if meta.get('probe_agree') is None else
               f'; argmax agreement with the target {100 * meta["probe_agree"]:.1f}% '
-              f'(plain warping {100 * meta["probe_agree_warp"]:.1f}%)') + '\n')
+              f'(plain warping {100 * meta["probe_agree_warp"]:.1f}%)') + '\n'
+           + (f'- command: `{meta["command"]}`\n' if meta.get('command') else ''))
     parts = re.split(r'(?m)^(?=## )', text)
     parts = [p for p in parts if not p.startswith(f'## {mode}\n')]
     text = ''.join(parts).rstrip('\n') + '\n' + sec
@@ -417,11 +469,16 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--sparse-labels', action='store_true',
                    help='targets only every 10th frame + flow-propagated ones between')
     p.add_argument('--max-dist', type=int, default=5, help='max keyframe distance of the samples')
+    p.add_argument('--grfp-steps', type=int, default=4,
+                   help='grfp: recurrent steps per training sequence (<= --max-dist; S=5 propagates 1..4)')
     p.add_argument('--seqs', nargs='+', default=list(TRAIN_SEQS), help='cityscapes_seq snippets to train on')
     p.add_argument('--udacity-frames', type=int, default=60)
-    p.add_argument('--cheap-factor', type=int, default=2,
-                   help='grfp/davss: the cheap pass runs the keyframe network at 1/F of its input size')
+    p.add_argument('--cheap', default=DEFAULT_CHEAP,
+                   help='grfp/davss: cheap current-frame network NAME@WxH (model spec at input size WxH); '
+                        'recorded in the weights')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch CPU threads (0 = torch default; 1 suits a shared 2-core machine)')
     p.add_argument('--ckpt-dir', default='runs/temporal')
     p.add_argument('--ckpt-every', type=int, default=100)
     p.add_argument('--cache-dir', default='runs/temporal_cache')
@@ -434,8 +491,13 @@ def cli_main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='vidseg train temporal', description=__doc__.splitlines()[0])
     add_arguments(p)
     args = p.parse_args(argv)
+    args.command = 'vidseg train temporal ' + ' '.join(sys.argv[1:] if argv is None else argv)
     if args.iters < 1 or args.batch < 1:
         raise ConfigError('--iters and --batch must be >= 1')
+    if args.mode != 'refiner':
+        parse_cheap(args.cheap)
+    if args.grfp_steps < 1:
+        raise ConfigError('--grfp-steps must be >= 1')
     if 'seq0003' in args.seqs:
         print('[temporal] warning: seq0003 is the evaluation snippet of temporal_bench', flush=True)
     train(args)
@@ -443,6 +505,5 @@ def cli_main(argv=None) -> int:
 
 
 if __name__ == '__main__':   # same as `vidseg train temporal` (one-line errors, exit 2)
-    import sys
     from vidseg_ros.cli import main as _vidseg
     raise SystemExit(_vidseg(['train', 'temporal'] + sys.argv[1:]))
