@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .classes import CAMVID_TO_CITYSCAPES, IGNORE
 from .errors import ConfigError, InputError
-from .paths import WEIGHTS_DIR, shared_dir
+from .paths import shared_dir
 
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
@@ -340,7 +340,10 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--ckpt-every', type=int, default=200)
     p.add_argument('--restart', action='store_true', help='ignore an existing checkpoint')
     p.add_argument('--shared', default=None, help='shared data root (default: ../shared)')
-    p.add_argument('--out', default=str(WEIGHTS_DIR), help='where default.pt/default.yaml go')
+    p.add_argument('--out', default='runs/distill',
+                   help='where default.pt/default.yaml go (default runs/distill; copy them into '
+                        'vidseg_ros/weights/ to package them: the installed package folder is replaced on '
+                        'every reinstall)')
 
 
 def cli_main(argv=None) -> int:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, InputError
-from .paths import WEIGHTS_DIR, shared_dir
+from .paths import shared_dir
 from .refiner import DEFAULT_CHEAP, parse_cheap
 
 TRAIN_SEQS = ('seq0000', 'seq0001', 'seq0002')
@@ -484,7 +484,10 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--cache-dir', default='runs/temporal_cache')
     p.add_argument('--restart', action='store_true', help='ignore an existing checkpoint')
     p.add_argument('--shared', default=None, help='shared data root (default: ../shared)')
-    p.add_argument('--out', default=str(WEIGHTS_DIR), help='where <mode>.pt and TEMPORAL.md go')
+    p.add_argument('--out', default='runs/temporal',
+                   help='where <mode>.pt and its TEMPORAL.md section go (default runs/temporal; copy the .pt '
+                        'into vidseg_ros/weights/ to package it: the installed package folder is replaced '
+                        'on every reinstall)')
 
 
 def cli_main(argv=None) -> int:
