@@ -26,15 +26,60 @@ class _LaunchConfiguration:
         return context.launch_configurations[self.name]
 
 
+# Signatures of the real launch / launch_ros (Humble and later) constructors the launch file calls: the
+# fakes refuse any argument these do not accept (a misspelt or removed keyword fails here, not only on a
+# real `ros2 launch`).
+_EXECUTE_PROCESS_KW = {'name', 'cwd', 'env', 'additional_env', 'shell', 'sigterm_timeout', 'sigkill_timeout',
+                       'emulate_tty', 'output', 'output_format', 'log_cmd', 'cached_output', 'on_exit',
+                       'respawn', 'respawn_delay', 'respawn_max_retries', 'prefix'}
+
+
+def _launch_description(initial_entities=None):
+    pass
+
+
+def _declare_launch_argument(name, *, default_value=None, description=None, choices=None):
+    pass
+
+
+def _opaque_function(*, function, args=None, kwargs=None):
+    pass
+
+
+def _set_environment_variable(name, value):
+    pass
+
+
+def _node(*, executable, package=None, name=None, namespace=None, exec_name=None, parameters=None,
+          remappings=None, ros_arguments=None, arguments=None, **kwargs):
+    unknown = set(kwargs) - _EXECUTE_PROCESS_KW
+    if unknown:
+        raise TypeError(f'Node/ExecuteProcess got unexpected keyword arguments {sorted(unknown)}')
+    if parameters is not None and not isinstance(parameters, list):
+        raise TypeError('Node parameters must be a list')
+
+
+def _lifecycle_node(*, name, namespace, **kwargs):
+    _node(name=name, namespace=namespace, **kwargs)
+
+
+def _checked(cls_name, signature):
+    def init(self, *args, **kwargs):
+        signature(*args, **kwargs)
+        _Rec.__init__(self, *args, **kwargs)
+    return type(cls_name, (_Rec,), {'__init__': init})
+
+
 def _fake_modules():
     mods = {name: types.ModuleType(name) for name in
             ('launch', 'launch.actions', 'launch.substitutions', 'launch_ros', 'launch_ros.actions')}
-    mods['launch'].LaunchDescription = type('LaunchDescription', (_Rec,), {})
-    for cls in ('DeclareLaunchArgument', 'OpaqueFunction', 'SetEnvironmentVariable'):
-        setattr(mods['launch.actions'], cls, type(cls, (_Rec,), {}))
+    mods['launch'].LaunchDescription = _checked('LaunchDescription', _launch_description)
+    for cls, sig in (('DeclareLaunchArgument', _declare_launch_argument), ('OpaqueFunction', _opaque_function),
+                     ('SetEnvironmentVariable', _set_environment_variable)):
+        setattr(mods['launch.actions'], cls, _checked(cls, sig))
     mods['launch.substitutions'].LaunchConfiguration = _LaunchConfiguration
-    for cls in ('LifecycleNode', 'Node'):
-        setattr(mods['launch_ros.actions'], cls, type(cls, (_Rec,), {}))
+    for cls, sig in (('LifecycleNode', _lifecycle_node), ('Node', _node)):
+        setattr(mods['launch_ros.actions'], cls, _checked(cls, sig))
     mods['launch'].actions = mods['launch.actions']
     mods['launch'].substitutions = mods['launch.substitutions']
     mods['launch_ros'].actions = mods['launch_ros.actions']
