@@ -111,6 +111,22 @@ def test_iam_moving_square_flags_occlusions():
     assert inconsistent_fraction(soft) > inconsistent_fraction(m) > 0
 
 
+def test_iam_at_half_resolution_matches_full_resolution():
+    """``scale=2`` (the Propagator's default) runs the checks at half size: same output size, the same
+    occlusion band flagged, the mask differing from the full-resolution one only along its edges."""
+    d, size, x0, y0 = 4, 20, 20, 20
+    lab_prev, f_bwd, f_fwd = moving_square(d, size, x0, y0)
+    full = inconsistency_mask(lab_prev, flow_bwd=f_bwd, flow_fwd=f_fwd, dilate=5, blur=2.0)
+    half = inconsistency_mask(lab_prev, flow_bwd=f_bwd, flow_fwd=f_fwd, dilate=5, blur=2.0, scale=2)
+    assert half.shape == full.shape == (H, W) and half.dtype == np.float32
+    rows = slice(y0 + 2, y0 + size - 2)
+    assert (half[rows, x0 + size:x0 + size + d] > 0.5).all()          # the occluded band
+    a, b = full > 0.5, half > 0.5
+    assert (a & b).sum() / (a | b).sum() > 0.6 and np.abs(full - half).mean() < 0.05
+    with pytest.raises(ConfigError, match='scale'):
+        inconsistency_mask(lab_prev, flow_bwd=f_bwd, flow_fwd=f_fwd, scale=0)
+
+
 def test_iam_pure_translation_is_consistent_inside():
     rng = np.random.default_rng(3)
     lab_prev = rng.integers(0, 5, (H, W)).astype(np.uint8)

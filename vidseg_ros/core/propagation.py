@@ -43,6 +43,7 @@ from .errors import ConfigError, InputError
 
 IGNORE = 255
 PROB_FACTOR = 4
+IAM_SCALE = 2   # the IAM's checks run at 1/2 of the working resolution (iam.inconsistency_mask ``scale``)
 
 __all__ = ['Semantics', 'FrameOutput', 'Propagator', 'LowResNetworkRefiner', 'Refiner',
            'quantize_probs', 'dequantize_probs', 'prob_size', 'semantics_from_probs',
@@ -241,7 +242,7 @@ class Propagator:
     ``use_iam`` (compute the IAM when ``flow_fwd`` is given), ``history`` (max frames whose flows are
     buffered for late keyframes), ``confidence_decay`` (per frame since the keyframe),
     ``max_distance`` (beyond it outputs are flagged degraded; None = never), ``iam_params`` (kwargs of
-    ``iam.inconsistency_mask``), ``size_wh`` (working size used for outputs before the first keyframe).
+    ``iam.inconsistency_mask``; default ``scale`` = IAM_SCALE), ``size_wh`` (working size used for outputs before the first keyframe).
 
     ``stats`` counters: frames, keyframes (received), late_keyframes (applied after newer frames were
     stepped), repropagated_steps, dropped_keyframes_too_old (flows no longer buffered), stale_keyframes
@@ -266,7 +267,7 @@ class Propagator:
         self.history = int(history)
         self.confidence_decay = float(confidence_decay)
         self.max_distance = None if max_distance is None else int(max_distance)
-        self.iam_params = dict(iam_params or {})
+        self.iam_params = {'scale': IAM_SCALE, **(iam_params or {})}
         self.size_wh = None if size_wh is None else (int(size_wh[0]), int(size_wh[1]))
         self.fill_holes = bool(fill_holes)
         self.stats = {}
