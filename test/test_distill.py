@@ -86,3 +86,23 @@ def test_class_balance_weights_favour_rare_classes():
     plain = distill.distillation_loss(t * 0, logits, none)[1]
     bal = distill.distillation_loss(t * 0, logits, none, balance=0.5)[1]
     assert bal != plain
+
+
+@pytest.mark.shared
+def test_freeze_bn_keeps_the_initialisation_batchnorm(tmp_path, shared):
+    """--freeze-bn (small CPU batches): BatchNorm statistics and affine parameters stay those of the
+    initialisation while the convolutions train."""
+    import torch
+    init = shared / 'models' / 'espnetv2' / 'espnetv2_s_0.5_city_512x256.pth'
+    out = tmp_path / 'w'
+    rc = distill.cli_main(['--width', '0.5', '--init', str(init), '--size', '64x32', '--teacher-size', '128x64',
+                           '--iters', '2', '--batch', '2', '--workers', '0', '--max-frames', '2', '--lr', '1e-2',
+                           '--freeze-bn', '--device', 'cpu', '--out', str(out), '--ckpt-dir', str(tmp_path / 'ck'),
+                           '--restart'])
+    assert rc == 0
+    before = torch.load(str(init), map_location='cpu', weights_only=True)
+    after = torch.load(str(out / 'default.pt'), map_location='cpu', weights_only=True)
+    bn = [k for k in after if k.endswith(('running_mean', 'running_var'))]
+    conv = [k for k in after if k.endswith('.weight') and after[k].ndim == 4]
+    assert bn and all(torch.equal(after[k], before[k]) for k in bn)
+    assert any(not torch.equal(after[k], before[k]) for k in conv)

@@ -227,6 +227,13 @@ def train(args) -> Path:
 
     teacher = _build(2.0, teacher_w).to(dev).eval()
     student = _build(args.width, init).to(dev).train()
+    if getattr(args, 'freeze_bn', False):
+        # small CPU batches: keep the initialisation's BatchNorm statistics and affine parameters
+        for m in student.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+                m.weight.requires_grad_(False)
+                m.bias.requires_grad_(False)
     items = collect_training_set(root, holdout=tuple(args.holdout), per_source=args.max_frames)
     n_h = sum(lab is not None for _, lab, _ in items)
     print(f'[distill] {len(items)} frames ({n_h} with human labels), student s{args.width} '
@@ -330,6 +337,9 @@ def add_arguments(p: argparse.ArgumentParser):
                    help='class-balance exponent of the distillation loss (0 = plain KD)')
     p.add_argument('--holdout', nargs='*', default=['seq0003'],
                    help='Cityscapes snippets kept out of training')
+    p.add_argument('--freeze-bn', action='store_true',
+                   help='keep the BatchNorm layers of the initialisation fixed (running statistics and affine '
+                        'parameters); use with small batches, e.g. on a CPU')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--max-frames', type=int, default=None, help='at most N frames per source (smoke runs)')
     p.add_argument('--time-budget', type=float, default=0,
