@@ -34,8 +34,7 @@ from vidseg_ros.core.models.base import sanitize_segmentation
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, Worker, check, diag_level, input_qos,
                                    latched_qos, reliable_qos, run_node)
-from vidseg_ros.ros.conversions import (ConversionError, generic_encoding, image_from_cdr, image_to_rgb,
-                                        ndarray_to_image, stamp_to_ns)
+from vidseg_ros.ros.conversions import ConversionError, generic_encoding, image_to_rgb, ndarray_to_image, stamp_to_ns
 from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 
 
@@ -223,14 +222,9 @@ class KeyframeNode(VidsegLifecycleNode):
     def on_image_raw(self, raw: bytes):
         """The camera subscription, serialized: frames the busy network skips are never converted
         (``image_from_cdr`` reads the header and keeps the pixels as a view of the message bytes)."""
-        try:
-            msg = image_from_cdr(raw)
-        except ConversionError as e:
-            if hasattr(self, 'counts'):
-                self.counts['bad_images'] += 1
-            self.get_logger().error(f'input image rejected: {e}', throttle_duration_sec=5.0)
-            return
-        self.on_image(msg)
+        msg = self.camera_message(raw)
+        if msg is not None:
+            self.on_image(msg)
 
     def on_image(self, msg):
         with self.lock:

@@ -58,6 +58,18 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         self._subs.append(s)
         return s
 
+    def camera_message(self, raw: bytes):
+        """A serialized camera Image (``sub(..., raw=True)``) -> its fields with the pixels a view of the
+        bytes (``conversions.image_from_cdr``); None when it does not parse (counted in
+        ``counts['bad_images']``, logged)."""
+        from vidseg_ros.ros.conversions import ConversionError, image_from_cdr
+        try:
+            return image_from_cdr(raw)
+        except ConversionError as e:
+            self.counts['bad_images'] += 1
+            self.get_logger().error(f'input image rejected: {e}', throttle_duration_sec=5.0)
+            return None
+
     def timer(self, period, cb, **kw):
         """A timer on the steady clock: join deadlines and diagnostics keep running when /clock
         (use_sim_time) pauses."""

@@ -46,7 +46,7 @@ from vidseg_ros.core.errors import VidsegError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, latched_qos,
                                    reliable_qos, run_node)
-from vidseg_ros.ros.conversions import (ConversionError, check_image, image_from_cdr, image_to_ndarray,
+from vidseg_ros.ros.conversions import (ConversionError, check_image, image_to_ndarray,
                                         image_to_rgb, ndarray_to_image, stamp_to_ns)
 from vidseg_ros.ros.flow_node import parse_flow_frame_id
 from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
@@ -261,12 +261,9 @@ class PropagationNode(VidsegLifecycleNode):
         if not self.active:
             self.counts['dropped_inactive'] += 1
             return
-        try:
-            msg = image_from_cdr(raw)
-        except ConversionError as e:  # no header either: cannot be reported per frame, only counted
+        msg = self.camera_message(raw)
+        if msg is None:  # no header either: cannot be reported per frame, only counted
             self.counts['frames_in'] += 1
-            self.counts['bad_images'] += 1
-            self.get_logger().error(f'input image rejected: {e}', throttle_duration_sec=5.0)
             return
         self.on_image(msg)
 
