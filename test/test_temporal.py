@@ -203,6 +203,12 @@ def test_cheap_network_recorded_and_checked(shared, tmp_path, mode):
     with pytest.raises(ModelError, match='trained with the cheap network espnetv2_s0.5_512x256@128x64, '
                                          'not espnetv2_s1.0_512x256@128x64'):
         make_temporal_module(mode, _NamedFake(), weights=w, cheap='espnetv2_s1.0_512x256@128x64')
+    if mode == 'grfp':   # the class gate can be forced on/off at load time
+        assert make_temporal_module(mode, _NamedFake(), weights=w, gate_classes=True).net.gate_classes
+        assert not make_temporal_module(mode, _NamedFake(), weights=w, gate_classes=False).net.gate_classes
+    else:
+        with pytest.raises(ConfigError, match='grfp only'):
+            make_temporal_module(mode, _NamedFake(), weights=w, gate_classes=True)
     with pytest.raises(ModelError, match='not espnetv2_s0.5_512x256@192x96'):
         make_temporal_module(mode, _NamedFake(), weights=w, cheap='espnetv2_s0.5_512x256@192x96')
     old = save_net(net, mode, tmp_path / 'old.pt', {'cheap_factor': 2})
@@ -458,11 +464,141 @@ def test_bench_table_entries():
     from argparse import Namespace
     from pathlib import Path
     from vidseg_ros.core.temporal_bench import table_entries
-    a = Namespace(modes=['warp', 'grfp', 'cache1'], weights_dir='w', variants=['g2=grfp:x/g.pt'])
-    assert table_entries(a) == [('warp', 'warp', None), ('grfp', 'grfp', Path('w/grfp.pt')),
-                                ('cache1', 'cache1', None), ('g2', 'grfp', Path('x/g.pt'))]
-    for bad in (['g2=cache1:x.pt'], ['g2=grfp'], ['grfp=grfp:x.pt'], ['=grfp:x.pt']):
+    a = Namespace(modes=['warp', 'grfp', 'cache1'], weights_dir='w',
+                  variants=['g2=grfp:x/g.pt', 'g3=grfp+gate:x/g.pt', 'g4=grfp-gate:x/g.pt'])
+    assert table_entries(a) == [('warp', 'warp', None, {}), ('grfp', 'grfp', Path('w/grfp.pt'), {}),
+                                ('cache1', 'cache1', None, {}), ('g2', 'grfp', Path('x/g.pt'), {}),
+                                ('g3', 'grfp', Path('x/g.pt'), {'gate_classes': True}),
+                                ('g4', 'grfp', Path('x/g.pt'), {'gate_classes': False})]
+    for bad in (['g2=cache1:x.pt'], ['g2=grfp'], ['grfp=grfp:x.pt'], ['=grfp:x.pt'], ['g2=davss+gate:x.pt']):
         with pytest.raises(ConfigError, match='--variants'):
             table_entries(Namespace(modes=['warp', 'grfp'], weights_dir=None, variants=bad))
     with pytest.raises(ConfigError, match='unknown mode'):
         table_entries(Namespace(modes=['magic'], weights_dir=None, variants=None))
+
+
+def test_gate_to_state_removes_classes_absent_from_the_state():
+    """GRFP's class gate: the cheap estimate keeps only the classes that are the argmax somewhere in
+    the warped state, renormalised, with their ratios kept."""
+    from vidseg_ros.core.grfp import gate_to_state
+    w = torch.full((1, 4, 2, 3), 0.01)
+    w[0, 0, :, :2] = 0.97      # state: class 0 on the left, class 2 on the right
+    w[0, 2, :, 2] = 0.97
+    x = torch.tensor([0.1, 0.6, 0.2, 0.1]).view(1, 4, 1, 1).expand(1, 4, 2, 3)
+    g = gate_to_state(torch.log(x), torch.log(w)).exp()
+    np.testing.assert_allclose(g.sum(1).numpy(), 1.0, atol=1e-5)
+    assert (g.argmax(1) == 2).all()                       # class 1 (cheap's argmax) is not in the state
+    assert float(g[0, 1].max()) < 0.01 and float(g[0, 3].max()) < 0.01
+    np.testing.assert_allclose((g[0, 2] / g[0, 0]).numpy(), 2.0, rtol=1e-3)
+    # per batch element: a second state where class 1 is present keeps it
+    w2 = torch.cat([w, torch.log(torch.full((1, 4, 2, 3), 0.01)).exp().index_fill(1, torch.tensor([1]), 0.97)])
+    g2 = gate_to_state(torch.log(x.expand(2, 4, 2, 3)), torch.log(w2)).exp()
+    assert (g2[1].argmax(0) == 1).all() and (g2[0].argmax(0) == 2).all()
+
+
+@pytest.mark.parametrize('kernel,separable', [(1, False), (3, False), (3, True)])
+def test_stgru_kernel_and_gate_config_roundtrip(tmp_path, kernel, separable):
+    """STGRU options (candidate kernel, separable convolutions, class gate) are stored with the
+    weights and rebuilt on load; an untrained STGRU of each kind starts close to plain warping."""
+    from vidseg_ros.core.grfp import STGRU, STGRURefiner
+    cfg = {'num_classes': K, 'kernel': kernel, 'gate_classes': True, 'separable': separable}
+    net = build_net('grfp', cfg)
+    conv = net.wx[0] if separable else net.wx
+    assert conv.kernel_size == (kernel, kernel) and net.gate_classes and net.separable == separable
+    _randomise_head(net, 1.0)
+    w = save_net(net, 'grfp', tmp_path / 'grfp.pt', {'cheap': 'x@64x32'})
+    net2 = load_net('grfp', w)
+    assert net2.kernel == kernel and net2.gate_classes and net2.separable == separable
+    for k_, v in net.state_dict().items():
+        assert torch.equal(v, net2.state_dict()[k_])
+    closed = STGRURefiner(STGRU(K, z_bias=-30.0, kernel=kernel, gate_classes=True, separable=separable),
+                          FakeCheap())
+    rng = _rng(9)
+    sem, img = _semantics(rng), _image(rng)
+    pc, _ = closed.refine(img, sem, None)
+    wq = np.maximum(sem.probs.astype(np.float32) / 255, 1e-3)
+    np.testing.assert_allclose(pc, wq / wq.sum(0), atol=1e-4)
+    with pytest.raises(ModelError, match='kernel'):
+        STGRU(K, kernel=2)
+
+
+def test_grfp_gate_changes_output_only_where_cheap_brings_absent_classes():
+    """With the gate, a cheap estimate that votes for a class absent from the state cannot make the
+    STGRU output that class; without it, it can."""
+    from vidseg_ros.core.grfp import STGRU, STGRURefiner
+
+    class BusCheap:   # cheap pass that is sure everything is class 15 ('bus')
+        def __call__(self, image, size_wh):
+            p = np.full((K, size_wh[1], size_wh[0]), 0.001, np.float32)
+            p[15] = 1.0
+            return p / p.sum(0, keepdims=True)
+
+    rng = _rng(11)
+    p = _probs(rng)
+    p[15] = 0.0
+    p /= p.sum(0, keepdims=True)
+    cm = np.array(list(range(19)) + [255], np.uint8)
+    labels = np.argmax(np.repeat(np.repeat(p, 4, 1), 4, 2), 0).astype(np.uint8)
+    sem = Semantics(cm[labels], quantize_probs(p), cm)
+    img = _image(rng)
+    outs = {}
+    for gate in (False, True):
+        net = STGRU(K, z_bias=3.0, gate_classes=gate)   # update gate mostly open: follow the cheap pass
+        outs[gate], _ = STGRURefiner(net, BusCheap()).refine(img, sem, None)
+    assert (outs[False].argmax(0) == 15).mean() > 0.5
+    assert not (outs[True].argmax(0) == 15).any()
+
+
+def test_cheap_pass_backend_auto_is_onnxruntime_and_matches_torch(shared):
+    """The cheap pass uses the deployed backend (onnxruntime on the CPU) and its probabilities match
+    the torch network's (so weights trained with either are valid with the other)."""
+    from vidseg_ros.core.refiner import CheapPass
+    auto = CheapPass.load('espnetv2_s0.5_512x256@128x64')
+    tch = CheapPass.load('espnetv2_s0.5_512x256@128x64', backend='torch')
+    assert auto.model.backend == 'onnxruntime' and tch.model.backend == 'torch'
+    img = _image(_rng(12), 256, 128)
+    np.testing.assert_allclose(auto(img, (WP, HP)), tch(img, (WP, HP)), atol=1e-4)
+
+
+def test_train_cli_grfp_options(shared, tmp_path):
+    """--stgru-kernel / --gate-classes reach the trained network and its card; other modes refuse them."""
+    from vidseg_ros.core.temporal_train import cli_main
+    base = ['--mode', 'grfp', '--iters', '2', '--batch', '2', '--size', '128x64', '--seqs', 'seq0000',
+            '--udacity-frames', '0', '--max-dist', '3', '--out', str(tmp_path / 'w'),
+            '--ckpt-dir', str(tmp_path / 'ck'), '--cache-dir', str(tmp_path / 'cache'),
+            '--cheap', 'espnetv2_s0.5_512x256@64x32']
+    assert cli_main(base + ['--stgru-kernel', '1', '--gate-classes']) == 0
+    net = load_net('grfp', tmp_path / 'w' / 'grfp.pt')
+    assert net.kernel == 1 and net.gate_classes and not net.separable
+    assert net.meta['net_config'] == {'num_classes': K, 'kernel': 1, 'gate_classes': True}
+    assert 'kernel 1; gate_classes True' in (tmp_path / 'w' / 'TEMPORAL.md').read_text()
+    # another configuration does not resume that checkpoint
+    assert cli_main(base + ['--stgru-separable', '--gate-classes']) == 0
+    net = load_net('grfp', tmp_path / 'w' / 'grfp.pt')
+    assert net.separable and net.kernel == 3 and net.meta['iterations'] == 2
+    with pytest.raises(ConfigError, match='--mode grfp only'):
+        cli_main(['--mode', 'refiner', '--gate-classes'] + base[2:])
+
+
+def test_bench_table_pools_snippets_with_per_snippet_weights(shared, tmp_path, capsys):
+    """bench-temporal over several snippets: '{seq}' in a weights path picks each held-out
+    snippet's weights (cross-validation), frames are pooled, and a module evaluated on a snippet it
+    was trained on is flagged."""
+    import json
+    from vidseg_ros.core.temporal_bench import main
+    net = build_net('grfp', {'num_classes': K})
+    for held_out, trained_on in (('seq0000', ['seq0001', 'seq0002']), ('seq0001', ['seq0001'])):
+        save_net(net, 'grfp', tmp_path / f'cv_{held_out}' / 'grfp.pt',
+                 {'cheap': 'espnetv2_s0.5_512x256@64x32', 'data': {'sequences': trained_on}})
+    out = tmp_path / 't.json'
+    assert main(['--seqs', 'seq0000', 'seq0001', '--size', '128x64', '--frames', '3', '--intervals', '2',
+                 '--modes', 'warp', '--variants', 'g=grfp+gate:' + str(tmp_path / 'cv_{seq}' / 'grfp.pt'),
+                 '--cost-rounds', '1', '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    c = res['config']
+    assert c['frames'] == 6 and c['seqs'] == ['seq0000', 'seq0001']
+    assert c['weights']['g'] == {s: str(tmp_path / f'cv_{s}' / 'grfp.pt') for s in ('seq0000', 'seq0001')}
+    assert c['seen'] == {'g': ['seq0001']} and c['gated'] == ['g']
+    assert set(res['intervals']['2']) == {'warp', 'g'}
+    assert 0 <= res['intervals']['2']['g']['miou'] <= 1 and res['intervals']['2']['g']['cost_rel'] > 0
+    assert 'WARNING: g was trained on seq0001' in capsys.readouterr().out

@@ -20,42 +20,83 @@ and fixed by them (``temporal.load_cheap_pass``).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .errors import ModelError
-from .refiner import (CheapPass, TorchModule, changed_region, check_warped, hwc_tensor, log_probs,
+from .refiner import (EPS, CheapPass, TorchModule, changed_region, check_warped, hwc_tensor, log_probs,
                       mask_tensor, prev_warped_image, probs_tensor)
+
+
+LOG_EPS = math.log(EPS)
 
 
 class STGRU(nn.Module):
     """The STGRU cell on (B, K, h, w) log-probabilities; ``diff`` (B, 3, h, w) in [-255, 255]."""
 
-    def __init__(self, num_classes=20, z_bias=-3.0):
+    def __init__(self, num_classes=20, z_bias=-3.0, kernel=3, gate_classes=False, separable=False):
         super().__init__()
         k = num_classes
+        if int(kernel) not in (1, 3, 5):
+            raise ModelError(f'STGRU kernel must be 1, 3 or 5, got {kernel!r}')
         self.num_classes = k
+        self.kernel = ks = int(kernel)
+        self.gate_classes = bool(gate_classes)
+        self.separable = bool(separable)
         self.reset = nn.Conv2d(3, 1, 3, padding=1)
-        self.wx = nn.Conv2d(k, k, 3, padding=1)
-        self.wh = nn.Conv2d(k, k, 3, padding=1, bias=False)
-        self.wz = nn.Conv2d(2 * k + 1, 1, 3, padding=1)
+        if self.separable:   # depthwise ks x ks + pointwise: ~1/6 of the multiply-adds at ks=3
+            self.wx = nn.Sequential(nn.Conv2d(k, k, ks, padding=ks // 2, groups=k, bias=False),
+                                    nn.Conv2d(k, k, 1))
+            self.wh = nn.Sequential(nn.Conv2d(k, k, ks, padding=ks // 2, groups=k, bias=False),
+                                    nn.Conv2d(k, k, 1, bias=False))
+            self.wz = nn.Sequential(nn.Conv2d(2 * k + 1, 1, 1), nn.Conv2d(1, 1, ks, padding=ks // 2))
+        else:
+            self.wx = nn.Conv2d(k, k, ks, padding=ks // 2)
+            self.wh = nn.Conv2d(k, k, ks, padding=ks // 2, bias=False)
+            self.wz = nn.Conv2d(2 * k + 1, 1, 3, padding=1)
         self.lam = nn.Parameter(torch.ones(()))
-        with torch.no_grad():
-            for c in (self.wx, self.wh):
-                c.weight.zero_()
-                c.weight[torch.arange(k), torch.arange(k), 1, 1] = 1.0
-            self.wx.bias.zero_()
-            self.wz.weight.mul_(0.1)
-            self.wz.bias.fill_(z_bias)
+        eye = torch.arange(k)
+        with torch.no_grad():   # start as plain warping: identity candidate convs, closed update gate
+            if self.separable:
+                for dw, pw in (self.wx, self.wh):
+                    dw.weight.zero_()
+                    dw.weight[:, 0, ks // 2, ks // 2] = 1.0
+                    pw.weight.zero_()
+                    pw.weight[eye, eye, 0, 0] = 1.0
+                self.wx[1].bias.zero_()
+                self.wz[0].weight.mul_(0.1)
+                self.wz[0].bias.zero_()
+                self.wz[1].weight.zero_()
+                self.wz[1].weight[0, 0, ks // 2, ks // 2] = 1.0
+                self.wz[1].bias.fill_(z_bias)
+            else:
+                for c in (self.wx, self.wh):
+                    c.weight.zero_()
+                    c.weight[eye, eye, ks // 2, ks // 2] = 1.0
+                self.wx.bias.zero_()
+                self.wz.weight.mul_(0.1)
+                self.wz.bias.fill_(z_bias)
             self.reset.weight.mul_(0.1)
             self.reset.bias.zero_()
 
     def config(self) -> dict:
-        return {'num_classes': self.num_classes}
+        cfg = {'num_classes': self.num_classes}
+        if self.kernel != 3:
+            cfg['kernel'] = self.kernel
+        if self.gate_classes:
+            cfg['gate_classes'] = True
+        if self.separable:
+            cfg['separable'] = True
+        return cfg
 
     def forward(self, w, x, diff, mask=None):
         """w, x: log-probabilities (B, K, h, w); mask: IAM (B, 1, h, w) or None (zeros);
-        returns (softmax(h_t), z_t)."""
+        returns (softmax(h_t), z_t). With ``gate_classes`` the cheap estimate ``x`` is first
+        restricted to the classes of the state (:func:`gate_to_state`)."""
+        if self.gate_classes:
+            x = gate_to_state(x, w)
         r = 1.0 - torch.tanh(torch.abs(self.reset(diff / 255.0)))
         hw = r * w
         h_tilde = self.wx(x) + self.wh(hw)
@@ -64,6 +105,19 @@ class STGRU(nn.Module):
         z = torch.sigmoid(self.wz(torch.cat([x, hw, mask], 1)))
         h = self.lam * (1.0 - z) * w + z * h_tilde
         return torch.softmax(h, 1), z
+
+
+def gate_to_state(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Restrict the cheap estimate's log-probabilities ``x`` (B, K, h, w) to the classes that are the
+    most probable somewhere in the state ``w`` (the warped previous estimate; ties included),
+    renormalised.
+
+    The cheap network is small and sees a low-resolution image; on a frame between two keyframes it
+    would otherwise bring in classes that the keyframe network does not predict in the scene (e.g.
+    'bus' on a truck, BENCHMARKS.md section 7). A class that really enters the view between two
+    keyframes is picked up by the next keyframe."""
+    present = (w >= w.amax(1, keepdim=True)).flatten(2).any(2)        # (B, K)
+    return torch.log_softmax(torch.where(present[:, :, None, None], x, x.new_tensor(LOG_EPS)), 1)
 
 
 class STGRURefiner(TorchModule):
@@ -93,4 +147,4 @@ class STGRURefiner(TorchModule):
         return out, changed_region(out, warped.probs)
 
 
-__all__ = ['STGRU', 'STGRURefiner', 'CheapPass']
+__all__ = ['STGRU', 'STGRURefiner', 'CheapPass', 'gate_to_state']

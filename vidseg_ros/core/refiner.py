@@ -243,11 +243,14 @@ class CheapPass:
         self.spec = spec or f'{getattr(model, "name", "model")}@{self.input_size[0]}x{self.input_size[1]}'
 
     @classmethod
-    def load(cls, spec: str, device='cpu') -> 'CheapPass':
-        """Load ``NAME[@WxH]`` (torch backend; without WxH: the network's own input size)."""
+    def load(cls, spec: str, device='cpu', backend: str = 'auto') -> 'CheapPass':
+        """Load ``NAME[@WxH]`` (without WxH: the network's own input size). ``backend``: as in
+        ``models.load_model``; 'auto' is the fastest exact backend of the device (onnxruntime on the
+        CPU, the same as the keyframe network's; its outputs match torch's to ~1e-5, so weights
+        trained with either backend's cheap outputs are valid with the other)."""
         from .models import load_model
         name, size = parse_cheap(spec)
-        model = load_model(name, device=device, backend='torch', input_size=size)
+        model = load_model(name, device=device, backend=backend, input_size=size)
         w, h = model.input_size
         return cls(model, f'{name}@{w}x{h}')
 

@@ -104,13 +104,18 @@ def save_net(net, mode: str, path, meta: dict | None = None) -> Path:
 
 
 def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', schedule=5,
-                         cheap: str | None = None, cheap_factor: int | None = None, flow=None):
+                         cheap: str | None = None, cheap_factor: int | None = None, flow=None,
+                         gate_classes: bool | None = None):
     """Object implementing ``mode`` (see module docstring). ``model``: the keyframe KeyframeModel
     (its class planes; 'iam-lowres' runs it at 1/``cheap_factor`` (default 4) of its input size;
     caching splits it). GRFP/DAVSS run their own cheap network ``NAME@WxH``
     (``refiner.CheapPass``): the one recorded in their weights; ``cheap`` may name it and must then
     match it (ModelError otherwise); untrained networks use ``cheap`` or ``refiner.DEFAULT_CHEAP``.
-    ``schedule``: keyframe interval / Schedule for the caching modes."""
+    ``schedule``: keyframe interval / Schedule for the caching modes. ``gate_classes`` (GRFP only):
+    switch the STGRU's class gate (``grfp.gate_to_state``) on/off regardless of what the weights
+    say (None: as trained/packaged)."""
+    if gate_classes is not None and mode != 'grfp':
+        raise ConfigError(f'gate_classes applies to mode grfp only, not {mode!r}')
     if mode not in MODES:
         raise ConfigError(f'unknown temporal mode {mode!r} (known: {", ".join(MODES)})')
     k = int(getattr(model, 'num_outputs', 20))
@@ -131,6 +136,8 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     cp = load_cheap_pass(mode, net, model, cheap, device)
     if mode == 'grfp':
         from .grfp import STGRURefiner
+        if gate_classes is not None:
+            net.gate_classes = bool(gate_classes)
         return STGRURefiner(net, cp, device)
     from .davss import DAVSSRefiner
     return DAVSSRefiner(net, cp, device)

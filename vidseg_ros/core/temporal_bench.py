@@ -7,8 +7,8 @@ temporal module at keyframe intervals S (default 2 and 5) on a held-out Cityscap
     ... --variants grfp-b=grfp:runs/x/grfp.pt   (extra rows: a learned mode with other weights)
 
 Ground truth: the snippet's pseudo labels (Cityscapes label ids -> train ids), resized (nearest) to
-the working size, where everything is evaluated. The keyframe network runs (torch backend) on every
-frame once; its outputs serve as per-frame results and as keyframe semantics for every mode; DIS
+the working size, where everything is evaluated. The keyframe network runs (``--backend``, default the
+deployed one: onnxruntime on the CPU) on every frame once; its outputs serve as per-frame results and as keyframe semantics for every mode; DIS
 flows (native resolution, as in the pipeline) are computed once. Per mode: mIoU over all frames and
 over propagated frames only, the recovered share of the warping drop
 ``(mIoU_mode - mIoU_warp) / (mIoU_per_frame - mIoU_warp)`` (and 'rec-gt', the same on mIoU-gt), and the per-frame cost of the module
@@ -127,8 +127,9 @@ def _setup(args) -> tuple:
     size = parse_size(args.size)
     root = Path(args.shared) if args.shared else shared_dir()
     spec = args.model if args.model != 'auto' else default_teacher(size)
-    imgs, gts = load_snippet(root, args.seq, size, args.frames)
-    return size, spec, imgs, gts, load_model(spec, backend='torch', input_size=size, device=args.device)
+    imgs, gts = load_snippet(root, args.seqs[0], size, args.frames)
+    return size, spec, imgs, gts, load_model(spec, backend=getattr(args, 'backend', 'auto'),
+                                             input_size=size, device=args.device)
 
 
 def run_cheap(args) -> dict:
@@ -170,7 +171,7 @@ def run_cheap(args) -> dict:
         kf_t.append(kf)
     for row in rows.values():
         row['cheap_s'], row['cost_rel'] = float(np.median(row.pop('sec'))), float(np.median(row.pop('rel')))
-    return {'config': {'seq': args.seq, 'frames': len(imgs), 'size': list(size), 'model': spec,
+    return {'config': {'seq': args.seqs[0], 'frames': len(imgs), 'size': list(size), 'model': spec,
                        'device': args.device, 'threads': torch.get_num_threads(), 'rounds': args.cost_rounds},
             'keyframe_network_s': float(np.median(kf_t[1:])), 'keyframe_miou': cm_kf.miou(), 'candidates': rows}
 
@@ -188,99 +189,157 @@ def format_cheap(res: dict) -> str:
 
 
 def table_entries(args) -> list:
-    """(row label, mode, weights path or None) of every table row: ``--modes`` (weights from
-    ``--weights-dir`` or the packaged ones), then each ``--variants LABEL=MODE:WEIGHTS``."""
+    """(row label, mode, weights path or None, options) of every table row: ``--modes`` (weights
+    from ``--weights-dir`` or the packaged ones), then each ``--variants LABEL=MODE:WEIGHTS``
+    (MODE 'grfp+gate' / 'grfp-gate': GRFP with its class gate forced on / off)."""
     out = []
     for m in args.modes:
         if m not in PROP_MODES + CACHE_MODES:
             raise ConfigError(f'unknown mode {m!r} (known: {", ".join(PROP_MODES + CACHE_MODES)})')
         learned = args.weights_dir and m in ('refiner', 'grfp', 'davss')
-        out.append((m, m, Path(args.weights_dir) / f'{m}.pt' if learned else None))
+        out.append((m, m, Path(args.weights_dir) / f'{m}.pt' if learned else None, {}))
     for v in args.variants or ():
         label, _, rest = v.partition('=')
         mode, _, path = rest.partition(':')
+        opts = {}
+        if mode in ('grfp+gate', 'grfp-gate'):
+            mode, opts = 'grfp', {'gate_classes': mode.endswith('+gate')}
         if not label or mode not in ('refiner', 'grfp', 'davss') or not path:
-            raise ConfigError(f'--variants takes LABEL=MODE:WEIGHTS with MODE refiner|grfp|davss, got {v!r}')
+            raise ConfigError(f'--variants takes LABEL=MODE:WEIGHTS with MODE refiner|grfp|grfp+gate|grfp-gate|'
+                              f'davss, got {v!r}')
         if label in [e[0] for e in out]:
             raise ConfigError(f'--variants label {label!r} is used twice or names a mode')
-        out.append((label, mode, Path(path)))
+        out.append((label, mode, Path(path), opts))
     return out
 
 
+def weights_for(path, seq: str):
+    """A weights path of ``--weights-dir`` / ``--variants`` for held-out snippet ``seq``
+    (``{seq}`` in the path is replaced: cross-validation, one training run per held-out snippet)."""
+    return None if path is None else Path(str(path).replace('{seq}', seq))
+
+
+def _trained_on(module) -> list:
+    net = getattr(module, 'net', None)
+    return list(((getattr(net, 'meta', None) or {}).get('data') or {}).get('sequences') or [])
+
+
 def run(args) -> dict:
+    """The table over ``args.seqs`` (confusion matrices pooled over the snippets; each snippet is
+    evaluated with the weights its ``{seq}`` path names); costs measured on the last snippet."""
     from tqdm import tqdm
 
     from .flow import FlowEstimator
     from .metrics import ConfusionMatrix
+    from .models import load_model
     from .propagation import semantics_from_segmentation
     from .temporal import TemporalPropagator, make_temporal_module
+    from .temporal_train import default_teacher, parse_size
 
     entries = table_entries(args)
-    size, spec, imgs, gts, model = _setup(args)
-    n = len(imgs)
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = parse_size(args.size)
+    root = Path(args.shared) if args.shared else shared_dir()
+    spec = args.model if args.model != 'auto' else default_teacher(size)
+    model = load_model(spec, backend=getattr(args, 'backend', 'auto'), input_size=size, device=args.device)
     k = CITYSCAPES.num_classes
     cmap = np.asarray(model.output_to_class, np.uint8)
-
-    sems, kf_times, pf_labels = [], [], []
-    cm_pf = ConfusionMatrix(k)
-    model.segment(imgs[0])  # warm-up
-    for i in tqdm(range(n), desc='keyframe network', mininterval=5):
-        t0 = time.perf_counter()
-        seg = model.segment(imgs[i])
-        kf_times.append(time.perf_counter() - t0)
-        sems.append(semantics_from_segmentation(seg, cmap, size))
-        cm_pf.update(seg.labels, gts[i])
-        pf_labels.append(seg.labels)
-    kf_s = float(np.median(kf_times))
     flow = FlowEstimator('dis', preset=args.flow_preset)
-    bwd, fwd = [None], [None]
-    grays = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in imgs]
-    flow_times = []
-    for i in range(1, n):
-        t0 = time.perf_counter()
-        f_fwd, f_bwd = flow.forward_backward(grays[i - 1], grays[i], native=True)
-        flow_times.append(time.perf_counter() - t0)
-        bwd.append(f_bwd)
-        fwd.append(f_fwd)
-
-    res = {'config': {'seq': args.seq, 'frames': n, 'size': list(size), 'model': spec, 'device': args.device,
-                      'flow': flow.describe(), 'intervals': list(args.intervals), 'threads':
-                      torch.get_num_threads(), 'weights_dir': args.weights_dir,
-                      'variants': args.variants, 'cheap': {}},
-           'keyframe_network_s': kf_s, 'flow_pair_s': float(np.median(flow_times)) if flow_times else 0.0, 'per_frame': _iou_row(cm_pf), 'intervals': {}}
-    built = {}
+    torch_model = model if getattr(model, 'backend', 'torch') == 'torch' else None
+    cm_pf = ConfusionMatrix(k)
+    pooled = {S: {label: (ConfusionMatrix(k), ConfusionMatrix(k), ConfusionMatrix(k))
+                  for label, *_ in entries} for S in args.intervals}
+    inloop = {S: {label: ([], []) for label, *_ in entries} for S in args.intervals}
+    kf_times, flow_times, n_total = [], [], 0
+    res = {'config': {'seq': ' '.join(args.seqs), 'seqs': list(args.seqs), 'frames': 0, 'size': list(size),
+                      'model': spec, 'device': args.device, 'backend': getattr(model, 'backend', None),
+                      'flow': flow.describe(), 'intervals': list(args.intervals),
+                      'threads': torch.get_num_threads(), 'weights_dir': args.weights_dir,
+                      'variants': args.variants, 'cheap': {}, 'weights': {}, 'seen': {}}}
+    for seq in args.seqs:
+        imgs, gts = load_snippet(root, seq, size, args.frames)
+        n = len(imgs)
+        n_total += n
+        sems, pf_labels = [], []
+        model.segment(imgs[0])  # warm-up
+        for i in tqdm(range(n), desc=f'{seq}: keyframe network', mininterval=5):
+            t0 = time.perf_counter()
+            seg = model.segment(imgs[i])
+            kf_times.append(time.perf_counter() - t0)
+            sems.append(semantics_from_segmentation(seg, cmap, size))
+            cm_pf.update(seg.labels, gts[i])
+            pf_labels.append(seg.labels)
+        bwd, fwd = [None], [None]
+        grays = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in imgs]
+        seq_flow_times = []
+        for i in range(1, n):
+            t0 = time.perf_counter()
+            f_fwd, f_bwd = flow.forward_backward(grays[i - 1], grays[i], native=True)
+            seq_flow_times.append(time.perf_counter() - t0)
+            bwd.append(f_bwd)
+            fwd.append(f_fwd)
+        flow_times += seq_flow_times
+        flow_pair_s = float(np.median(seq_flow_times)) if seq_flow_times else 0.0
+        built = {}
+        for S in args.intervals:
+            for label, mode, weights, opts in entries:
+                cm_all, cm_prop, cm_net = pooled[S][label]
+                costs, frame_costs = inloop[S][label]
+                base = model
+                if mode in CACHE_MODES:   # splits the network: needs the torch one (same weights)
+                    if torch_model is None:
+                        torch_model = load_model(spec, backend='torch', input_size=size, device=args.device)
+                    base = torch_model
+                w = weights_for(weights, seq)
+                module = make_temporal_module(mode, base, weights=w, device=args.device, schedule=S, **opts)
+                built[label] = module
+                if w is not None:
+                    res['config']['weights'].setdefault(label, {})[seq] = str(w)
+                if seq in _trained_on(module):
+                    res['config']['seen'].setdefault(label, [])
+                    if seq not in res['config']['seen'][label]:
+                        res['config']['seen'][label].append(seq)
+                if hasattr(module, 'cheap'):
+                    res['config']['cheap'][label] = module.cheap.spec
+                if getattr(getattr(module, 'net', None), 'gate_classes', False):
+                    res['config'].setdefault('gated', [])
+                    if label not in res['config']['gated']:
+                        res['config']['gated'].append(label)
+                if mode in CACHE_MODES:
+                    for i in tqdm(range(n), desc=f'{seq}: S={S} {label}', mininterval=5):
+                        r = module.process(imgs[i], keyframe=(i % S == 0))
+                        cm_all.update(r.labels, gts[i])
+                        if not r.is_keyframe:
+                            cm_prop.update(r.labels, gts[i])
+                            cm_net.update(r.labels, pf_labels[i])
+                            costs.append(r.timings['total'])
+                            frame_costs.append(r.timings['total'])
+                else:
+                    prop = TemporalPropagator(refiner=module)
+                    for i in tqdm(range(n), desc=f'{seq}: S={S} {label}', mininterval=5):
+                        if i % S == 0:
+                            prop.set_keyframe(i, sems[i])
+                            out = prop.step(i, None, None, imgs[i] if module is not None else None)
+                        else:
+                            out = prop.step(i, bwd[i], fwd[i], imgs[i] if module is not None else None)
+                            costs.append(out.timings.get('refine', 0.0))
+                            frame_costs.append(flow_pair_s + sum(out.timings.get(x, 0.0)
+                                                                 for x in ('warp', 'iam', 'refine')))
+                            cm_prop.update(out.labels, gts[i])
+                            cm_net.update(out.labels, pf_labels[i])
+                        cm_all.update(out.labels, gts[i])
+    res['config']['frames'] = n_total
+    res['keyframe_network_s'] = float(np.median(kf_times))
+    res['flow_pair_s'] = float(np.median(flow_times)) if flow_times else 0.0
+    res['per_frame'] = _iou_row(cm_pf)
+    res['intervals'] = {}
     for S in args.intervals:
         rows = {}
-        for label, mode, weights in entries:
-            cm_all, cm_prop, cm_net = ConfusionMatrix(k), ConfusionMatrix(k), ConfusionMatrix(k)
-            costs, frame_costs = [], []
-            module = make_temporal_module(mode, model, weights=weights, device=args.device, schedule=S)
-            built[label] = module
-            if hasattr(module, 'cheap'):
-                res['config']['cheap'][label] = module.cheap.spec
-            if mode in CACHE_MODES:
-                for i in tqdm(range(n), desc=f'S={S} {mode}', mininterval=5):
-                    r = module.process(imgs[i], keyframe=(i % S == 0))
-                    cm_all.update(r.labels, gts[i])
-                    if not r.is_keyframe:
-                        cm_prop.update(r.labels, gts[i])
-                        cm_net.update(r.labels, pf_labels[i])
-                        costs.append(r.timings['total'])
-                        frame_costs.append(r.timings['total'])
-            else:
-                prop = TemporalPropagator(refiner=module)
-                for i in tqdm(range(n), desc=f'S={S} {mode}', mininterval=5):
-                    if i % S == 0:
-                        prop.set_keyframe(i, sems[i])
-                        out = prop.step(i, None, None, imgs[i] if module is not None else None)
-                    else:
-                        out = prop.step(i, bwd[i], fwd[i], imgs[i] if module is not None else None)
-                        costs.append(out.timings.get('refine', 0.0))
-                        frame_costs.append(res['flow_pair_s'] + sum(out.timings.get(x, 0.0)
-                                                                    for x in ('warp', 'iam', 'refine')))
-                        cm_prop.update(out.labels, gts[i])
-                        cm_net.update(out.labels, pf_labels[i])
-                    cm_all.update(out.labels, gts[i])
+        for label, *_ in entries:
+            cm_all, cm_prop, cm_net = pooled[S][label]
+            costs, frame_costs = inloop[S][label]
             row = _iou_row(cm_all)
             row['miou_propagated'] = cm_prop.miou()
             row['agree_per_frame'] = cm_net.pixel_accuracy()   # propagated frames vs the network's labels
@@ -290,6 +349,7 @@ def run(args) -> dict:
             rows[label] = row
         add_recovered(res['per_frame'], rows)
         res['intervals'][str(S)] = rows
+    # costs: interleaved rounds on the last snippet, with the modules built for it
     costs = measure_costs(model, built, imgs, sems, bwd, fwd, flow, rounds=args.cost_rounds)
     res['costs'] = costs
     for rows in res['intervals'].values():
@@ -319,8 +379,11 @@ def format_table(res: dict) -> str:
     lines = [f"Temporal modules on {c['seq']} ({c['frames']} frames, {c['size'][0]}x{c['size'][1]}, "
              f"keyframe network {c['model']} {1000 * res['keyframe_network_s']:.0f} ms/frame, "
              f"{c['threads']} thread(s)); mIoU vs pseudo labels"
-             + ''.join(f'; {m} cheap network {spec}' for m, spec in c.get('cheap', {}).items()),
+             + ''.join(f'; {m} cheap network {spec}' for m, spec in c.get('cheap', {}).items())
+             + (f"; GRFP class gate on: {', '.join(c['gated'])}" if c.get('gated') else ''),
              f"{'method':<20}{'mIoU':>7}{'mIoU-gt':>8}{'mIoU-prop':>10}{'recovered':>10}{'rec-gt':>8}{'cost/kf':>9}{'frame/kf':>9}{'agree-net':>10}"]
+    for label, seen in (c.get('seen') or {}).items():
+        lines.insert(1, f"WARNING: {label} was trained on {', '.join(seen)}: evaluated there on its own training data")
     lines.append(f"{'per-frame':<20}{_p(res['per_frame']['miou'])}{_p(res['per_frame']['miou_gt']):>8}{'':>10}{'':>10}{'':>8}{'1.000':>9}{'1.000':>9}{'100.0':>10}")
     for S, rows in res['intervals'].items():
         for mode, r in rows.items():
@@ -341,7 +404,10 @@ def format_table(res: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='temporal_bench', description=__doc__.splitlines()[0])
-    p.add_argument('--seq', default='seq0003')
+    p.add_argument('--seqs', '--seq', dest='seqs', nargs='+', default=['seq0003'],
+                   help='held-out snippet(s); with several, the table pools them and "{seq}" in weights '
+                        'paths (--weights-dir, --variants) names each one\'s weights (cross-validation: '
+                        'train one run per held-out snippet, see BENCHMARKS.md section 7)')
     p.add_argument('--size', default='512x256', help='working size WxH (= keyframe network input)')
     p.add_argument('--model', default='auto', help='keyframe network (auto: s2.0 at the size)')
     p.add_argument('--frames', type=int, default=30)
@@ -352,6 +418,10 @@ def main(argv=None) -> int:
     p.add_argument('--variants', nargs='+', default=None, metavar='LABEL=MODE:WEIGHTS',
                    help='extra rows: a learned mode with other weights (e.g. grfp-b=grfp:runs/x/grfp.pt)')
     p.add_argument('--device', default='cpu', help='cpu or cuda (network and modules)')
+    p.add_argument('--backend', default='auto',
+                   help='keyframe network backend (auto: the fastest exact one, onnxruntime on the CPU, as '
+                        'deployed); the cheap networks of GRFP/DAVSS use the same auto choice; caching splits '
+                        'the torch network')
     p.add_argument('--cost-rounds', type=int, default=7, help='interleaved timing rounds')
     p.add_argument('--threads', type=int, default=1, help='torch threads (0 = leave as is)')
     p.add_argument('--shared', default=None)

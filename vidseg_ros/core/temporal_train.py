@@ -315,6 +315,19 @@ def evaluate(mode, net, data, idx, dev, batch=16, steps: int | None = None) -> d
 
 
 # ------------------------------------------------------------------------------------------ training
+def net_config(args, num_classes: int) -> dict:
+    """Constructor kwargs of the network to train (stored with the weights)."""
+    cfg = {'num_classes': int(num_classes)}
+    if args.mode == 'grfp':
+        if int(getattr(args, 'stgru_kernel', 3)) != 3:
+            cfg['kernel'] = int(args.stgru_kernel)
+        if getattr(args, 'gate_classes', False):
+            cfg['gate_classes'] = True
+        if getattr(args, 'stgru_separable', False):
+            cfg['separable'] = True
+    return cfg
+
+
 def train(args) -> Path:
     from tqdm import tqdm
 
@@ -345,7 +358,8 @@ def train(args) -> Path:
     print(f'[temporal] mode {args.mode}: {n} training {"sequences" if args.mode == "grfp" else "samples"} '
           f'at {size[0]}x{size[1]} (teacher {teacher}{", cheap network " + cheap if cheap else ""}, '
           f'data {prep_s:.0f} s), device {dev}', flush=True)
-    net = build_net(args.mode, {'num_classes': int(data['teacher'].shape[1])}).to(dev).train()
+    net_cfg = net_config(args, int(data['teacher'].shape[1]))
+    net = build_net(args.mode, net_cfg).to(dev).train()
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     ckdir = Path(args.ckpt_dir) / args.mode
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -356,12 +370,14 @@ def train(args) -> Path:
         try:
             if ck.get('size') != list(size) or ck.get('teacher') != teacher or ck.get('cheap') != cheap:
                 raise ValueError('other size/teacher/cheap network')
+            if ck.get('config', {'num_classes': net_cfg['num_classes']}) != net_cfg:
+                raise ValueError('other network configuration')
             net.load_state_dict(ck['net'])
             opt.load_state_dict(ck['opt'])
             start = int(ck['iter'])
             print(f'[temporal] resumed from {last} at iteration {start}', flush=True)
         except (ValueError, RuntimeError, KeyError) as e:
-            net = build_net(args.mode, {'num_classes': int(data['teacher'].shape[1])}).to(dev).train()
+            net = build_net(args.mode, net_cfg).to(dev).train()
             opt = torch.optim.Adam(net.parameters(), lr=args.lr)
             print(f'[temporal] checkpoint {last} does not fit ({str(e).splitlines()[0][:80]}): '
                   'starting afresh', flush=True)
@@ -398,7 +414,7 @@ def train(args) -> Path:
         stop = args.time_budget and time.time() - t0 > 1.1 * args.time_budget
         if it % args.ckpt_every == 0 or it >= total or stop:
             torch.save({'net': net.state_dict(), 'opt': opt.state_dict(), 'iter': it,
-                        'size': list(size), 'teacher': teacher, 'cheap': cheap}, last)
+                        'size': list(size), 'teacher': teacher, 'cheap': cheap, 'config': net_cfg}, last)
         if stop:
             print(f'\n[temporal] --time-budget {args.time_budget}s reached at iteration {it}', flush=True)
             break
@@ -414,7 +430,7 @@ def train(args) -> Path:
             'probe_loss_after': round(after['loss'], 5), 'loss_history': hist[-40:],
             'probe_agree': after.get('agree'), 'probe_agree_warp': after.get('agree_warp'),
             'params': int(sum(p.numel() for p in net.parameters())),
-            'cheap': cheap, 'command': getattr(args, 'command', None),
+            'cheap': cheap, 'command': getattr(args, 'command', None), 'net_config': net_cfg,
             'grfp_steps': min(args.grfp_steps, args.max_dist) if args.mode == 'grfp' else None}
     path = save_net(net, args.mode, out / f'{args.mode}.pt', meta)
     write_card(out / 'TEMPORAL.md', args.mode, meta)
@@ -423,6 +439,7 @@ def train(args) -> Path:
     return path
 
 
+ALL_SEQS = ('seq0000', 'seq0001', 'seq0002', 'seq0003')   # the cityscapes_seq snippets
 CARD_HEAD = ('# Temporal modules (issue 4)\n\nWritten by `vidseg train temporal`; one section per mode '
              '(replaced when the mode is retrained). Accuracy: see `python -m vidseg_ros.core.temporal_bench`.\n')
 
@@ -436,9 +453,11 @@ def write_card(path: Path, mode: str, meta: dict) -> None:
     text = path.read_text() if path.is_file() else CARD_HEAD
     d = meta['data']
     sec = (f'\n## {mode}\n\n'
-           f'- network: {meta["params"]} parameters; weights `{mode}.pt`\n'
+           f'- network: {meta["params"]} parameters; weights `{mode}.pt`'
+           + ''.join(f'; {k} {v}' for k, v in (meta.get('net_config') or {}).items() if k != 'num_classes')
+           + '\n'
            f'- teacher: `{meta["teacher"]}` at {meta["size"][0]}x{meta["size"][1]} (working size); '
-           f'data: {d["frames"]} frames of {", ".join(d["sequences"])} (seq0003 held out), '
+           f'data: {d["frames"]} frames of {", ".join(d["sequences"])} (held out: {", ".join(x for x in ALL_SEQS if x not in d["sequences"]) or "none"}), '
            f'{meta["samples"]} {_unit(mode, meta)}, '
            f'keyframe distance 1..{meta["max_dist"]}'
            f'{", sparse labels every %d frames" % SPARSE_EVERY if meta["sparse_labels"] else ""}'
@@ -471,6 +490,13 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--max-dist', type=int, default=5, help='max keyframe distance of the samples')
     p.add_argument('--grfp-steps', type=int, default=4,
                    help='grfp: recurrent steps per training sequence (<= --max-dist; S=5 propagates 1..4)')
+    p.add_argument('--stgru-kernel', type=int, default=3, choices=(1, 3, 5),
+                   help='grfp: kernel of the STGRU candidate convolutions (1 = about 9x cheaper than 3)')
+    p.add_argument('--gate-classes', action='store_true',
+                   help="grfp: restrict the cheap estimate to the classes of the warped state "
+                        "(grfp.gate_to_state); recorded in the weights")
+    p.add_argument('--stgru-separable', action='store_true',
+                   help='grfp: depthwise-separable STGRU convolutions (about 1/3 of the STGRU time)')
     p.add_argument('--seqs', nargs='+', default=list(TRAIN_SEQS), help='cityscapes_seq snippets to train on')
     p.add_argument('--udacity-frames', type=int, default=60)
     p.add_argument('--cheap', default=DEFAULT_CHEAP,
@@ -501,8 +527,11 @@ def cli_main(argv=None) -> int:
         parse_cheap(args.cheap)
     if args.grfp_steps < 1:
         raise ConfigError('--grfp-steps must be >= 1')
+    if args.mode != 'grfp' and (args.stgru_kernel != 3 or args.gate_classes or args.stgru_separable):
+        raise ConfigError('--stgru-kernel, --stgru-separable and --gate-classes apply to --mode grfp only')
     if 'seq0003' in args.seqs:
-        print('[temporal] warning: seq0003 is the evaluation snippet of temporal_bench', flush=True)
+        print('[temporal] note: seq0003 is the default held-out snippet of temporal_bench (fine for a '
+              'cross-validation fold that holds out another one)', flush=True)
     train(args)
     return 0
 
