@@ -229,6 +229,12 @@ def test_cheap_pass_output(shared):
     assert p.shape == (K, HP, WP) and p.dtype == np.float32
     np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-4)
     assert CheapPass.load('espnetv2_s0.5_512x256').spec == 'espnetv2_s0.5_512x256@512x256'
+    # the same values as the network's segmentation probabilities, resized to the grid
+    import cv2
+    img = _image(_rng(9), 256, 128)
+    ref = cp.model.segment(cv2.resize(img, (128, 64), interpolation=cv2.INTER_AREA)).probs
+    ref = cv2.resize(np.ascontiguousarray(ref.transpose(1, 2, 0)), (WP, HP), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(cp(img, (WP, HP)), ref.transpose(2, 0, 1), atol=1e-6)
 
 
 def test_apply_refinement_region():

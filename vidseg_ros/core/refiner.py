@@ -255,7 +255,12 @@ class CheapPass:
         return cls(model, f'{name}@{w}x{h}')
 
     def __call__(self, image: np.ndarray, size_wh) -> np.ndarray:
-        p = np.asarray(self.model.segment(resize_image(image, self.input_size)).probs, np.float32)
+        """Softmax of the network at its input size, resized (bilinear) to ``size_wh``: the same as
+        ``model.segment(...).probs`` resized, without the labels the segmentation also computes."""
+        m = self.model
+        t = m._infer(m.preprocess(resize_image(image, self.input_size)))[0]
+        with torch.inference_mode():
+            p = torch.softmax(t, 0).numpy()
         w, h = int(size_wh[0]), int(size_wh[1])
         if p.shape[1:] != (h, w):
             p = np.ascontiguousarray(cv2.resize(np.ascontiguousarray(p.transpose(1, 2, 0)), (w, h),
