@@ -303,6 +303,28 @@ def test_bench_on_tiny_synthetic_snippets(tmp_path):
     assert '| warp_s5 |' in (tmp_path / 'b' / 'bench.md').read_text()
 
 
+def test_bench_flow_params(tmp_path):
+    """`vidseg bench --flow-param`: explicit DIS parameters reach the flow estimator and the JSON;
+    malformed or unknown ones are refused with a clear error."""
+    from vidseg_ros.core.bench import parse_flow_params, run_bench
+    from vidseg_ros.core.errors import ConfigError
+    assert parse_flow_params(['use_mean_normalization=false', 'variational_refinement_iterations=2',
+                              'alpha=2.0']) == {'use_mean_normalization': False,
+                                                'variational_refinement_iterations': 2, 'alpha': 2.0}
+    assert parse_flow_params(None) == {}
+    for bad in (['alpha'], ['=2'], ['alpha=fast']):
+        with pytest.raises(ConfigError, match='--flow-param'):
+            parse_flow_params(bad)
+    data = _bench_snippets(tmp_path / 'seqdata', seqs=('seqA',), frames=4)
+    res = run_bench(model=ColourNet(), data=data, frames=4, scale=2, out=tmp_path / 'b', progress=False,
+                    refine=False, flow_params={'variational_refinement_iterations': 2, 'alpha': 2.0})
+    assert res['flow']['params'] == {'variational_refinement_iterations': 2, 'alpha': 2.0}
+    assert res['flow']['variational_refinement_iterations'] == 2
+    with pytest.raises(ConfigError, match='unknown DIS parameter'):
+        run_bench(model=ColourNet(), data=data, frames=4, out=tmp_path / 'c', progress=False,
+                  flow_params={'magic': 1})
+
+
 @pytest.mark.shared
 def test_bench_iam_rows_with_a_learned_refiner(shared, tmp_path):
     """`vidseg bench --refiner refiner`: the warp_iam rows run the packaged EVS refiner (its cost is

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--frames', type=int, default=30, help='frames per snippet (default 30)')
     p.add_argument('--scale', type=int, default=2, help='working-resolution downscale D (default 2)')
     p.add_argument('--flow-preset', default='ultrafast', choices=('ultrafast', 'fast', 'medium'))
+    p.add_argument('--flow-param', nargs='+', default=None, metavar='KEY=VALUE',
+                   help='explicit DIS parameters over the preset, e.g. use_mean_normalization=0 '
+                        'variational_refinement_iterations=2 alpha=2 (names: flow.FlowEstimator)')
     p.add_argument('--adaptive-threshold', type=float, default=0.1,
                    help='IAM inconsistent fraction that forces a keyframe in the adaptive row')
     p.add_argument('--backend', default='auto')
@@ -66,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_from_args(args) -> int:
     res = run_bench(model=args.model, weights=args.weights, data=args.data, seqs=args.seqs,
                     frames=args.frames, scale=args.scale, flow_preset=args.flow_preset,
+                    flow_params=parse_flow_params(args.flow_param),
                     adaptive_threshold=args.adaptive_threshold, backend=args.backend, device=args.device,
                     refine=not args.no_refine, refine_factor=args.refine_factor, refiner=args.refiner,
                     out=args.out, progress=not args.quiet)
@@ -75,6 +79,26 @@ def run_from_args(args) -> int:
 
 
 REFINERS = ('lowres', 'refiner', 'grfp', 'davss')
+
+
+def parse_flow_params(items) -> dict:
+    """``['KEY=VALUE', ...]`` -> DIS parameters (numbers; true/false for the use_* switches);
+    ConfigError on a malformed item (unknown names are rejected by FlowEstimator)."""
+    from .errors import ConfigError
+    out = {}
+    for it in items or ():
+        k, sep, v = str(it).partition('=')
+        k, v = k.strip(), v.strip().lower()
+        if not sep or not k or not v:
+            raise ConfigError(f'--flow-param takes KEY=VALUE, got {it!r}')
+        if v in ('true', 'false'):
+            out[k] = v == 'true'
+            continue
+        try:
+            out[k] = float(v) if any(c in v for c in '.e') else int(v)
+        except ValueError:
+            raise ConfigError(f'--flow-param {k}: {v!r} is not a number or true/false') from None
+    return out
 
 
 def _rows(refine: bool, adaptive_threshold: float, scale: int):
@@ -133,7 +157,7 @@ def _load_seq(folder: Path, n: int):
 
 
 def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=30, scale=2,
-              flow_preset='ultrafast', adaptive_threshold=0.1, backend='auto', device='cpu',
+              flow_preset='ultrafast', adaptive_threshold=0.1, backend='auto', device='cpu', flow_params=None,
               refine=True, refine_factor=2, refiner='lowres', out='bench_out', progress=True) -> dict:
     """Run the benchmark (see module docstring); writes bench.json, bench.md and two plots to ``out``.
 
@@ -175,7 +199,7 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
         from .temporal import make_temporal_module
         learned = make_temporal_module(refiner, net, device=device)
     refiner_base = make_low_res_refiner(net, refine_factor) if (refine and learned is None) else None
-    prop_flow = FlowEstimator('dis', preset=flow_preset)
+    prop_flow = FlowEstimator('dis', preset=flow_preset, **(flow_params or {}))
     tc_flow = FlowEstimator('dis', preset='medium')
     rows = _rows(refine, adaptive_threshold, scale)
 

@@ -121,6 +121,8 @@ class FlowEstimator:
                      patch_stride=dis.getPatchStride(),
                      grad_descent_iterations=dis.getGradientDescentIterations(),
                      variational_refinement_iterations=dis.getVariationalRefinementIterations())
+            if self.params:
+                d['params'] = dict(self.params)
         else:
             d.update(self._fb)
         return d
