@@ -117,8 +117,8 @@ def measure_costs(model, modules: dict, imgs, sems, bwd, fwd, flow, rounds: int 
             for m in modules}
 
 
-def _setup(args) -> tuple:
-    """(working size, keyframe network spec, frames, pseudo labels, keyframe model) of a run."""
+def _setup_model(args) -> tuple:
+    """(working size, shared data root, keyframe network spec, keyframe model) of a run."""
     from .models import load_model
     from .temporal_train import default_teacher, parse_size
     torch.manual_seed(0)
@@ -127,9 +127,16 @@ def _setup(args) -> tuple:
     size = parse_size(args.size)
     root = Path(args.shared) if args.shared else shared_dir()
     spec = args.model if args.model != 'auto' else default_teacher(size)
+    return size, root, spec, load_model(spec, backend=getattr(args, 'backend', 'auto'), input_size=size,
+                                        device=args.device)
+
+
+def _setup(args) -> tuple:
+    """(working size, keyframe network spec, frames, pseudo labels, keyframe model) of a run on the
+    first snippet."""
+    size, root, spec, model = _setup_model(args)
     imgs, gts = load_snippet(root, args.seqs[0], size, args.frames)
-    return size, spec, imgs, gts, load_model(spec, backend=getattr(args, 'backend', 'auto'),
-                                             input_size=size, device=args.device)
+    return size, spec, imgs, gts, model
 
 
 def run_cheap(args) -> dict:
@@ -234,16 +241,9 @@ def run(args) -> dict:
     from .models import load_model
     from .propagation import semantics_from_segmentation
     from .temporal import TemporalPropagator, make_temporal_module
-    from .temporal_train import default_teacher, parse_size
 
     entries = table_entries(args)
-    torch.manual_seed(0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    size = parse_size(args.size)
-    root = Path(args.shared) if args.shared else shared_dir()
-    spec = args.model if args.model != 'auto' else default_teacher(size)
-    model = load_model(spec, backend=getattr(args, 'backend', 'auto'), input_size=size, device=args.device)
+    size, root, spec, model = _setup_model(args)
     k = CITYSCAPES.num_classes
     cmap = np.asarray(model.output_to_class, np.uint8)
     flow = FlowEstimator('dis', preset=args.flow_preset)
