@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -97,7 +98,13 @@ def _cached(path: Path, make) -> dict:
             return {k: z[k] for k in z.files}
     data = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **data)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp.npz')   # atomic: parallel runs share the cache
+    try:
+        np.savez(tmp, **data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return data
 
 
