@@ -211,8 +211,9 @@ def iam_blend(mask, p_refined, p_warped) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- cheap pass
 # Cheap current-frame network of GRFP / DAVSS: ``NAME@WxH`` = model spec (registry name, 'default',
 # a file) run at input size WxH; trained weights record theirs. Default for training and untrained
-# modules; measured on the dev CPU (1 thread, torch; BENCHMARKS.md section 7) at 0.17 of the s2.0
-# 512x256 keyframe pass (the packaged GRFP uses espnetv2_s0.5_512x256@224x112, 0.19).
+# modules; measured on the dev CPU (1 thread, both on torch; BENCHMARKS.md section 7.2) at 0.17 of the
+# s2.0 512x256 keyframe pass. The packaged GRFP and DAVSS use espnetv2_s0.5_512x256@256x128 (about 0.18
+# of the keyframe pass with both on onnxruntime; section 7.1).
 DEFAULT_CHEAP = 'espnetv2_s0.5_512x256@192x96'
 
 
