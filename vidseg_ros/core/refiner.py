@@ -258,10 +258,9 @@ class CheapPass:
     def __call__(self, image: np.ndarray, size_wh) -> np.ndarray:
         """Softmax of the network at its input size, resized (bilinear) to ``size_wh``: the same as
         ``model.segment(...).probs`` resized, without the labels the segmentation also computes."""
-        m = self.model
-        t = m._infer(m.preprocess(resize_image(image, self.input_size)))[0]
+        logits = self.model.logits(resize_image(image, self.input_size))
         with torch.inference_mode():
-            p = torch.softmax(t, 0).numpy()
+            p = torch.softmax(torch.from_numpy(logits), 0).numpy()
         w, h = int(size_wh[0]), int(size_wh[1])
         if p.shape[1:] != (h, w):
             p = np.ascontiguousarray(cv2.resize(np.ascontiguousarray(p.transpose(1, 2, 0)), (w, h),
