@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip('rclpy')
 
-from vidseg_ros.ros.testing import REPO, node_env  # noqa: E402
+from vidseg_ros.ros.testing import REPO, node_env, stop_processes  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -18,8 +18,18 @@ N, W, H = 12, 320, 192
 
 
 def _demo(args, timeout=200):
+    """Run vidseg_demo; on timeout it gets SIGINT first, so that it stops the graph it started (its
+    nodes run in sessions of their own: killing the demo alone would leave them running)."""
     cmd = [sys.executable, '-m', 'vidseg_ros.demo'] + [str(a) for a in args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=node_env(), cwd=str(REPO), timeout=timeout)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=node_env(),
+                         cwd=str(REPO), start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_processes([p], grace=30)
+        out, err = p.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def _check_outputs(out, res, stems):
