@@ -108,3 +108,22 @@ def test_freeze_bn_keeps_the_initialisation_batchnorm(tmp_path, shared):
     conv = [k for k in after if k.endswith('.weight') and after[k].ndim == 4]
     assert bn and all(torch.equal(after[k], before[k]) for k in bn)
     assert any(not torch.equal(after[k], before[k]) for k in conv)
+
+
+def test_missing_teacher_weights_is_a_clear_error(tmp_path, shared):
+    with pytest.raises(Exception, match='teacher weights not found: .*nope.pth'):
+        distill.cli_main(['--size', '64x32', '--teacher-size', '128x64', '--iters', '1', '--device', 'cpu',
+                          '--teacher-weights', str(tmp_path / 'nope.pth'), '--out', str(tmp_path),
+                          '--ckpt-dir', str(tmp_path / 'ck')])
+
+
+@pytest.mark.shared
+def test_teacher_weights_option_is_used_and_recorded(tmp_path, shared):
+    import json
+    tw = shared / 'models' / 'espnetv2' / 'espnetv2_s_2.0_city_512x256.pth'
+    out = tmp_path / 'w'
+    rc = distill.cli_main(['--size', '64x32', '--teacher-size', '128x64', '--iters', '1', '--batch', '2',
+                           '--workers', '0', '--max-frames', '1', '--device', 'cpu', '--out', str(out),
+                           '--teacher-weights', str(tw), '--ckpt-dir', str(tmp_path / 'ck'), '--restart'])
+    assert rc == 0
+    assert json.loads((out / 'training.json').read_text())['teacher_weights'] == str(tw)

@@ -688,6 +688,44 @@ def test_manager_kills_stuck_or_hung_node_by_pid(ros_domain):
         _close(mgr)
 
 
+def test_manager_records_and_logs_slow_service_calls(ros_domain):
+    """Every manager service call records how long it waited for the server and for the reply; a slow
+    call and an unanswered one are reported (to find where the time goes when DDS is slow)."""
+    import threading
+    from rclpy.executors import MultiThreadedExecutor
+    from std_srvs.srv import Trigger
+    from vidseg_ros.ros.manager import LifecycleManager
+    mgr = _node(LifecycleManager, {'node_names': ['keyframe_node'], 'autostart': False})
+    delay = [0.6]
+
+    def slow(_req, res):
+        time.sleep(delay[0])
+        res.success = True
+        return res
+
+    srv = mgr.create_service(Trigger, '/slow_test_srv', slow)
+    cli = mgr.create_client(Trigger, '/slow_test_srv')
+    ex = MultiThreadedExecutor(num_threads=3, context=mgr._test_ctx)
+    ex.add_node(mgr)
+    th = threading.Thread(target=ex.spin, daemon=True)
+    th.start()
+    try:
+        mgr.SLOW_CALL_S = 0.3
+        res = mgr._call(cli, Trigger.Request(), 10.0)
+        assert res is not None and res.success
+        name, wait_server, wait_reply, answered = mgr.call_times[-1]
+        assert name == '/slow_test_srv' and answered and 0.5 < wait_reply < 9.0 and wait_server >= 0
+        delay[0] = 1.5
+        assert mgr._call(cli, Trigger.Request(), 0.3) is None
+        assert mgr.call_times[-1][0] == '/slow_test_srv' and not mgr.call_times[-1][3]
+        missing = mgr.create_client(Trigger, '/no_such_srv')
+        assert mgr._call(missing, Trigger.Request(), 0.2) is None
+    finally:
+        ex.shutdown(timeout_sec=3.0)
+        mgr.destroy_service(srv)
+        _close(mgr)
+
+
 def test_propagation_node_reorders_pending_frames(ros_domain):
     """Frames arriving out of order within the join window are stepped in stamp order (regression: the
     join used to step them in arrival order -> 'frame ids must increase' errors under load)."""

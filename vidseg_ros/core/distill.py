@@ -3,7 +3,9 @@
 Recipe (see vidseg_ros/weights/MODEL_CARD.md for the numbers of the committed model):
 - student: ESPNetv2 at width ``--width`` (default 0.5), initialised from the published s0.5
   Cityscapes checkpoint when it exists (``--init``), 20 outputs like the teacher;
-- teacher: ESPNetv2 s2.0 1024x512 (``--teacher``), frozen, run on the same augmented crop;
+- teacher: ESPNetv2 s2.0, frozen, run on the same augmented crop at ``--teacher-size``; its weights
+  are the published 1024x512 Cityscapes checkpoint unless ``--teacher-weights`` names another s2.0
+  state dict (e.g. the 512x256 one, the keyframe network of the temporal benchmark);
 - data: every real frame in ``<shared>/data`` except CamVid test (kept unseen for evaluation) and
   the Cityscapes snippets named by ``--holdout`` (kept for a held-out check): Cityscapes sequence
   frames, CamVid train (+ its human labels mapped to Cityscapes train ids where a class maps
@@ -203,7 +205,9 @@ def train(args) -> Path:
     np.random.seed(args.seed)
     dev = torch.device(args.device)
     root = Path(args.shared) if args.shared else shared_dir()
-    teacher_w = root / 'models' / 'espnetv2' / 'espnetv2_s_2.0_city_1024x512.pth'
+    tw = getattr(args, 'teacher_weights', 'auto') or 'auto'
+    teacher_w = (root / 'models' / 'espnetv2' / 'espnetv2_s_2.0_city_1024x512.pth') if tw == 'auto' \
+        else Path(tw)
     if not teacher_w.is_file():
         raise InputError(f'teacher weights not found: {teacher_w}')
     init = args.init
@@ -310,6 +314,7 @@ def train(args) -> Path:
     (out / 'training.json').write_text(json.dumps({
         'recipe': {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                    if k != 'func'},
+        'teacher_weights': str(teacher_w),
         'frames': len(items), 'frames_with_human_labels': n_h,
         'sources': sorted({s for _, _, s in items}),
         'init': init, 'iterations': it, 'train_seconds': round(time.time() - t0, 1), 'loss_history': hist},
@@ -326,6 +331,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--size', default='512x256',
                    help='student input size WxH (multiples of 16); also its deployed input size')
     p.add_argument('--teacher-size', default='1024x512', help='teacher input size WxH')
+    p.add_argument('--teacher-weights', default='auto',
+                   help='ESPNetv2 s2.0 state dict of the teacher (auto: the published 1024x512 checkpoint)')
     p.add_argument('--iters', type=int, default=2000)
     p.add_argument('--batch', type=int, default=8)
     p.add_argument('--lr', type=float, default=2e-4)

@@ -99,6 +99,8 @@ class LifecycleManager(ParamsMixin, Node):
         self._lock = threading.RLock()
         self._ops = threading.Lock()  # one transition sequence at a time
         self._stopping = False
+        from collections import deque
+        self.call_times = deque(maxlen=200)   # (service, s waiting for the server, s for the reply, answered)
         self.schedule_spec = None
         self.diag_pub = self.create_publisher(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, reliable_qos(10))
         self.status_pub = self.create_publisher(String, graph.SCHEDULE_STATUS_TOPIC, latched_qos())
@@ -116,16 +118,32 @@ class LifecycleManager(ParamsMixin, Node):
             threading.Thread(target=self._autostart, daemon=True).start()
 
     # ------------------------------------------------------------------ service calls
+    SLOW_CALL_S = 2.0   # a service call slower than this is logged with where its time went
+
     def _call(self, client, request, timeout):
-        """Blocking service call from a non-executor thread (None on timeout / unavailable)."""
+        """Blocking service call from a non-executor thread (None on timeout / unavailable).
+        A slow or unanswered call is logged with the time spent waiting for the server to appear
+        and for its reply (DDS service replies are occasionally very slow on a loaded machine)."""
+        t0 = time.monotonic()
         if not client.wait_for_service(timeout_sec=min(timeout, 5.0)):
+            self.get_logger().warning(f'{client.srv_name}: service not available after '
+                                      f'{time.monotonic() - t0:.1f}s')
             return None
+        t1 = time.monotonic()
         fut = client.call_async(request)
         ev = threading.Event()
         fut.add_done_callback(lambda _f: ev.set())
-        if not ev.wait(timeout):
+        answered = ev.wait(timeout)
+        t2 = time.monotonic()
+        self.call_times.append((client.srv_name, t1 - t0, t2 - t1, answered))
+        if not answered:
             client.remove_pending_request(fut)
+            self.get_logger().warning(f'{client.srv_name}: no reply within {timeout:.1f}s '
+                                      f'(server found after {t1 - t0:.2f}s)')
             return None
+        if t2 - t0 > self.SLOW_CALL_S:
+            self.get_logger().warning(f'{client.srv_name}: slow service call, {t2 - t0:.2f}s '
+                                      f'({t1 - t0:.2f}s waiting for the server, {t2 - t1:.2f}s for the reply)')
         return fut.result()
 
     def _transition(self, m: _Managed, transition_id: int) -> bool:
