@@ -127,3 +127,43 @@ def test_teacher_weights_option_is_used_and_recorded(tmp_path, shared):
                            '--teacher-weights', str(tw), '--ckpt-dir', str(tmp_path / 'ck'), '--restart'])
     assert rc == 0
     assert json.loads((out / 'training.json').read_text())['teacher_weights'] == str(tw)
+
+
+def test_center_crop_aspect():
+    img = np.arange(360 * 480).reshape(360, 480)
+    c = distill.center_crop_aspect(img, 2.0)
+    assert c.shape == (240, 480) and c[0, 0] == img[60, 0]
+    c = distill.center_crop_aspect(np.zeros((540, 1200)), 2.0)
+    assert c.shape == (540, 1080)
+    assert distill.center_crop_aspect(img[:240], 2.0).shape == (240, 480)
+
+
+def test_full_frame_dataset_flips_image_target_and_label_together():
+    rng = np.random.default_rng(0)
+    items = [(rng.integers(0, 255, (60, 160, 3), np.uint8), rng.integers(0, 19, (60, 160), np.uint8), 'a')]
+    views = distill.full_frame_views(items, (32, 16), (64, 32))
+    assert views[0][0].shape == (16, 32, 3) and views[0][1].shape == (32, 64, 3) and views[0][2].shape == (16, 32)
+    logits = torch.randn(1, 20, 16, 32).half()
+    ds = distill.FullFrameDataset(views, logits, length=40, seed=1)
+    flips = 0
+    for i in range(40):
+        img, tl, lab = ds[i]
+        assert img.shape == (3, 16, 32) and tl.shape == (20, 16, 32) and lab.shape == (16, 32)
+        flipped = torch.equal(tl, logits[0].float().flip(-1))
+        assert flipped or torch.equal(tl, logits[0].float())
+        want = views[0][2][:, ::-1] if flipped else views[0][2]
+        assert (lab.numpy() == want).all()
+        flips += flipped
+    assert 5 < flips < 35
+
+
+@pytest.mark.shared
+def test_full_frames_training_writes_a_loadable_model(tmp_path, shared):
+    from vidseg_ros.core.models import load_model
+    out = tmp_path / 'w'
+    rc = distill.cli_main(['--size', '64x32', '--teacher-size', '128x64', '--iters', '2', '--batch', '2',
+                           '--workers', '0', '--max-frames', '2', '--device', 'cpu', '--out', str(out),
+                           '--full-frames', '--ckpt-dir', str(tmp_path / 'ck'), '--restart'])
+    assert rc == 0
+    m = load_model(str(out / 'default.yaml'), backend='torch')
+    assert m.input_size == (64, 32)
