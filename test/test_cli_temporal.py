@@ -7,7 +7,7 @@ import pytest
 from vidseg_ros import cli
 
 
-@pytest.mark.parametrize('mode', ['refiner', 'grfp', 'davss', 'cache2'])
+@pytest.mark.parametrize('mode', ['refiner', 'grfp', 'davss', 'cache2', 'region'])
 def test_run_with_temporal_mode(tmp_path, shared, mode):
     src = tmp_path / 'frames'
     src.mkdir()

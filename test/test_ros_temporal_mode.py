@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(150)]
 W, H = 128, 64
 
 
-@pytest.mark.parametrize('mode', ['grfp', 'refiner'])
+@pytest.mark.parametrize('mode', ['grfp', 'refiner', 'region'])
 def test_learned_temporal_mode_in_the_propagation_node(ros_domain, shared, tmp_path, mode):
     from lifecycle_msgs.msg import Transition
     from sensor_msgs.msg import Image

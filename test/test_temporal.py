@@ -368,7 +368,7 @@ def test_all_modes_run_in_propagator(shared):
     model = load_model('espnetv2_s0.5_512x256', backend='torch', input_size=size)
     sem0 = semantics_from_segmentation(model.segment(imgs[0]), model.output_to_class, size)
     flow = FlowEstimator('dis', preset='ultrafast')
-    for mode in ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2'):
+    for mode in ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region'):
         mod = make_temporal_module(mode, model, schedule=5)
         if mode.startswith('cache'):
             outs = [mod.process(im) for im in imgs]
@@ -476,7 +476,10 @@ def test_bench_table_entries():
                                 ('cache1', 'cache1', None, {}), ('g2', 'grfp', Path('x/g.pt'), {}),
                                 ('g3', 'grfp', Path('x/g.pt'), {'gate_classes': True}),
                                 ('g4', 'grfp', Path('x/g.pt'), {'gate_classes': False})]
-    for bad in (['g2=cache1:x.pt'], ['g2=grfp'], ['grfp=grfp:x.pt'], ['=grfp:x.pt'], ['g2=davss+gate:x.pt']):
+    r = table_entries(Namespace(modes=['region'], weights_dir='w', variants=['r3=region@0.3']))
+    assert r == [('region', 'region', None, {}), ('r3', 'region', None, {'tile_area': 0.3})]
+    for bad in (['g2=cache1:x.pt'], ['g2=grfp'], ['grfp=grfp:x.pt'], ['=grfp:x.pt'], ['g2=davss+gate:x.pt'],
+                ['r=region@0'], ['r=region@abc'], ['r=region@1.5'], ['warp=region@0.3']):
         with pytest.raises(ConfigError, match='--variants'):
             table_entries(Namespace(modes=['warp', 'grfp'], weights_dir=None, variants=bad))
     with pytest.raises(ConfigError, match='unknown mode'):

@@ -83,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--no-warp', action='store_true', help='hold labels between keyframes (W off)')
     r.add_argument('--refine', action='store_true', help='refine IAM-flagged regions (R on, low-res network)')
     r.add_argument('--temporal-mode', default=None,
-                   choices=('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2'),
+                   choices=('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region'),
                    help='propagation mode (issue 4): plain warp, the low-res stand-in, the learned EVS '
-                        'refiner / GRFP STGRU / DAVSS correction (packaged weights), or keyframe '
-                        'feature caching of 1 or 2 levels (ESPNetv2, torch backend)')
+                        'refiner / GRFP STGRU / DAVSS correction (packaged weights), keyframe '
+                        'feature caching of 1 or 2 levels (ESPNetv2, torch backend), or region refresh '
+                        '(the keyframe network on the worst tile of each propagated frame)')
     r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
     r.add_argument('--schedule', default=None,
                    help="fixed | adaptive | budget, or a spec like 'adaptive:max_interval=10'")

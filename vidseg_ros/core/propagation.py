@@ -82,11 +82,14 @@ def _resize_planes(planes: np.ndarray, size_wh, interpolation) -> np.ndarray:
 
 @dataclass
 class Semantics:
-    """Labels at working resolution + quantised class probabilities at ``PROB_FACTOR`` x lower."""
+    """Labels at working resolution + quantised class probabilities at ``PROB_FACTOR`` x lower.
+    ``age`` (region refresh only, ``region.RegionRefresher``): frames since each pixel was last
+    segmented by the network; None = all fresh (a keyframe). Local state: never sent on a topic."""
 
     labels: np.ndarray
     probs: Optional[np.ndarray] = None
     class_map: Optional[np.ndarray] = None
+    age: Optional[np.ndarray] = None
 
     def __post_init__(self):
         lab = np.asarray(self.labels)
@@ -114,7 +117,8 @@ class Semantics:
 
     def copy(self) -> 'Semantics':
         return Semantics(self.labels.copy(), None if self.probs is None else self.probs.copy(),
-                         None if self.class_map is None else self.class_map.copy())
+                         None if self.class_map is None else self.class_map.copy(),
+                         None if self.age is None else self.age.copy())
 
     def probs_labels(self) -> Optional[np.ndarray]:
         """Class ids of the argmax plane at probability resolution (None without probs)."""

@@ -10,6 +10,8 @@
 'davss'        ``davss.DAVSSRefiner``: learned distortion map, correction only there
 'cache1'       ``caching.FeatureCachingSegmenter(levels=1)``: reuse level4 of the keyframe
 'cache2'       ``caching.FeatureCachingSegmenter(levels=2)``: reuse level3 + level4
+'region'       ``region.RegionRefresher``: the keyframe network on the one tile the IAM and the
+               labels' age say is worst (not a seed module; after EVS's IAM and DVSNet)
 =============  ================================================================================
 
 How to call them:
@@ -20,7 +22,8 @@ How to call them:
   :class:`TemporalPropagator`, a Propagator subclass with the same protocol that (a) hands GRFP /
   DAVSS the previous image and the backward flow, (b) lets each module do its own blend (the
   refiner: IAM, eq. 4; GRFP: none, the STGRU output is the new state; DAVSS: its distortion map) and
-  (c) calls the module even where the IAM flags nothing. ``attach(segmenter, module)`` installs it
+  (c) calls the module even where the IAM flags nothing. 'region' also runs in the
+  TemporalPropagator (its ``refresh`` returns the whole new state). ``attach(segmenter, module)`` installs it
   in a ``pipeline.VideoSegmenter``; the ROS propagation node can construct a TemporalPropagator in
   place of the Propagator (same constructor arguments).
 * 'cache1'/'cache2' need the network split: they replace keyframe network + Propagator with
@@ -46,7 +49,7 @@ from .propagation import Propagator, Semantics, _resize_planes, quantize_probs
 
 log = logging.getLogger(__name__)
 
-MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2')
+MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region')
 LEARNED = ('refiner', 'grfp', 'davss')
 
 
@@ -105,7 +108,7 @@ def save_net(net, mode: str, path, meta: dict | None = None) -> Path:
 
 def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', schedule=5,
                          cheap: str | None = None, cheap_factor: int | None = None, flow=None,
-                         gate_classes: bool | None = None):
+                         gate_classes: bool | None = None, tile_area: float | None = None):
     """Object implementing ``mode`` (see module docstring). ``model``: the keyframe KeyframeModel
     (its class planes; 'iam-lowres' runs it at 1/``cheap_factor`` (default 4) of its input size;
     caching splits it). GRFP/DAVSS run their own cheap network ``NAME@WxH``
@@ -113,9 +116,12 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     match it (ModelError otherwise); untrained networks use ``cheap`` or ``refiner.DEFAULT_CHEAP``.
     ``schedule``: keyframe interval / Schedule for the caching modes. ``gate_classes`` (GRFP only):
     switch the STGRU's class gate (``grfp.gate_to_state``) on/off regardless of what the weights
-    say (None: as trained/packaged)."""
+    say (None: as trained/packaged). ``tile_area`` (region only): the refreshed tile's share of the
+    frame (default ``region.RegionRefresher``'s)."""
     if gate_classes is not None and mode != 'grfp':
         raise ConfigError(f'gate_classes applies to mode grfp only, not {mode!r}')
+    if tile_area is not None and mode != 'region':
+        raise ConfigError(f'tile_area applies to mode region only, not {mode!r}')
     if mode not in MODES:
         raise ConfigError(f'unknown temporal mode {mode!r} (known: {", ".join(MODES)})')
     k = int(getattr(model, 'num_outputs', 20))
@@ -124,6 +130,9 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     if mode == 'iam-lowres':
         from .pipeline import make_low_res_refiner
         return make_low_res_refiner(model, cheap_factor or 4)
+    if mode == 'region':
+        from .region import RegionRefresher
+        return RegionRefresher(model, device=device, **({} if tile_area is None else {'tile_area': tile_area}))
     if mode in ('cache1', 'cache2'):
         from .caching import FeatureCachingSegmenter
         return FeatureCachingSegmenter(model, levels=int(mode[-1]), schedule=schedule, flow=flow)
@@ -177,12 +186,14 @@ class TemporalPropagator(Propagator):
     Modules with a ``refine(image, warped, mask, prev_image=, flow_bwd=) -> (probs, region)``
     method are called on every propagated frame (given image and probabilities); their probs become
     the state (re-quantised) and labels are re-derived (argmax of the upsampled probs) where
-    ``region`` > 0.5. Other refiners (e.g. LowResNetworkRefiner) behave as in the Propagator.
+    ``region`` > 0.5. Modules with a ``refresh(image, warped, mask, prev=) -> Semantics`` method
+    (region refresh) return the new state themselves. Other refiners (e.g. LowResNetworkRefiner)
+    behave as in the Propagator.
     """
 
     def _advance(self, sem, e):
         ref = self.refiner
-        if ref is None or not hasattr(ref, 'refine'):
+        if ref is None or not (hasattr(ref, 'refine') or hasattr(ref, 'refresh')):
             return super()._advance(sem, e)
         self.refiner = None
         try:
@@ -200,8 +211,11 @@ class TemporalPropagator(Propagator):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         if prev_image is not None and prev_image.shape[:2] != (h, w):
             prev_image = cv2.resize(prev_image, (w, h), interpolation=cv2.INTER_AREA)
-        probs, region = ref.refine(image, new, mask, prev_image=prev_image, flow_bwd=e.flow_bwd)
-        new = apply_refinement(new, probs, region)
+        if hasattr(ref, 'refresh'):   # region refresh: the whole new state (labels, probs, age)
+            new = ref.refresh(image, new, mask, prev=sem, flow_bwd=e.flow_bwd)
+        else:
+            probs, region = ref.refine(image, new, mask, prev_image=prev_image, flow_bwd=e.flow_bwd)
+            new = apply_refinement(new, probs, region)
         self.stats['refined_frames'] += 1
         self.last_timings['refine'] = time.perf_counter() - t0
         return new, mask, frac, deg

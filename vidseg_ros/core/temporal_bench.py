@@ -5,6 +5,7 @@ temporal module at keyframe intervals S (default 2 and 5) on a held-out Cityscap
     python -m vidseg_ros.core.temporal_bench --cheap-candidates espnetv2_s0.5_512x256@192x96 ...
         (cost and accuracy of candidate cheap current-frame networks of GRFP/DAVSS, ``run_cheap``)
     ... --variants grfp-b=grfp:runs/x/grfp.pt   (extra rows: a learned mode with other weights)
+    ... --variants r30=region@0.30               (region refresh with a tile of 30 % of the frame)
 
 Ground truth: the snippet's pseudo labels (Cityscapes label ids -> train ids), resized (nearest) to
 the working size, where everything is evaluated. The keyframe network runs (``--backend``, default the
@@ -34,7 +35,7 @@ from .classes import CITYSCAPES, labelid_to_trainid
 from .errors import ConfigError, InputError
 from .paths import shared_dir
 
-PROP_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss')
+PROP_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
 CACHE_MODES = ('cache1', 'cache2')
 
 
@@ -102,7 +103,9 @@ def measure_costs(model, modules: dict, imgs, sems, bwd, fwd, flow, rounds: int 
                 dt = time.perf_counter() - t0
             else:
                 t0 = time.perf_counter()
-                if hasattr(mod, 'refine'):
+                if hasattr(mod, 'refresh'):
+                    mod.refresh(image, warped, mask, prev=sems[t - 1], flow_bwd=bwd[t])
+                elif hasattr(mod, 'refine'):
                     mod.refine(image, warped, mask, prev_image=prev, flow_bwd=bwd[t])
                 else:
                     mod(image, warped, mask)
@@ -198,7 +201,8 @@ def format_cheap(res: dict) -> str:
 def table_entries(args) -> list:
     """(row label, mode, weights path or None, options) of every table row: ``--modes`` (weights
     from ``--weights-dir`` or the packaged ones), then each ``--variants LABEL=MODE:WEIGHTS``
-    (MODE 'grfp+gate' / 'grfp-gate': GRFP with its class gate forced on / off)."""
+    (MODE 'grfp+gate' / 'grfp-gate': GRFP with its class gate forced on / off), or
+    ``LABEL=region@AREA`` (region refresh with a tile of AREA of the frame, no weights)."""
     out = []
     for m in args.modes:
         if m not in PROP_MODES + CACHE_MODES:
@@ -209,11 +213,22 @@ def table_entries(args) -> list:
         label, _, rest = v.partition('=')
         mode, _, path = rest.partition(':')
         opts = {}
+        if mode.startswith('region@') and label and not path:   # region refresh with a tile area
+            try:
+                area = float(mode.partition('@')[2])
+            except ValueError:
+                area = -1.0
+            if not 0.0 < area <= 1.0:
+                raise ConfigError(f'--variants {v!r}: region@AREA needs an area in (0, 1]')
+            if label in [e[0] for e in out]:
+                raise ConfigError(f'--variants label {label!r} is used twice or names a mode')
+            out.append((label, 'region', None, {'tile_area': area}))
+            continue
         if mode in ('grfp+gate', 'grfp-gate'):
             mode, opts = 'grfp', {'gate_classes': mode.endswith('+gate')}
         if not label or mode not in ('refiner', 'grfp', 'davss') or not path:
             raise ConfigError(f'--variants takes LABEL=MODE:WEIGHTS with MODE refiner|grfp|grfp+gate|grfp-gate|'
-                              f'davss, got {v!r}')
+                              f'davss, or LABEL=region@AREA, got {v!r}')
         if label in [e[0] for e in out]:
             raise ConfigError(f'--variants label {label!r} is used twice or names a mode')
         out.append((label, mode, Path(path), opts))

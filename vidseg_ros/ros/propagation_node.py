@@ -112,7 +112,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('use_iam', True, 'compute the inconsistency attention mask (needs forward flow)')
         self.declare('refine', False, 'repair IAM regions with a low-resolution network pass')
         self.declare('temporal_mode', '', "propagation mode (issue 4): '' (from refine), warp, iam-lowres, "
-                     'refiner (EVS), grfp (STGRU), davss; the learned ones use the packaged weights')
+                     'refiner (EVS), grfp (STGRU), davss, region (keyframe network on the worst tile); the learned '
+                     'ones use the packaged weights')
         self.declare('temporal_weights', '', 'weights of the learned temporal module (empty = packaged)')
         self.declare('model', 'default', 'model for the refiner (refine:=true)')
         self.declare('weights', '', 'refiner weights (empty = from the model spec)')
@@ -152,7 +153,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.cfg = p
         self.class_set = get_class_set(p['class_set'])
         mode = p['temporal_mode'] or ('iam-lowres' if p['refine'] else 'warp')
-        node_modes = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss')
+        node_modes = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
         check(mode in node_modes, f'temporal_mode {mode!r} is not available in the propagation node '
               f'(use one of {", ".join(node_modes)}; feature caching cache1/cache2 needs the split '
               'network: vidseg run --temporal-mode)')

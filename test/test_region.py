@@ -1,0 +1,134 @@
+"""Region refresh (core/region.py): tile choice, what is pasted, the carried age map, and that a late
+keyframe re-propagated through buffered frames gives the in-order result."""
+import numpy as np
+import pytest
+
+from vidseg_ros.core.errors import ConfigError
+from vidseg_ros.core.propagation import IGNORE, Semantics, quantize_probs
+from vidseg_ros.core.region import RegionRefresher, best_tile, entered_view, tile_size
+
+
+def test_tile_size():
+    assert tile_size((512, 256), 0.19) == (224, 112)
+    assert tile_size((1024, 512), 0.19) == (448, 224)
+    assert tile_size((128, 64), 1.0) == (128, 64)
+    assert tile_size((128, 64), 0.001) == (32, 16)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ConfigError, match='tile_area'):
+            tile_size((512, 256), bad)
+
+
+def test_best_tile_finds_the_hot_region_and_reaches_the_far_edges():
+    need = np.ones((100, 200), np.float32)
+    need[66:90, 146:180] = 50
+    assert best_tile(need, 40, 30, stride=16) == (144, 64)
+    need = np.zeros((100, 200), np.float32)
+    need[-5:, -5:] = 1        # only reachable by the far-edge positions (not on the 16 grid)
+    assert best_tile(need, 40, 30, stride=16) == (160, 70)
+
+
+def test_entered_view():
+    f = np.zeros((32, 64, 2), np.float32)
+    f[..., 0] = -10.0           # every pixel comes from 10 px to the left in the previous frame
+    m = entered_view(f, (64, 32))
+    assert m[:, :9].all() and not m[:, 11:].any()
+    assert entered_view(f, (128, 64)).shape == (64, 128)
+
+
+@pytest.fixture(scope='module')
+def small_model(shared):
+    from vidseg_ros.core.models import load_model
+    return load_model('espnetv2_s0.5_512x256', backend='torch', input_size=(128, 64))
+
+
+def _warped(rng, w=128, h=64, k=20):
+    labels = rng.integers(0, 19, (h, w)).astype(np.uint8)
+    p = rng.random((k, h // 4, w // 4)).astype(np.float32)
+    return Semantics(labels, quantize_probs(p / p.sum(0)), np.asarray(list(range(19)) + [255], np.uint8))
+
+
+def test_refresh_pastes_only_inside_the_chosen_tile_and_resets_its_age(small_model):
+    rng = np.random.default_rng(0)
+    ref = RegionRefresher(small_model, tile_area=0.19, margin=4, conf=0.0)
+    assert ref.tile == (64, 32)
+    warped = _warped(rng)
+    img = rng.integers(0, 255, (64, 128, 3), np.uint8)
+    mask = np.zeros((64, 128), np.float32)
+    mask[40:60, 90:120] = 1.0          # the IAM flags the lower right: the tile goes there
+    prev = warped.copy()
+    prev.age = np.full((64, 128), 3, np.uint16)
+    out = ref.refresh(img, warped, mask, prev=prev)
+    (x, y, cw, ch), frac = ref.last
+    assert (cw, ch) == (64, 32) and x <= 90 and x + cw >= 120 and y <= 40 and y + ch >= 60
+    changed = out.labels != warped.labels
+    inside = np.zeros_like(changed)
+    inside[y:y + ch, x:x + cw] = True
+    assert changed.any() and not (changed & ~inside).any()
+    # conf=0: the whole core is pasted (margin 4 px on sides inside the frame); age 0 there, 4 elsewhere
+    assert (out.age[~inside] == 4).all()
+    core = out.age[y + (4 if y > 0 else 0):y + ch - (4 if y + ch < 64 else 0),
+                   x + (4 if x > 0 else 0):x + cw - (4 if x + cw < 128 else 0)]
+    assert core.size and (core == 0).all() and frac == 1.0
+    assert out.probs.shape == warped.probs.shape and out.probs.dtype == np.uint8
+    assert (out.probs != warped.probs).any()
+    # no previous age (a keyframe before): everything starts at 1
+    out2 = ref.refresh(img, warped, mask, prev=None)
+    assert out2.age.max() == 1
+
+
+def test_refresh_with_conf_one_pastes_only_flagged_or_new_pixels(small_model):
+    rng = np.random.default_rng(1)
+    ref = RegionRefresher(small_model, tile_area=0.19, margin=0, conf=1.0)
+    warped = _warped(rng)
+    warped.labels[:, :10] = IGNORE          # unknown: entered the view
+    img = rng.integers(0, 255, (64, 128, 3), np.uint8)
+    out = ref.refresh(img, warped, np.zeros((64, 128), np.float32), prev=None)
+    changed = (out.labels != warped.labels) | (out.age == 0)
+    assert changed[:, :10].any() and not changed[:, 10:].any()
+
+
+def test_bad_parameters_are_clear_errors(small_model):
+    with pytest.raises(ConfigError, match='conf'):
+        RegionRefresher(small_model, conf=2.0)
+    with pytest.raises(ConfigError, match='margin'):
+        RegionRefresher(small_model, margin=-1)
+    with pytest.raises(ConfigError, match='tile_area'):
+        RegionRefresher(small_model, tile_area=0)
+    from vidseg_ros.core.temporal import make_temporal_module
+    with pytest.raises(ConfigError, match='tile_area applies to mode region only'):
+        make_temporal_module('grfp', small_model, tile_area=0.3)
+    assert make_temporal_module('region', small_model, tile_area=0.3).tile_area == 0.3
+
+
+def test_late_keyframe_replay_equals_in_order_processing(small_model, shared):
+    import cv2
+    from vidseg_ros.core.flow import FlowEstimator
+    from vidseg_ros.core.propagation import semantics_from_segmentation
+    from vidseg_ros.core.temporal import TemporalPropagator, make_temporal_module
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0002').glob('*_leftImg8bit.*'))[:5]
+    size = (128, 64)
+    imgs = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), size,
+                       interpolation=cv2.INTER_AREA) for f in files]
+    sem0 = semantics_from_segmentation(small_model.segment(imgs[0]), small_model.output_to_class, size)
+    flow = FlowEstimator('dis', preset='ultrafast')
+    flows = [None] + [flow.forward_backward(imgs[i - 1], imgs[i], native=True) for i in range(1, 5)]
+    mod = make_temporal_module('region', small_model)
+
+    def run(late):
+        prop = TemporalPropagator(refiner=mod)
+        if not late:
+            prop.set_keyframe(0, sem0)
+        prop.step(0, image=imgs[0])
+        for i in range(1, 5):
+            fwd, bwd = flows[i]
+            out = prop.step(i, bwd, fwd, imgs[i])
+        if late:
+            assert prop.set_keyframe(0, sem0) == 'late'
+            out = prop.current_output()
+        return out
+
+    a, b = run(False), run(True)
+    assert a.distance == b.distance == 4
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.semantics.probs, b.semantics.probs)
+    assert np.array_equal(a.semantics.age, b.semantics.age) and a.semantics.age.max() == 4
+    assert (a.semantics.age == 0).any()

@@ -1,0 +1,200 @@
+"""IAM-guided region refresh: on a propagated frame, run the keyframe network on ONE tile of the
+current frame -- the tile where the warped labels are most likely wrong -- and paste its labels there.
+
+Not one of the four seed modules of issue 4: it combines the EVS idea of spending computation only
+where the inconsistency attention mask (IAM) flags the warp, with the region-level keyframe decision
+of DVSNet (Xu et al., CVPR 2018: a frame is cut into regions and each region either goes through the
+segmentation network or is propagated by flow). Nothing is learned: the same keyframe network and
+weights run on a crop at the keyframe's pixel scale, so no training data is needed (every learned
+module of this project is limited by its ~90 training frames, see weights/TEMPORAL.md).
+
+Per propagated frame (working resolution W x H, tile T = ``tile_area`` of the frame, 2:1, its network
+input a multiple of 16)::
+
+    age   += 1                                        # frames since each pixel was last segmented
+    need   = age * (1 + iam_weight * M) + new_weight * [entered the view (backward flow leaves the
+             previous frame) or warped label unknown]
+    tile   = argmax over tile positions (stride 16) of sum(need inside the tile)   # integral image
+    P_tile = keyframe network on the crop (resized to the network's pixel scale)
+    paste  = core of the tile (``margin`` px off every side inside the frame: a crop's border has
+             too little context) where  max P_tile > conf  or  M > 0.5  or  the pixel entered the view
+    labels[paste] = argmax P_tile ;  probs[paste] = P_tile ;  age[paste] = 0
+
+The age map travels with the state (``Semantics.age``; None = a keyframe, all fresh), so a late
+keyframe re-propagated through buffered frames gives the same result as in-order processing.
+Its cost is the network on ~``tile_area`` of the pixels (ESPNetv2's cost on this CPU scales with the
+pixels) plus the tile search; ``vidseg bench-temporal --modes region`` measures it.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .propagation import IGNORE, Semantics, _resize_planes, quantize_probs
+
+__all__ = ['RegionRefresher', 'tile_size', 'best_tile', 'entered_view']
+
+STRIDE = 16
+
+
+def tile_size(input_wh, area: float) -> tuple:
+    """Network input size (w, h) of a 2:1 tile covering ~``area`` of a ``input_wh`` frame, in
+    multiples of 16 (at least 32x16, at most the frame)."""
+    if not 0.0 < float(area) <= 1.0:
+        raise ConfigError(f'tile_area must be in (0, 1], got {area}')
+    w, h = int(input_wh[0]), int(input_wh[1])
+    th = math.sqrt(area * w * h / 2.0)
+    th = int(min(max(16, round(th / 16) * 16), h // 16 * 16 or 16))
+    tw = int(min(max(32, 2 * th), w // 16 * 16 or 16))
+    return tw, th
+
+
+def best_tile(need: np.ndarray, tw: int, th: int, stride: int = STRIDE) -> tuple:
+    """(x, y) of the tw x th window (positions on a ``stride`` grid, plus the far edges) with the
+    largest sum of ``need``."""
+    h, w = need.shape
+    tw, th = min(tw, w), min(th, h)
+    ii = cv2.integral(np.asarray(need, np.float32), sdepth=cv2.CV_64F)
+    xs = np.unique(np.r_[np.arange(0, w - tw + 1, stride), w - tw])
+    ys = np.unique(np.r_[np.arange(0, h - th + 1, stride), h - th])
+    y0, x0 = ys[:, None], xs[None, :]
+    s = ii[y0 + th, x0 + tw] - ii[y0, x0 + tw] - ii[y0 + th, x0] + ii[y0, x0]
+    iy, ix = np.unravel_index(int(np.argmax(s)), s.shape)
+    return int(xs[ix]), int(ys[iy])
+
+
+def entered_view(flow_bwd: np.ndarray, size_wh) -> np.ndarray:
+    """Pixels (bool, at ``size_wh``) whose backward flow points outside the previous frame: content
+    that entered the view, which no warp can know."""
+    f = np.asarray(flow_bwd, np.float32)
+    fh, fw = f.shape[:2]
+    xs = np.arange(fw, dtype=np.float32)[None, :] + f[..., 0]
+    ys = np.arange(fh, dtype=np.float32)[:, None] + f[..., 1]
+    out = ((xs < -0.5) | (xs > fw - 0.5) | (ys < -0.5) | (ys > fh - 0.5)).astype(np.uint8)
+    w, h = int(size_wh[0]), int(size_wh[1])
+    if (fw, fh) != (w, h):
+        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_NEAREST)
+    return out.astype(bool)
+
+
+class RegionRefresher:
+    """The region-refresh module (see module docstring) for a keyframe ``model`` (a KeyframeModel).
+
+    ``tile_area`` (fraction of the frame), ``margin`` (px of the network input dropped on a tile side
+    inside the frame), ``conf`` (paste where the tile network is at least this sure), ``iam_weight``,
+    ``new_weight``: the tile choice. The tile network is the keyframe network's config and weights
+    loaded at the tile's input size on the same backend.
+    """
+
+    def __init__(self, model, tile_area: float = 0.19, margin: int = 8, conf: float = 0.7,
+                 iam_weight: float = 4.0, new_weight: float = 20.0, device: str = 'cpu', backend=None):
+        from .models import load_model
+        cfg = getattr(model, 'config', None)
+        if cfg is None:
+            raise ConfigError('region refresh needs a keyframe model loaded by models.load_model')
+        if not 0.0 <= float(conf) <= 1.0:
+            raise ConfigError(f'region conf must be in [0, 1], got {conf}')
+        if int(margin) < 0:
+            raise ConfigError(f'region margin must be >= 0, got {margin}')
+        self.input_size = tuple(int(v) for v in model.input_size)
+        self.tile = tile_size(self.input_size, tile_area)
+        self.tile_area = float(tile_area)
+        self.margin, self.conf = int(margin), float(conf)
+        self.iam_weight, self.new_weight = float(iam_weight), float(new_weight)
+        backend = backend or getattr(model, 'backend', 'auto')
+        if backend not in ('torch', 'torchscript', 'onnxruntime'):
+            backend = 'auto'
+        self.net = load_model(cfg, device=device, backend=backend, input_size=self.tile)
+        self.output_to_class = np.asarray(model.output_to_class)
+        self.calls = 0
+        self.last = None   # (x, y, w, h) of the last tile at working resolution, pasted fraction
+
+    def describe(self) -> dict:
+        return {'tile': list(self.tile), 'tile_area': self.tile_area, 'margin': self.margin,
+                'conf': self.conf, 'iam_weight': self.iam_weight, 'new_weight': self.new_weight}
+
+    def refresh(self, image: np.ndarray, warped: Semantics, mask, prev: Semantics | None = None,
+                flow_bwd: np.ndarray | None = None) -> Semantics:
+        """New state for the current frame from the ``warped`` state (``prev``: the state before the
+        warp, whose ``age`` is carried on; None or age None = fresh keyframe). ``flow_bwd`` (current
+        -> previous frame, any resolution) marks the pixels that entered the view (their flow leaves
+        the previous frame); without it, the warped labels that are unknown (255)."""
+        if image is None:
+            raise InputError('region refresh needs the current image')
+        w, h = warped.size
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        age_prev = None if prev is None else prev.age
+        age = np.zeros((h, w), np.float32) if age_prev is None or age_prev.shape != (h, w) \
+            else age_prev.astype(np.float32)
+        age += 1.0
+        unknown = warped.labels == IGNORE
+        if flow_bwd is not None:
+            unknown |= entered_view(flow_bwd, (w, h))
+        m = np.zeros((h, w), np.float32) if mask is None else np.asarray(mask, np.float32)
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        need = age * (1.0 + self.iam_weight * m)
+        need[unknown] += self.new_weight
+        # the tile at working resolution: the network's tile at the keyframe network's pixel scale
+        sx, sy = w / self.input_size[0], h / self.input_size[1]
+        cw, ch = min(w, int(round(self.tile[0] * sx))), min(h, int(round(self.tile[1] * sy)))
+        x, y = best_tile(need, cw, ch, max(1, int(round(STRIDE * sx))))
+        crop = np.ascontiguousarray(image[y:y + ch, x:x + cw])
+        seg = self.net.segment(crop)
+        self.calls += 1
+        probs = np.asarray(seg.probs, np.float32)
+        if probs.shape[1:] != (ch, cw):
+            probs = _resize_planes(probs, (cw, ch), cv2.INTER_LINEAR)
+        lab = self.output_to_class[np.argmax(probs, axis=0)].astype(np.uint8)
+        mx, my = int(round(self.margin * sx)), int(round(self.margin * sy))
+        x0, y0 = x + (mx if x > 0 else 0), y + (my if y > 0 else 0)
+        x1, y1 = x + cw - (mx if x + cw < w else 0), y + ch - (my if y + ch < h else 0)
+        core = (slice(y0, y1), slice(x0, x1))
+        inner = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+        sel = (probs.max(axis=0)[inner] > self.conf) | (m[core] > 0.5) | unknown[core]
+        labels = warped.labels.copy()
+        labels[core][sel] = lab[inner][sel]
+        age[core][sel] = 0.0
+        new_probs = warped.probs
+        if warped.probs is not None:
+            new_probs = self._paste_probs(warped, probs, sel, (x0, y0, x1, y1), (x, y))
+        self.last = ((x, y, cw, ch), float(sel.mean()))
+        out = Semantics(labels, new_probs, warped.class_map)
+        out.age = np.minimum(age, 65535).astype(np.uint16)
+        return out
+
+    def __call__(self, image, warped: Semantics, mask) -> np.ndarray:
+        """Plain ``Propagator`` refiner interface: the refreshed probabilities (float). The age map is
+        not carried there (every frame counts as the first after a keyframe): use the
+        ``temporal.TemporalPropagator``, which calls :meth:`refresh`."""
+        from .propagation import dequantize_probs
+        return dequantize_probs(self.refresh(image, warped, mask).probs)
+
+    def _paste_probs(self, warped, probs, sel, box, origin):
+        """The tile network's probabilities into the probability grid cells whose centre was pasted."""
+        K, hp, wp = warped.probs.shape
+        if probs.shape[0] != K:
+            raise ConfigError(f'tile network has {probs.shape[0]} outputs, the semantics {K} planes')
+        w, h = warped.size
+        fx, fy = wp / w, hp / h
+        x0, y0, x1, y1 = box
+        px0, py0 = int(math.ceil(x0 * fx)), int(math.ceil(y0 * fy))
+        px1, py1 = int(math.floor(x1 * fx)), int(math.floor(y1 * fy))
+        out = warped.probs.copy()
+        if px1 <= px0 or py1 <= py0:
+            return out
+        gw, gh = px1 - px0, py1 - py0
+        ox, oy = origin
+        # the tile's probabilities over the covered grid cells (area average of its pixels)
+        bx0, by0 = int(round(px0 / fx)) - ox, int(round(py0 / fy)) - oy
+        bx1, by1 = int(round(px1 / fx)) - ox, int(round(py1 / fy)) - oy
+        sub = _resize_planes(probs[:, by0:by1, bx0:bx1], (gw, gh), cv2.INTER_AREA)
+        selg = cv2.resize(sel[by0 - (y0 - oy):by1 - (y0 - oy), bx0 - (x0 - ox):bx1 - (x0 - ox)]
+                          .astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) > 0.5
+        region = out[:, py0:py1, px0:px1]
+        region[:, selg] = quantize_probs(sub)[:, selg]
+        return out
