@@ -342,6 +342,11 @@ def test_bench_iam_rows_with_a_learned_refiner(shared, tmp_path):
     assert 'refine' not in rows['warp_s5']['propagated_stage_ms'] or rows['warp_s5']['propagated_stage_ms']['refine'] == 0
     with pytest.raises(VidsegError, match='classes'):
         run_bench(model=ColourNet(), data=data, frames=6, refiner='refiner', out=tmp_path / 'c', progress=False)
+    res = run_bench(model=net, data=data, frames=6, scale=1, refiner='region', out=tmp_path / 'd',
+                    progress=False)
+    rows = {r['name']: r for r in res['rows']}
+    assert res['refiner'] == {'type': 'RegionRefresher', 'mode': 'region'}
+    assert rows['warp_iam_s5']['propagated_stage_ms']['refine'] > 0
 
 
 class NaNNet(ColourNet):

@@ -12,7 +12,8 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
   is set, the warped probabilities are blended (EVS eq. 4) with those of a low-resolution (1/2 by
   default: 512x256, the registry's 512x256 checkpoint when there is one) pass of the network
   (:class:`~vidseg_ros.core.propagation.LowResNetworkRefiner`, the stand-in, ``--refiner lowres``),
-  or with a learned temporal module of issue 4 (``--refiner refiner|grfp|davss``, packaged weights,
+  or with a temporal module of issue 4 (``--refiner refiner|grfp|davss``, packaged weights, or
+  ``--refiner region``: the keyframe network on the worst tile, ``core/region.py``;
   run through ``temporal.TemporalPropagator`` with its own blend);
 * ``hold_s5``        -- keyframe every 5 frames, labels held (W off);
 * ``adaptive``       -- AdaptiveSchedule (max interval 10, keyframe when the IAM inconsistent
@@ -78,7 +79,7 @@ def run_from_args(args) -> int:
     return 0
 
 
-REFINERS = ('lowres', 'refiner', 'grfp', 'davss')
+REFINERS = ('lowres', 'refiner', 'grfp', 'davss', 'region')
 
 
 def parse_flow_params(items) -> dict:
