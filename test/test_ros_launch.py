@@ -112,7 +112,8 @@ def test_launch_file_compiles():
 
 def test_launch_declares_arguments(monkeypatch):
     declared, _ = _expand(_load(monkeypatch))
-    for name in ('camera_topic', 'config', 'use_sim_time', 'model', 'schedule', 'operating_point', 'respawn'):
+    for name in ('camera_topic', 'config', 'use_sim_time', 'model', 'schedule', 'operating_point', 'temporal_mode',
+                 'respawn'):
         assert name in declared
     assert declared['camera_topic'] == '/camera/image_raw'
 
@@ -124,6 +125,7 @@ def test_launch_declares_arguments(monkeypatch):
      ['--camera-topic', '/kitti/camera_color_left/image_raw', '--model', 'espnetv2_s0.5_512x256',
       '--schedule', 'fixed:3', '--use-sim-time']),
     ({'operating_point': 'warp_s5'}, ['--operating-point', 'warp_s5']),
+    ({'temporal_mode': 'region'}, ['--temporal-mode', 'region']),
 ])
 def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     _, actions = _expand(_load(monkeypatch), **overrides)
@@ -153,6 +155,10 @@ def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
         assert all(a.kwargs['parameters'][1]['use_sim_time'] is True for a in actions)
     if overrides.get('operating_point'):
         assert actions[1].kwargs['parameters'][1]['schedule'] == 'fixed:5'
+    if overrides.get('temporal_mode'):
+        assert actions[2].kwargs['parameters'][1]['temporal_mode'] == overrides['temporal_mode']
+    else:
+        assert all('temporal_mode' not in a.kwargs['parameters'][1] for a in actions)
 
 
 def test_bad_schedule_is_a_clear_error(monkeypatch):
@@ -162,6 +168,8 @@ def test_bad_schedule_is_a_clear_error(monkeypatch):
         _expand(mod, schedule='fixed:0')
     assert runner.main(['--schedule', 'fixed:0']) == 2
     assert runner.main(['--param', 'nonode:x=1']) == 2
+    with pytest.raises(ConfigError, match="temporal_mode 'cache1' is not available in the propagation node"):
+        _expand(mod, temporal_mode='cache1')
 
 
 def test_config_yaml_matches_declared_parameters(ros_domain):

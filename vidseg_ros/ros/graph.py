@@ -60,7 +60,12 @@ LAUNCH_ARGUMENTS = (
     ('device', '', 'keyframe model device, e.g. cpu or cuda (default: from the config)'),
     ('schedule', '', "keyframe schedule, e.g. 'fixed:5', 'adaptive:10', 'budget:camera_rate_hz=10'"),
     ('operating_point', '', 'EVS operating point preset (sets scale, schedule, warp, refine)'),
+    ('temporal_mode', '', 'propagation mode of the propagation node: warp, iam-lowres, refiner, grfp, '
+                          'davss or region (default: from the config)'),
 )
+
+#: temporal modes the propagation node runs (feature caching needs the split network: offline only)
+NODE_TEMPORAL_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
 
 
 @dataclass
@@ -114,7 +119,7 @@ def _truthy(v) -> bool:
 
 def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time=False,
                 model: str = '', weights: str = '', device: str = '', schedule: str = '',
-                operating_point: str = '') -> list:
+                operating_point: str = '', temporal_mode: str = '') -> list:
     """The processes of the graph (managed nodes in activation order, then the manager)."""
     config = config or default_config_path()
     if not Path(config).is_file():
@@ -139,6 +144,11 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
         from vidseg_ros.core.schedule import make_schedule
         make_schedule(_parse_schedule(schedule))  # validate early: ConfigError names the problem
         per_node['keyframe_node']['schedule'] = schedule
+    if temporal_mode:
+        if temporal_mode not in NODE_TEMPORAL_MODES:
+            raise ConfigError(f'temporal_mode {temporal_mode!r} is not available in the propagation node '
+                              f'(use one of {", ".join(NODE_TEMPORAL_MODES)})')
+        per_node['propagation_node']['temporal_mode'] = temporal_mode
     for key, val in (('model', model), ('weights', weights), ('device', device)):
         if val:  # the propagation node's refiner (refine:=true) uses the same network
             per_node['keyframe_node'][key] = val

@@ -153,7 +153,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.cfg = p
         self.class_set = get_class_set(p['class_set'])
         mode = p['temporal_mode'] or ('iam-lowres' if p['refine'] else 'warp')
-        node_modes = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
+        node_modes = graph.NODE_TEMPORAL_MODES
         check(mode in node_modes, f'temporal_mode {mode!r} is not available in the propagation node '
               f'(use one of {", ".join(node_modes)}; feature caching cache1/cache2 needs the split '
               'network: vidseg run --temporal-mode)')
