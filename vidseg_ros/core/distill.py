@@ -108,30 +108,42 @@ def collect_training_set(root: Path, holdout=('seq0003',), max_side: int = 1024,
     return items
 
 
-class CropDataset(torch.utils.data.Dataset):
-    """Random 2:1 crops (50-100 % of the largest 2:1 window), flips and photometric jitter."""
+class _SampledDataset(torch.utils.data.Dataset):
+    """``length`` seeded samples of frames tagged with their source. ``balance_sources``: pick a
+    source uniformly, then a frame of it (the Cityscapes sequence frames are otherwise only ~15 % of
+    the samples next to CamVid and Udacity)."""
 
-    def __init__(self, items, size_wh, length, seed=0, student_wh=None, balance_sources=False):
-        self.items, self.size, self.length, self.seed = items, tuple(size_wh), length, seed
-        self.student = tuple(student_wh or size_wh)
-        # balance_sources: pick a source uniformly, then a frame of it (the Cityscapes sequence
-        # frames are otherwise only ~15 % of the samples next to CamVid and Udacity)
+    def __init__(self, sources, length, seed=0, balance_sources=False):
+        self.n, self.length, self.seed = len(sources), length, seed
         self.by_source = {}
-        for i, (_, _, src) in enumerate(items):
+        for i, src in enumerate(sources):
             self.by_source.setdefault(src, []).append(i)
         self.balance_sources = balance_sources
 
     def __len__(self):
         return self.length
 
-    def __getitem__(self, idx):
+    def _pick(self, idx) -> tuple:
+        """(the sample's random generator, the index of its frame)."""
         rng = random.Random(self.seed * 1_000_003 + idx)
         if self.balance_sources:
             srcs = sorted(self.by_source)
             pool = self.by_source[srcs[rng.randrange(len(srcs))]]
-            rgb, lab, _ = self.items[pool[rng.randrange(len(pool))]]
-        else:
-            rgb, lab, _ = self.items[rng.randrange(len(self.items))]
+            return rng, pool[rng.randrange(len(pool))]
+        return rng, rng.randrange(self.n)
+
+
+class CropDataset(_SampledDataset):
+    """Random 2:1 crops (50-100 % of the largest 2:1 window), flips and photometric jitter."""
+
+    def __init__(self, items, size_wh, length, seed=0, student_wh=None, balance_sources=False):
+        super().__init__([src for _, _, src in items], length, seed, balance_sources)
+        self.items, self.size = items, tuple(size_wh)
+        self.student = tuple(student_wh or size_wh)
+
+    def __getitem__(self, idx):
+        rng, i = self._pick(idx)
+        rgb, lab, _ = self.items[i]
         h, w = rgb.shape[:2]
         tw, th = self.size
         aspect = tw / th
@@ -200,29 +212,17 @@ def teacher_logits_half(teacher, views, device, progress=True) -> torch.Tensor:
     return torch.cat(out)
 
 
-class FullFrameDataset(torch.utils.data.Dataset):
+class FullFrameDataset(_SampledDataset):
     """Whole frames at the student's size with precomputed teacher logits: random horizontal flips
     (of the image, its teacher logits and label alike) and brightness/contrast jitter of the student's
     image (the teacher's target stays that of the clean frame)."""
 
     def __init__(self, views, logits, length, seed=0, sources=None, balance_sources=False):
-        self.views, self.logits, self.length, self.seed = views, logits, length, seed
-        self.by_source = {}
-        for i, src in enumerate(sources or ['all'] * len(views)):
-            self.by_source.setdefault(src, []).append(i)
-        self.balance_sources = balance_sources
-
-    def __len__(self):
-        return self.length
+        super().__init__(sources or ['all'] * len(views), length, seed, balance_sources)
+        self.views, self.logits = views, logits
 
     def __getitem__(self, idx):
-        rng = random.Random(self.seed * 1_000_003 + idx)
-        if self.balance_sources:
-            srcs = sorted(self.by_source)
-            pool = self.by_source[srcs[rng.randrange(len(srcs))]]
-            i = pool[rng.randrange(len(pool))]
-        else:
-            i = rng.randrange(len(self.views))
+        rng, i = self._pick(idx)
         simg, _, lab = self.views[i]
         tl = self.logits[i].float()
         if lab is None:
