@@ -94,6 +94,11 @@ def test_bad_parameters_are_clear_errors(small_model):
         RegionRefresher(small_model, margin=-1)
     with pytest.raises(ConfigError, match='tile_area'):
         RegionRefresher(small_model, tile_area=0)
+    ref = RegionRefresher(small_model)
+    other = _warped(np.random.default_rng(2))
+    other.class_map = np.arange(20, dtype=np.uint8)           # plane 19 is class 19, not void
+    with pytest.raises(ConfigError, match='other class planes'):
+        ref.refresh(np.zeros((64, 128, 3), np.uint8), other, None)
     from vidseg_ros.core.temporal import make_temporal_module
     with pytest.raises(ConfigError, match='tile_area applies to mode region only'):
         make_temporal_module('grfp', small_model, tile_area=0.3)

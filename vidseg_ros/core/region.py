@@ -127,6 +127,11 @@ class RegionRefresher:
         if image is None:
             raise InputError('region refresh needs the current image')
         w, h = warped.size
+        mine = np.asarray(self.output_to_class, np.uint8)
+        if warped.class_map is not None and not np.array_equal(np.asarray(warped.class_map, np.uint8), mine):
+            raise ConfigError(f'region refresh: the tile network ({self.net.name}) has other class planes '
+                              f'({mine.size}) than the keyframe semantics ({np.asarray(warped.class_map).size}): '
+                              'give the propagation node the keyframe node\'s model')
         if image.shape[:2] != (h, w):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         age_prev = None if prev is None else prev.age
@@ -143,7 +148,8 @@ class RegionRefresher:
         need[unknown] += self.new_weight
         # the tile at working resolution: the network's tile at the keyframe network's pixel scale
         sx, sy = w / self.input_size[0], h / self.input_size[1]
-        cw, ch = min(w, int(round(self.tile[0] * sx))), min(h, int(round(self.tile[1] * sy)))
+        cw = min(w, max(1, int(round(self.tile[0] * sx))))
+        ch = min(h, max(1, int(round(self.tile[1] * sy))))
         x, y = best_tile(need, cw, ch, max(1, int(round(STRIDE * sx))))
         crop = np.ascontiguousarray(image[y:y + ch, x:x + cw])
         seg = self.net.segment(crop)
@@ -165,9 +171,7 @@ class RegionRefresher:
         if warped.probs is not None:
             new_probs = self._paste_probs(warped, probs, sel, (x0, y0, x1, y1), (x, y))
         self.last = ((x, y, cw, ch), float(sel.mean()))
-        out = Semantics(labels, new_probs, warped.class_map)
-        out.age = np.minimum(age, 65535).astype(np.uint16)
-        return out
+        return Semantics(labels, new_probs, warped.class_map, np.minimum(age, 65535).astype(np.uint16))
 
     def __call__(self, image, warped: Semantics, mask) -> np.ndarray:
         """Plain ``Propagator`` refiner interface: the refreshed probabilities (float). The age map is
