@@ -137,3 +137,22 @@ def test_late_keyframe_replay_equals_in_order_processing(small_model, shared):
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.semantics.probs, b.semantics.probs)
     assert np.array_equal(a.semantics.age, b.semantics.age) and a.semantics.age.max() == 4
     assert (a.semantics.age == 0).any()
+
+
+def test_a_failing_module_leaves_the_plain_warp(small_model, shared):
+    """A module error (here: semantics from a model with other class planes) costs only the module:
+    the TemporalPropagator still returns the warped labels, and counts the error."""
+    from vidseg_ros.core.temporal import TemporalPropagator, make_temporal_module
+    rng = np.random.default_rng(3)
+    sem = _warped(rng)
+    sem.class_map = np.arange(20, dtype=np.uint8)
+    img = rng.integers(0, 255, (64, 128, 3), np.uint8)
+    flow = np.zeros((64, 128, 2), np.float32)
+    ref = TemporalPropagator(refiner=make_temporal_module('region', small_model))
+    plain = TemporalPropagator()
+    for p in (ref, plain):
+        p.set_keyframe(0, sem)
+        p.step(0, image=img)
+    a, b = ref.step(1, flow, flow, img), plain.step(1, flow, flow, img)
+    assert np.array_equal(a.labels, b.labels) and a.distance == 1 and not a.degraded
+    assert ref.stats['module_errors'] == 1 and 'other class planes' in ref.last_module_error

@@ -726,6 +726,32 @@ def test_manager_records_and_logs_slow_service_calls(ros_domain):
         _close(mgr)
 
 
+def test_failing_temporal_module_keeps_labels_flowing(ros_domain, shared):
+    """temporal_mode region with keyframe semantics whose class planes differ from its network's:
+    every propagated frame still gets (plain warp) labels, and /diagnostics says why."""
+    from std_msgs.msg import String
+    from vidseg_ros.core.classes import CITYSCAPES
+    W, H = 64, 32
+    node = _prop({'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256'})
+    try:
+        cmap = list(range(19)) + [255]
+        cmap[0], cmap[1] = 1, 0          # a keyframe model with another plane order
+        node.on_info(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'class_map': cmap})))
+        T = [10**10 + i * 33_000_000 for i in range(4)]
+        _first_frame(node, T[0], W, H, _keyframe)
+        for t in T[1:]:
+            node.on_image(_img(W, H, t))
+            node.on_flow(_flow(W, H, t))
+        assert len(node.labels_pub.msgs) == 4 and node.counts['step_errors'] == 0
+        assert node.prop.stats['module_errors'] == 3
+        (_, level, msg, vals), = node.diagnostics()
+        from vidseg_ros.ros.common import diag_level
+        assert level == diag_level('WARN') and 'temporal module region failed on 3 frame(s)' in msg
+        assert 'other class planes' in msg and vals['propagator_module_errors'] == 3
+    finally:
+        _close(node)
+
+
 def test_propagation_node_reorders_pending_frames(ros_domain):
     """Frames arriving out of order within the join window are stepped in stamp order (regression: the
     join used to step them in arrival order -> 'frame ids must increase' errors under load)."""

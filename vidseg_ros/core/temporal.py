@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, VidsegError
 from .paths import WEIGHTS_DIR
 from .propagation import Propagator, Semantics, _resize_planes, quantize_probs
 
@@ -188,7 +188,9 @@ class TemporalPropagator(Propagator):
     the state (re-quantised) and labels are re-derived (argmax of the upsampled probs) where
     ``region`` > 0.5. Modules with a ``refresh(image, warped, mask, prev=) -> Semantics`` method
     (region refresh) return the new state themselves. Other refiners (e.g. LowResNetworkRefiner)
-    behave as in the Propagator.
+    behave as in the Propagator. A module that raises a VidsegError (bad input, a class-plane
+    mismatch...) costs only its own contribution: the frame keeps the plain warp and
+    ``stats['module_errors']`` / ``last_module_error`` record it (logged once per distinct error).
     """
 
     def _advance(self, sem, e):
@@ -211,11 +213,20 @@ class TemporalPropagator(Propagator):
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         if prev_image is not None and prev_image.shape[:2] != (h, w):
             prev_image = cv2.resize(prev_image, (w, h), interpolation=cv2.INTER_AREA)
-        if hasattr(ref, 'refresh'):   # region refresh: the whole new state (labels, probs, age)
-            new = ref.refresh(image, new, mask, prev=sem, flow_bwd=e.flow_bwd)
-        else:
-            probs, region = ref.refine(image, new, mask, prev_image=prev_image, flow_bwd=e.flow_bwd)
-            new = apply_refinement(new, probs, region)
+        try:
+            if hasattr(ref, 'refresh'):   # region refresh: the whole new state (labels, probs, age)
+                new = ref.refresh(image, new, mask, prev=sem, flow_bwd=e.flow_bwd)
+            else:
+                probs, region = ref.refine(image, new, mask, prev_image=prev_image, flow_bwd=e.flow_bwd)
+                new = apply_refinement(new, probs, region)
+        except VidsegError as err:
+            # the frame keeps its plain warp (a valid state: what warp mode gives): a failing module
+            # never stops the labels; counted, logged (once per distinct message)
+            self.stats['module_errors'] = self.stats.get('module_errors', 0) + 1
+            if str(err) != getattr(self, 'last_module_error', None):
+                log.warning('temporal module failed on frame %s, plain warp used: %s', e.frame_id, err)
+            self.last_module_error = str(err)
+            return new, mask, frac, deg
         self.stats['refined_frames'] += 1
         self.last_timings['refine'] = time.perf_counter() - t0
         return new, mask, frac, deg

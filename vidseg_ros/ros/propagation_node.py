@@ -596,6 +596,12 @@ class PropagationNode(VidsegLifecycleNode):
         if c['degraded'] or drops or unpublished or src:
             level, msg = diag_level('WARN'), (f'{c["degraded"]} degraded, {unpublished} without labels, '
                                               f'{drops} dropped/late' + (f'; {", ".join(src)}' if src else ''))
+        merr = int(self.prop.stats.get('module_errors', 0))
+        if merr:   # the temporal module failed on some frames (they kept the plain warp)
+            err = getattr(self.prop, 'last_module_error', '')
+            level = diag_level('WARN')
+            msg = ('' if msg == 'running' else msg + '; ') + \
+                f'temporal module {self.temporal_mode} failed on {merr} frame(s), plain warp used: {err}'
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
