@@ -732,8 +732,9 @@ def test_failing_temporal_module_keeps_labels_flowing(ros_domain, shared):
     from std_msgs.msg import String
     from vidseg_ros.core.classes import CITYSCAPES
     W, H = 64, 32
-    node = _prop({'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256'})
+    node = _prop({'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256', 'region_tile_area': 0.3})
     try:
+        assert node.prop.refiner.tile_area == 0.3 and node.prop.refiner.tile == (288, 144)
         cmap = list(range(19)) + [255]
         cmap[0], cmap[1] = 1, 0          # a keyframe model with another plane order
         node.on_info(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'class_map': cmap})))

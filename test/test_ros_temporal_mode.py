@@ -29,7 +29,8 @@ def test_learned_temporal_mode_in_the_propagation_node(ros_domain, shared, tmp_p
     probs = np.clip(np.rint(p / p.sum(0) * 255), 0, 255).astype(np.uint8)
     img = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
     proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 5.0, 'keyframe_wait': 5.0,
-                                           'temporal_mode': mode, 'model': 'espnetv2_s0.5_512x256'},
+                                           'temporal_mode': mode, 'model': 'espnetv2_s0.5_512x256',
+                                           **({'region_tile_area': 0.3} if mode == 'region' else {})},
                       log_dir=str(tmp_path))
     probe = Probe()
     try:

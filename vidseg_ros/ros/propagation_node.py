@@ -115,6 +115,8 @@ class PropagationNode(VidsegLifecycleNode):
                      'refiner (EVS), grfp (STGRU), davss, region (keyframe network on the worst tile); the learned '
                      'ones use the packaged weights')
         self.declare('temporal_weights', '', 'weights of the learned temporal module (empty = packaged)')
+        self.declare('region_tile_area', 0.19, 'temporal_mode region: share of the frame refreshed per '
+                     'propagated frame (its cost ~ this share of a keyframe)', float_range=(0.01, 1.0))
         self.declare('model', 'default', 'model for the refiner (refine:=true)')
         self.declare('weights', '', 'refiner weights (empty = from the model spec)')
         self.declare('device', 'cpu', 'refiner device')
@@ -142,7 +144,7 @@ class PropagationNode(VidsegLifecycleNode):
         from std_msgs.msg import String
         from vidseg_ros.core.classes import get_class_set
         from vidseg_ros.core.propagation import Propagator
-        p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights',
+        p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
                         'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
                         'source_timeout',
@@ -165,7 +167,8 @@ class PropagationNode(VidsegLifecycleNode):
             from vidseg_ros.core.temporal import TemporalPropagator, make_temporal_module
             refiner = make_temporal_module(mode, load_model(p['model'], weights=p['weights'] or None,
                                                             device=p['device']),
-                                           weights=p['temporal_weights'] or None, device=p['device'])
+                                           weights=p['temporal_weights'] or None, device=p['device'],
+                                           **({'tile_area': p['region_tile_area']} if mode == 'region' else {}))
             if mode != 'iam-lowres':
                 prop_cls = TemporalPropagator
         self.temporal_mode = mode
