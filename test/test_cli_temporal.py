@@ -26,3 +26,18 @@ def test_unknown_temporal_mode_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(['run', str(tmp_path), '--out', str(tmp_path / 'o'), '--temporal-mode', 'magic'])
     assert e.value.code == 2
+
+
+def test_region_tile_area(tmp_path, shared, capsys):
+    src = tmp_path / 'frames'
+    src.mkdir()
+    for f in sorted((shared / 'data' / 'cityscapes_seq' / 'seq0002').glob('*.jpg'))[:3]:
+        shutil.copy(f, src / f.name)
+    base = ['run', str(src), '--model', 'espnetv2_s0.5_512x256', '--interval', '3', '--no-overlay', '-q']
+    assert cli.main(base + ['--out', str(tmp_path / 'a'), '--temporal-mode', 'region',
+                            '--region-tile-area', '0.3']) == 0
+    assert len(list((tmp_path / 'a' / 'labels').glob('*.png'))) == 3
+    rc = cli.main(base + ['--out', str(tmp_path / 'b'), '--region-tile-area', '0.3'])
+    assert rc == 2 and '--region-tile-area applies to --temporal-mode region only' in capsys.readouterr().err
+    rc = cli.main(base + ['--out', str(tmp_path / 'c'), '--temporal-mode', 'region', '--region-tile-area', '2'])
+    assert rc == 2 and 'tile_area must be in (0, 1]' in capsys.readouterr().err

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'feature caching of 1 or 2 levels (ESPNetv2, torch backend), or region refresh '
                         '(the keyframe network on the worst tile of each propagated frame)')
     r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
+    r.add_argument('--region-tile-area', type=float, default=None,
+                   help='--temporal-mode region: share of the frame refreshed per propagated frame (default 0.19)')
     r.add_argument('--schedule', default=None,
                    help="fixed | adaptive | budget, or a spec like 'adaptive:max_interval=10'")
     r.add_argument('--flow-preset', default='ultrafast', choices=('ultrafast', 'fast', 'medium'),
@@ -181,6 +183,8 @@ def cmd_run(args) -> int:
         elif s == 'budget':
             s = {'type': 'budget', 'camera_rate_hz': src.fps or 25.0}
         schedule = s
+    if args.region_tile_area is not None and args.temporal_mode != 'region':
+        raise ConfigError('--region-tile-area applies to --temporal-mode region only')
     seg = VideoSegmenter(model, op, flow=FlowEstimator('dis', preset=args.flow_preset), schedule=schedule)
     caching = None
     if args.temporal_mode and args.temporal_mode != 'warp':
@@ -192,7 +196,8 @@ def cmd_run(args) -> int:
                                                     schedule=schedule or op.interval)
         else:
             module = temporal.make_temporal_module(args.temporal_mode, model,
-                                                   weights=args.temporal_weights, device=args.device)
+                                                   weights=args.temporal_weights, device=args.device,
+                                                   tile_area=args.region_tile_area)
             temporal.attach(seg, module)
 
     labels_w = LabelWriter(out_dir / 'labels', class_set=model.class_set, color=args.color)
