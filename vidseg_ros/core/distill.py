@@ -436,7 +436,7 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument('--full-frames', action='store_true',
                    help='train on whole frames as a cheap network sees them at deployment (centre 2:1 '
                         'window, area-resized to --size) with teacher logits computed once per frame '
-                        '(~5x faster per iteration than random crops with the teacher in the loop)')
+                        '(~6x faster per iteration than random crops with the teacher in the loop)')
     p.add_argument('--freeze-bn', action='store_true',
                    help='keep the BatchNorm layers of the initialisation fixed (running statistics and affine '
                         'parameters); use with small batches, e.g. on a CPU')

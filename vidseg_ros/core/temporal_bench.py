@@ -213,25 +213,23 @@ def table_entries(args) -> list:
         label, _, rest = v.partition('=')
         mode, _, path = rest.partition(':')
         opts = {}
-        if mode.startswith('region@') and label and not path:   # region refresh with a tile area
+        region = mode.startswith('region@') and not path   # region refresh with a tile area
+        if region:
             try:
                 area = float(mode.partition('@')[2])
             except ValueError:
                 area = -1.0
             if not 0.0 < area <= 1.0:
                 raise ConfigError(f'--variants {v!r}: region@AREA needs an area in (0, 1]')
-            if label in [e[0] for e in out]:
-                raise ConfigError(f'--variants label {label!r} is used twice or names a mode')
-            out.append((label, 'region', None, {'tile_area': area}))
-            continue
-        if mode in ('grfp+gate', 'grfp-gate'):
+            mode, opts = 'region', {'tile_area': area}
+        elif mode in ('grfp+gate', 'grfp-gate'):
             mode, opts = 'grfp', {'gate_classes': mode.endswith('+gate')}
-        if not label or mode not in ('refiner', 'grfp', 'davss') or not path:
+        if not label or not region and (mode not in ('refiner', 'grfp', 'davss') or not path):
             raise ConfigError(f'--variants takes LABEL=MODE:WEIGHTS with MODE refiner|grfp|grfp+gate|grfp-gate|'
                               f'davss, or LABEL=region@AREA, got {v!r}')
         if label in [e[0] for e in out]:
             raise ConfigError(f'--variants label {label!r} is used twice or names a mode')
-        out.append((label, mode, Path(path), opts))
+        out.append((label, mode, None if region else Path(path), opts))
     return out
 
 
