@@ -465,6 +465,31 @@ def test_bench_cheap_candidates(shared, tmp_path, capsys):
     assert out.with_suffix('.txt').is_file()
 
 
+def test_bench_on_a_video_without_labels(shared, tmp_path, capsys):
+    """`bench-temporal --video`: the reference is the keyframe network's own per-frame output."""
+    import json
+    import cv2
+    from vidseg_ros.core.errors import InputError
+    from vidseg_ros.core.temporal_bench import main
+    vid = tmp_path / 'clip.mp4'
+    wr = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*'mp4v'), 10, (160, 80))
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0001').glob('*.jpg'))[:5]
+    for f in files:
+        wr.write(cv2.resize(cv2.imread(str(f)), (160, 80), interpolation=cv2.INTER_AREA))
+    wr.release()
+    out = tmp_path / 'v.json'
+    assert main(['--video', str(vid), '--frames', '5', '--size', '128x64', '--model', 'espnetv2_s0.5_512x256',
+                 '--modes', 'warp', 'region', '--intervals', '2', '--cost-rounds', '1', '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res['config']['video'] == str(vid) and res['config']['seqs'] == ['clip'] and res['config']['frames'] == 5
+    assert res['per_frame']['miou'] == 1.0
+    assert 0 < res['intervals']['2']['warp']['miou'] < 1.0
+    assert "per-frame labels (a video without labels)" in capsys.readouterr().out
+    with pytest.raises(InputError, match='video not found'):
+        main(['--video', str(tmp_path / 'nope.mp4'), '--size', '128x64', '--model', 'espnetv2_s0.5_512x256',
+              '--modes', 'warp', '--out', str(tmp_path / 'x.json')])
+
+
 def test_bench_table_entries():
     """bench-temporal rows: --modes with --weights-dir, then --variants LABEL=MODE:WEIGHTS."""
     from argparse import Namespace

@@ -55,6 +55,23 @@ def load_snippet(root: Path, seq: str, size, frames: int):
     return imgs, gts
 
 
+def load_video(path: Path, size, frames: int):
+    """The first ``frames`` frames of a video, area-resized to ``size`` (RGB)."""
+    if not Path(path).is_file():
+        raise InputError(f'video not found: {path}')
+    cap = cv2.VideoCapture(str(path))
+    imgs = []
+    while len(imgs) < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        imgs.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA))
+    cap.release()
+    if len(imgs) < 2:
+        raise InputError(f'cannot read 2 frames from {path}')
+    return imgs
+
+
 def _iou_row(cm):
     iou = cm.iou()
     present = (cm.mat.sum(axis=1) + cm.missed) > 0
@@ -271,8 +288,15 @@ def run(args) -> dict:
                       'flow': flow.describe(), 'intervals': list(args.intervals),
                       'threads': torch.get_num_threads(), 'weights_dir': args.weights_dir,
                       'variants': args.variants, 'cheap': {}, 'weights': {}, 'seen': {}}}
+    video = getattr(args, 'video', None)
+    if video:   # no labels: the reference is the keyframe network's own per-frame output
+        args.seqs = [Path(video).stem]
+        res['config'].update(seq=args.seqs[0], seqs=list(args.seqs), video=str(video))
     for seq in args.seqs:
-        imgs, gts = load_snippet(root, seq, size, args.frames)
+        if video:
+            imgs, gts = load_video(Path(video), size, args.frames), None
+        else:
+            imgs, gts = load_snippet(root, seq, size, args.frames)
         n = len(imgs)
         n_total += n
         sems, pf_labels = [], []
@@ -282,8 +306,10 @@ def run(args) -> dict:
             seg = model.segment(imgs[i])
             kf_times.append(time.perf_counter() - t0)
             sems.append(semantics_from_segmentation(seg, cmap, size))
-            cm_pf.update(seg.labels, gts[i])
+            cm_pf.update(seg.labels, seg.labels if gts is None else gts[i])
             pf_labels.append(seg.labels)
+        if gts is None:
+            gts = pf_labels
         bwd, fwd = [None], [None]
         grays = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in imgs]
         seq_flow_times = []
@@ -310,7 +336,8 @@ def run(args) -> dict:
                 built[label] = module
                 if w is not None:
                     res['config']['weights'].setdefault(label, {})[seq] = str(w)
-                if seq in _trained_on(module):
+                trained = _trained_on(module)   # 'udacity' = the first frames of solidWhiteRight.mp4
+                if seq in trained or (video and 'udacity' in trained and Path(video).name == 'solidWhiteRight.mp4'):
                     res['config']['seen'].setdefault(label, [])
                     if seq not in res['config']['seen'][label]:
                         res['config']['seen'][label].append(seq)
@@ -391,7 +418,9 @@ def format_table(res: dict) -> str:
     c = res['config']
     lines = [f"Temporal modules on {c['seq']} ({c['frames']} frames, {c['size'][0]}x{c['size'][1]}, "
              f"keyframe network {c['model']} {1000 * res['keyframe_network_s']:.0f} ms/frame, "
-             f"{c['threads']} thread(s)); mIoU vs pseudo labels"
+             f"{c['threads']} thread(s)); mIoU vs "
+             + ("the keyframe network's per-frame labels (a video without labels)" if c.get('video')
+                else 'pseudo labels')
              + ''.join(f'; {m} cheap network {spec}' for m, spec in c.get('cheap', {}).items())
              + (f"; GRFP class gate on: {', '.join(c['gated'])}" if c.get('gated') else ''),
              f"{'method':<20}{'mIoU':>7}{'mIoU-gt':>8}{'mIoU-prop':>10}{'recovered':>10}{'rec-gt':>8}{'cost/kf':>9}{'frame/kf':>9}{'agree-net':>10}"]
@@ -424,6 +453,9 @@ def main(argv=None) -> int:
     p.add_argument('--size', default='512x256', help='working size WxH (= keyframe network input)')
     p.add_argument('--model', default='auto', help='keyframe network (auto: s2.0 at the size)')
     p.add_argument('--frames', type=int, default=30)
+    p.add_argument('--video', default=None,
+                   help='evaluate on a video instead of the snippets (no labels: against the keyframe '
+                        "network's own per-frame labels, so per-frame = 100)")
     p.add_argument('--intervals', type=int, nargs='+', default=[2, 5])
     p.add_argument('--modes', nargs='+', default=list(PROP_MODES + CACHE_MODES))
     p.add_argument('--flow-preset', default='ultrafast')
