@@ -24,6 +24,12 @@ The age map travels with the state (``Semantics.age``; None = a keyframe, all fr
 keyframe re-propagated through buffered frames gives the same result as in-order processing.
 Its cost is the network on ~``tile_area`` of the pixels (ESPNetv2's cost on this CPU scales with the
 pixels) plus the tile search; ``vidseg bench-temporal --modes region`` measures it.
+
+Measured (BENCHMARKS.md sections 4 and 7.1): on the Cityscapes snippets it wins back about a third of
+the S=5 warping drop at ~0.22 keyframe, but those frames are also where its knobs were set; on the
+held-out highway clips it wins nothing and can lose a little. The network on a crop lacks the
+context it has on the whole frame and disagrees with its full-frame labels on ~5 % of the pixels,
+about as much as one warp step.
 """
 from __future__ import annotations
 
