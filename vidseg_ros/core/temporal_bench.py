@@ -57,16 +57,10 @@ def load_snippet(root: Path, seq: str, size, frames: int):
 
 def load_video(path: Path, size, frames: int):
     """The first ``frames`` frames of a video, area-resized to ``size`` (RGB)."""
+    from .temporal_train import video_frames
     if not Path(path).is_file():
         raise InputError(f'video not found: {path}')
-    cap = cv2.VideoCapture(str(path))
-    imgs = []
-    while len(imgs) < frames:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        imgs.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA))
-    cap.release()
+    imgs = video_frames(path, size, frames)
     if len(imgs) < 2:
         raise InputError(f'cannot read 2 frames from {path}')
     return imgs

@@ -74,16 +74,22 @@ def load_sequences(root: Path, size, seqs=TRAIN_SEQS, udacity_frames: int = 60):
         out.append((s, frames))
     vid = root / 'data' / 'udacity' / 'solidWhiteRight.mp4'
     if udacity_frames > 0 and vid.is_file():
-        cap = cv2.VideoCapture(str(vid))
-        frames = []
-        while len(frames) < udacity_frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA))
-        cap.release()
+        frames = video_frames(vid, size, udacity_frames)
         if len(frames) > 1:
             out.append(('udacity', frames))
+    return out
+
+
+def video_frames(path, size, frames: int) -> list:
+    """The first (at most) ``frames`` frames of a video, RGB, area-resized to ``size``."""
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while len(out) < frames:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        out.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA))
+    cap.release()
     return out
 
 
