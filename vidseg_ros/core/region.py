@@ -117,12 +117,7 @@ class RegionRefresher:
             backend = 'auto'
         self.net = load_model(cfg, device=device, backend=backend, input_size=self.tile)
         self.output_to_class = np.asarray(model.output_to_class)
-        self.calls = 0
         self.last = None   # (x, y, w, h) of the last tile at working resolution, pasted fraction
-
-    def describe(self) -> dict:
-        return {'tile': list(self.tile), 'tile_area': self.tile_area, 'margin': self.margin,
-                'conf': self.conf, 'iam_weight': self.iam_weight, 'new_weight': self.new_weight}
 
     def refresh(self, image: np.ndarray, warped: Semantics, mask, prev: Semantics | None = None,
                 flow_bwd: np.ndarray | None = None) -> Semantics:
@@ -159,7 +154,6 @@ class RegionRefresher:
         x, y = best_tile(need, cw, ch, max(1, int(round(STRIDE * sx))))
         crop = np.ascontiguousarray(image[y:y + ch, x:x + cw])
         seg = self.net.segment(crop)
-        self.calls += 1
         probs = np.asarray(seg.probs, np.float32)
         if probs.shape[1:] != (ch, cw):
             probs = _resize_planes(probs, (cw, ch), cv2.INTER_LINEAR)

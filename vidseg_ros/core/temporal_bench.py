@@ -34,6 +34,7 @@ import torch
 from .classes import CITYSCAPES, labelid_to_trainid
 from .errors import ConfigError, InputError
 from .paths import shared_dir
+from .temporal_train import UDACITY_VIDEO, video_frames
 
 PROP_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
 CACHE_MODES = ('cache1', 'cache2')
@@ -57,7 +58,6 @@ def load_snippet(root: Path, seq: str, size, frames: int):
 
 def load_video(path: Path, size, frames: int):
     """The first ``frames`` frames of a video, area-resized to ``size`` (RGB)."""
-    from .temporal_train import video_frames
     if not Path(path).is_file():
         raise InputError(f'video not found: {path}')
     imgs = video_frames(path, size, frames)
@@ -330,8 +330,8 @@ def run(args) -> dict:
                 built[label] = module
                 if w is not None:
                     res['config']['weights'].setdefault(label, {})[seq] = str(w)
-                trained = _trained_on(module)   # 'udacity' = the first frames of solidWhiteRight.mp4
-                if seq in trained or (video and 'udacity' in trained and Path(video).name == 'solidWhiteRight.mp4'):
+                trained = _trained_on(module)
+                if seq in trained or (video and 'udacity' in trained and Path(video).name == UDACITY_VIDEO):
                     res['config']['seen'].setdefault(label, [])
                     if seq not in res['config']['seen'][label]:
                         res['config']['seen'][label].append(seq)

@@ -37,6 +37,7 @@ from .paths import shared_dir
 from .refiner import DEFAULT_CHEAP, parse_cheap
 
 TRAIN_SEQS = ('seq0000', 'seq0001', 'seq0002')
+UDACITY_VIDEO = 'solidWhiteRight.mp4'   # the training data's 'udacity' sequence: its first frames
 SPARSE_EVERY = 10
 
 
@@ -72,7 +73,7 @@ def load_sequences(root: Path, size, seqs=TRAIN_SEQS, udacity_frames: int = 60):
                 raise InputError(f'cannot read {f}')
             frames.append(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA))
         out.append((s, frames))
-    vid = root / 'data' / 'udacity' / 'solidWhiteRight.mp4'
+    vid = root / 'data' / 'udacity' / UDACITY_VIDEO
     if udacity_frames > 0 and vid.is_file():
         frames = video_frames(vid, size, udacity_frames)
         if len(frames) > 1:
