@@ -36,6 +36,7 @@ from vidseg_ros.cli import positive_int, scale_arg
 from vidseg_ros.core.errors import InputError, VidsegError
 
 FRAME_ID = 'camera'
+DETERMINISTIC_WAIT_S = 5.0  # --deterministic: max wait of a frame for its flow and for the keyframe network
 SYNTH_DEFAULTS = dict(frames=60, size=(640, 360), fps=10.0, seed=0)
 AUTO_SCALE_PIXELS = 640 * 360
 OVERLAY_MAX_WIDTH = 1280
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--keep-input', action='store_true',
                    help='reuse an existing <out>/input drive even if its parameters differ')
     p.add_argument('--deterministic', action='store_true',
-                   help='keyframe frames wait for the network (propagation_node keyframe_wait=5 s): while the '
+                   help='frames wait for their flow and keyframe frames for the network (propagation_node '
+                        'keyframe_wait and flow_timeout = 5 s): while the '
                         "network keeps up, labels equal the offline pipeline's (vidseg run); default: live mode, "
                         'frames never wait')
     p.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
@@ -333,7 +335,10 @@ def graph_commands(args, scale: int):
                '--param', f'{n}:queue_depth=100']
     ra += ['--param', 'lifecycle_manager:autostart=true']
     if args.deterministic:
-        ra += ['--param', 'propagation_node:keyframe_wait=5.0']
+        # frames wait for the keyframe network and for their flow: a stall of the machine then delays
+        # labels instead of degrading them (live mode keeps the node's default flow_timeout)
+        ra += ['--param', f'propagation_node:keyframe_wait={DETERMINISTIC_WAIT_S}',
+               '--param', f'propagation_node:flow_timeout={DETERMINISTIC_WAIT_S}']
     for p in args.param:
         ra += ['--param', p]
     return runner.commands(runner.build_parser().parse_args(ra))
@@ -587,6 +592,10 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
     n_busy = sum(1 for d in kf_dec if not d[0] and d[1] == 'busy')
     stats = [col.stats[ns] for ns in sent if ns in col.stats]
     degraded = sum(1 for s in stats if s.get('degraded'))
+    reasons = {}
+    for s in stats:
+        for r in (s.get('reasons') or []) if s.get('degraded') else []:
+            reasons[r] = reasons.get(r, 0) + 1
     conf = [col.confidence[ns] for ns in sent if ns in col.confidence]
     rx_span = (col.last_receipt - col.first_receipt) if col.first_receipt and col.n_labels > 1 else None
     in_span = (publish_times[-1] - publish_times[0]) if len(publish_times) > 1 else None
@@ -656,7 +665,7 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
                        'max': ms(float(lat.max()) if len(lat) else None), 'n': int(len(lat))},
         'keyframes': {'count': n_kf, 'ratio': n_kf / len(sent) if sent else None,
                       'skipped_busy': n_busy, 'decisions': len(kf_dec), 'keyframe_results': col.kf_labels},
-        'degraded_frames': degraded,
+        'degraded_frames': degraded, 'degraded_reasons': dict(sorted(reasons.items())),
         'mean_confidence': float(np.mean(conf)) if conf else None,
         'miou': cm.miou() if cm is not None and n_gt else None,
         'pixel_accuracy': cm.pixel_accuracy() if cm is not None and n_gt else None,
@@ -696,7 +705,9 @@ def format_table(s: dict) -> str:
                                    f"{f(lat['max'], '{:.0f}')} ms"),
         ('keyframes', f"{kf['count']} ({f(kf['ratio'] and 100 * kf['ratio'], '{:.0f}')} %), "
                       f"{kf['skipped_busy']} skipped busy"),
-        ('degraded frames', str(s['degraded_frames'])),
+        ('degraded frames', str(s['degraded_frames']) + (
+            ' (' + ', '.join(f'{k}: {v}' for k, v in s['degraded_reasons'].items()) + ')'
+            if s.get('degraded_reasons') else '')),
         ('mean confidence', f(s['mean_confidence'], '{:.3f}')),
         ('mIoU vs ground truth', f"{f(s['miou'] and 100 * s['miou'], '{:.2f}', ' %')} ({s['gt_frames']} frames)"
          if s['miou'] is not None else 'n/a (no ground truth)'),
