@@ -636,3 +636,40 @@ def test_bench_table_pools_snippets_with_per_snippet_weights(shared, tmp_path, c
     assert set(res['intervals']['2']) == {'warp', 'g'}
     assert 0 <= res['intervals']['2']['g']['miou'] <= 1 and res['intervals']['2']['g']['cost_rel'] > 0
     assert 'WARNING: g was trained on seq0001' in capsys.readouterr().out
+
+
+def test_stage_costs_split_the_network():
+    """The stages timed by ``vidseg profile-stages`` are the whole network, in order: chained they give its
+    output, and their convolution MACs add up to its MACs; the caching floors drop exactly the cached stages."""
+    from vidseg_ros.core.caching import CACHED_STAGES, STAGES, stage_costs
+    from vidseg_ros.core.models.espnetv2 import ESPNetv2Seg
+    torch.manual_seed(0)
+    net = ESPNetv2Seg(0.5, 20)
+    _randomise_head(net)
+    r = stage_costs(net, (96, 48), rounds=1)
+    assert [s['stage'] for s in r['stages']] == list(STAGES)
+    assert r['max_abs_diff_vs_full'] < 1e-4
+    assert sum(s['mac_share'] for s in r['stages']) == pytest.approx(1.0, abs=0.01)
+    assert sum(s['time_share'] for s in r['stages']) == pytest.approx(1.0)
+    share = {s['stage']: s for s in r['stages']}
+    for lv, cached in CACHED_STAGES.items():
+        f = r['caching_floor'][lv]
+        assert f['mac_share'] == pytest.approx(1.0 - sum(share[c]['mac_share'] for c in cached), abs=0.01)
+        assert 0.0 < f['time_share'] < 1.0
+    assert r['caching_floor'][2]['mac_share'] < r['caching_floor'][1]['mac_share']
+    assert net.training   # left as it was
+    with pytest.raises(ConfigError, match='multiples of 16'):
+        stage_costs(net, (100, 50))
+
+
+def test_profile_stages_cli(shared, tmp_path, capsys):
+    import json
+    from vidseg_ros import cli
+    out = tmp_path / 'sc.json'
+    assert cli.main(['profile-stages', '--model', 'espnetv2_s0.5_512x256', '--size', '64x32', '--rounds', '1',
+                     '--out', str(out), '-q']) == 0
+    r = json.loads(out.read_text())
+    assert r['input_size'] == [64, 32] and r['model'].startswith('espnetv2_s0.5')
+    assert 'caching 1 level(s) reuses level4+dec1' in capsys.readouterr().out
+    assert cli.main(['profile-stages', '--size', '64by32', '--out', str(out)]) == 2
+    assert "--size must be WxH" in capsys.readouterr().err

@@ -9,6 +9,10 @@ Levels cached (``ESPNetv2Seg.forward_low`` / ``forward_high``):
   ('d1', H/16); level1..level3 and the rest of the decoder run on the current frame;
 * ``levels=2``: also level3 ('e3', H/8) is reused; only level1, level2 and the decoder run.
 
+What it can save is bounded by where ESPNetv2 spends its time: ``stage_costs`` / ``vidseg
+profile-stages`` measures it per stage (on the 2-core CPU, caching 1 level still recomputes ~80 % of
+a keyframe's time, 2 levels ~64 %: the high-resolution decoder stages dominate; BENCHMARKS.md 7.1).
+
 This cannot be a Propagator refiner (it needs the network split), so it has its own
 ``process(rgb) -> CachedFrame`` loop with a keyframe schedule; pipeline/ROS call it in place of the
 keyframe network + Propagator (see ``temporal.make_temporal_module``). A keyframe frame's output is
@@ -139,3 +143,140 @@ class FeatureCachingSegmenter:
         if hasattr(self.schedule, 'observe'):
             self.schedule.observe(is_kf, tm['total'])
         return CachedFrame(probs, self.model.output_to_class[idx_max], bool(is_kf), self._dist, tm)
+
+
+# ------------------------------------------------------------------ what caching can save at most
+STAGES = ('level1', 'level2', 'level3', 'level4', 'dec1', 'dec2', 'dec3', 'dec4')
+STAGE_RES = {'level1': 2, 'level2': 4, 'level3': 8, 'level4': 16, 'dec1': 16, 'dec2': 8, 'dec3': 4, 'dec4': 2}
+CACHED_STAGES = {1: ('level4', 'dec1'), 2: ('level3', 'level4', 'dec1')}
+
+
+def _stage_fns(net, x):
+    """(name, fn) of the ESPNetv2 stages in order; each fn reads its inputs from ``m`` (filled in order)."""
+    from .models.espnetv2 import _resize_ac, _up2
+    bn = net.base_net
+    h, w = int(x.shape[2]), int(x.shape[3])
+    return [
+        ('level1', lambda m: bn.level1(x)),
+        ('level2', lambda m: bn.level2_0(m['level1'], x)),
+        ('level3', lambda m: net._level3(m['level2'], x)),
+        ('level4', lambda m: net.level4(m['level3'], x)),
+        ('dec1', lambda m: net.bu_dec_l1(m['level4'])),
+        ('dec2', lambda m: net.bu_dec_l2(net.bu_br_l2(_up2(m['dec1']) + net.merge_enc_dec_l2(m['level3'])))),
+        ('dec3', lambda m: net.bu_dec_l3(net.bu_br_l3(_up2(m['dec2']) + net.merge_enc_dec_l3(m['level2'])))),
+        ('dec4', lambda m: _resize_ac(net.bu_dec_l4(net.bu_br_l4(_up2(m['dec3']) + net.merge_enc_dec_l4(
+            m['level1']))), (h, w))),
+    ]
+
+
+def stage_costs(net, input_wh, rounds: int = 7, progress: bool = False) -> dict:
+    """Cost of each stage of an ESPNetv2 network (torch, current thread count) at ``input_wh``:
+    multiply-accumulates of its convolutions (``torch.utils.flop_counter``, exact) and its time
+    (median over ``rounds`` interleaved rounds, the whole network timed in the same rounds), and the
+    share of the network that feature caching of 1 / 2 levels must still recompute on every frame
+    (its cost floor, before the warp of the cached maps). Stages: ``STAGES`` (encoder levels 1-4,
+    decoder EPP stages 1-4 with their merges; ``STAGE_RES``: output stride)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from tqdm import tqdm
+    w, h = int(input_wh[0]), int(input_wh[1])
+    if w % 16 or h % 16 or w < 32 or h < 32:
+        raise ConfigError(f'stage costs need an input of at least 32x32 in multiples of 16, got {w}x{h}')
+    x = torch.zeros(1, 3, h, w).normal_(generator=torch.Generator().manual_seed(0))
+    fns = _stage_fns(net, x)
+    macs, maps = {}, {}
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            for name, fn in fns:
+                with FlopCounterMode(display=False) as fc:
+                    maps[name] = fn(maps)
+                macs[name] = fc.get_total_flops() / 2.0
+            with FlopCounterMode(display=False) as fc:
+                full_out = net(x)
+            full_macs = fc.get_total_flops() / 2.0
+            max_diff = float((maps['dec4'] - full_out).abs().max())
+            times = {name: [] for name, _ in fns}
+            times['full'] = []
+            for _ in tqdm(range(int(rounds) + 1), desc='stage costs', disable=not progress):
+                for name, fn in fns:
+                    t0 = time.perf_counter()
+                    fn(maps)
+                    times[name].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                net(x)
+                times['full'].append(time.perf_counter() - t0)
+    finally:
+        net.train(was_training)
+    ms = {k: 1000.0 * float(np.median(v[1:])) for k, v in times.items()}   # round 0 = warm-up
+    stage_ms = sum(ms[n] for n in STAGES)
+    rows = [{'stage': n, 'stride': STAGE_RES[n], 'gmac': macs[n] / 1e9, 'mac_share': macs[n] / full_macs,
+             'ms': ms[n], 'time_share': ms[n] / stage_ms} for n in STAGES]
+    floor = {}
+    for lv, cached in CACHED_STAGES.items():
+        floor[lv] = {'cached': list(cached),
+                     'mac_share': sum(r['mac_share'] for r in rows if r['stage'] not in cached),
+                     'time_share': sum(r['time_share'] for r in rows if r['stage'] not in cached)}
+    return {'input_size': [w, h], 'threads': torch.get_num_threads(), 'rounds': int(rounds),
+            'full': {'gmac': full_macs / 1e9, 'ms': ms['full'], 'stages_ms': stage_ms},
+            'max_abs_diff_vs_full': max_diff, 'stages': rows, 'caching_floor': floor}
+
+
+def format_stage_costs(r: dict) -> str:
+    w, h = r['input_size']
+    lines = [f'ESPNetv2 stages at {w}x{h} (torch, {r["threads"]} thread(s), median of {r["rounds"]} rounds; '
+             f'whole network {r["full"]["ms"]:.1f} ms, stages summed {r["full"]["stages_ms"]:.1f} ms, '
+             f'{r["full"]["gmac"]:.3f} GMAC)',
+             f'{"stage":<8} {"stride":>6} {"GMAC":>7} {"MAC %":>6} {"ms":>7} {"time %":>7}']
+    for s in r['stages']:
+        lines.append(f'{s["stage"]:<8} {"1/" + str(s["stride"]):>6} {s["gmac"]:>7.3f} {100 * s["mac_share"]:>6.1f} '
+                     f'{s["ms"]:>7.1f} {100 * s["time_share"]:>7.1f}')
+    for lv, f in r['caching_floor'].items():
+        lines.append(f'caching {lv} level(s) reuses {"+".join(f["cached"])}: recomputes {100 * f["mac_share"]:.0f} % '
+                     f'of the MACs and {100 * f["time_share"]:.0f} % of the time on every frame')
+    return '\n'.join(lines)
+
+
+def profile_main(argv=None) -> int:
+    """``vidseg profile-stages``: where ESPNetv2 spends its time, i.e. what feature caching can save."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    from .errors import VidsegError
+    from .models import load_model
+    p = argparse.ArgumentParser(prog='vidseg profile-stages', description=profile_main.__doc__)
+    p.add_argument('--model', default='espnetv2_s2.0_512x256', help='an ESPNetv2 model name or config')
+    p.add_argument('--size', default=None, help='input size WxH (default: the model\'s)')
+    p.add_argument('--threads', type=int, default=1, help='torch threads (default 1, as the CV table)')
+    p.add_argument('--rounds', type=int, default=15, help='interleaved timing rounds')
+    p.add_argument('--out', default='runs/stage_costs.json', help='JSON output')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
+    a = p.parse_args(argv)
+    try:
+        size = None
+        if a.size:
+            try:
+                size = tuple(int(v) for v in a.size.lower().split('x'))
+                assert len(size) == 2
+            except (ValueError, AssertionError):
+                raise ConfigError(f'--size must be WxH, got {a.size!r}') from None
+        if a.threads < 1 or a.rounds < 1:
+            raise ConfigError('--threads and --rounds must be >= 1')
+        torch.set_num_threads(a.threads)
+        model = load_model(a.model, backend='torch', input_size=size)
+        net = getattr(model, 'net', None)
+        if net is None or not hasattr(net, 'forward_low'):
+            raise ModelError(f'stage costs need an ESPNetv2 model, got {model.name}')
+        r = stage_costs(net, model.input_size, a.rounds, progress=not a.quiet)
+    except VidsegError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    r['model'] = model.name
+    print(format_stage_costs(r))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1) + '\n')
+    print(f'wrote {out}')
+    return 0
