@@ -41,3 +41,27 @@ def test_region_tile_area(tmp_path, shared, capsys):
     assert rc == 2 and '--region-tile-area applies to --temporal-mode region only' in capsys.readouterr().err
     rc = cli.main(base + ['--out', str(tmp_path / 'c'), '--temporal-mode', 'region', '--region-tile-area', '2'])
     assert rc == 2 and 'tile_area must be in (0, 1]' in capsys.readouterr().err
+
+
+def _bench_result(rows):
+    return {'config': {'seq': 'seq0003', 'frames': 30, 'size': [512, 256]},
+            'intervals': {'2': {}, '5': rows}}
+
+
+def test_bench_temporal_tradeoff_plot(tmp_path, capsys):
+    """The trade-off plot of a saved bench-temporal table (`--replot`), and clear errors around it."""
+    from vidseg_ros.core.temporal_bench import plot_tradeoff
+    rows = {'warp': {'recovered': None, 'cost_rel': 0.0, 'frame_rel': 0.04},
+            'grfp': {'recovered': 0.29, 'cost_rel': 0.235, 'frame_rel': 0.273},
+            'iam-lowres': {'recovered': -1.03, 'cost_rel': 0.24, 'frame_rel': 0.28},
+            'cache1': {'recovered': 0.52, 'cost_rel': 1.2, 'frame_rel': None}}
+    png = plot_tradeoff(_bench_result(rows), tmp_path / 'a.png')
+    assert png == tmp_path / 'a.png' and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert plot_tradeoff(_bench_result({'warp': rows['warp']}), tmp_path / 'b.png') is None   # nothing to plot
+    assert not (tmp_path / 'b.png').exists()
+    saved = tmp_path / 'cv.json'
+    saved.write_text(json.dumps(_bench_result(rows)))
+    assert cli.main(['bench-temporal', '--replot', str(saved)]) == 0
+    assert (tmp_path / 'cv_tradeoff.png').stat().st_size > 1000
+    assert cli.main(['bench-temporal', '--replot', str(tmp_path / 'missing.json')]) == 2
+    assert 'cannot read a bench-temporal result' in capsys.readouterr().err

@@ -485,6 +485,7 @@ def test_bench_on_a_video_without_labels(shared, tmp_path, capsys):
     assert res['per_frame']['miou'] == 1.0
     assert 0 < res['intervals']['2']['warp']['miou'] < 1.0
     assert "per-frame labels (a video without labels)" in capsys.readouterr().out
+    assert (tmp_path / 'v_tradeoff.png').stat().st_size > 1000   # region vs warp at S=2
     with pytest.raises(InputError, match='video not found'):
         main(['--video', str(tmp_path / 'nope.mp4'), '--size', '128x64', '--model', 'espnetv2_s0.5_512x256',
               '--modes', 'warp', '--out', str(tmp_path / 'x.json')])

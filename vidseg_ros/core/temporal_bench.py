@@ -438,6 +438,58 @@ def format_table(res: dict) -> str:
     return '\n'.join(lines)
 
 
+GOAL = {'recovered': 0.5, 'cost': 0.25}   # issue 4: >= half of the S=5 drop at <= 1/4 of a keyframe
+
+
+def plot_tradeoff(res: dict, path, interval: str | None = None) -> Path | None:
+    """Recovered share of the warping drop vs cost / keyframe at one interval (default: the largest),
+    one marker per module, for the module alone (filled) and the whole propagated frame (open,
+    joined); the issue-4 goal region shaded. None when there is nothing to plot (no 'warp' row)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    ivs = sorted(res.get('intervals', {}), key=int)
+    if not ivs:
+        return None
+    S = interval if interval is not None else ivs[-1]
+    rows = {m: r for m, r in res['intervals'][str(S)].items()
+            if m != 'warp' and r.get('recovered') is not None and r.get('cost_rel') is not None}
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    ys = [100 * r['recovered'] for r in rows.values()]
+    lo = max(min(ys + [0.0]) - 5, -30.0)        # a module far below 0 is drawn at the edge, its value named
+    hi = max(ys + [100 * GOAL['recovered']]) + 8
+    ax.fill_between([0, GOAL['cost']], 100 * GOAL['recovered'], hi, color='tab:green', alpha=0.12, lw=0,
+                    label='goal: >= 50 % at <= 1/4 keyframe')
+    ax.axhline(0, color='k', lw=0.8)
+    cmap = plt.get_cmap('tab20')
+    for i, (m, r) in enumerate(sorted(rows.items())):
+        c = cmap(i % 20)
+        y = 100 * r['recovered']
+        yc = max(y, lo + 2)
+        name = m if y >= lo + 2 else f'{m} ({y:.0f} %, off the scale)'
+        ax.scatter(r['cost_rel'], yc, color=c, s=40, zorder=3, label=name, marker='o' if y >= lo + 2 else 'v')
+        if r.get('frame_rel') is not None:
+            ax.scatter(r['frame_rel'], yc, facecolors='none', edgecolors=c, s=40, zorder=3)
+            ax.plot([r['cost_rel'], r['frame_rel']], [yc, yc], color=c, lw=1, zorder=2)
+    ax.set_ylim(lo, hi)
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5), frameon=False)
+    c = res['config']
+    where = f"video {Path(c['video']).name}" if c.get('video') else f"{c['seq']} ({c['frames']} frames)"
+    ax.set_xlabel('cost per propagated frame / keyframe network (filled: module, open: whole frame)')
+    ax.set_ylabel(f'recovered share of the S={S} warping drop (%)')
+    ax.set_title(f'Temporal modules at S={S}: accuracy won back vs cost\n{where}, {c["size"][0]}x{c["size"][1]}',
+                 fontsize=10)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='temporal_bench', description=__doc__.splitlines()[0])
     p.add_argument('--seqs', '--seq', dest='seqs', nargs='+', default=['seq0003'],
@@ -468,7 +520,18 @@ def main(argv=None) -> int:
                    help='instead of the table: cost and accuracy of candidate cheap networks of GRFP/DAVSS')
     p.add_argument('--out', default=None,
                    help='JSON output (default runs/temporal_bench.json, runs/cheap_candidates.json)')
+    p.add_argument('--replot', default=None, metavar='JSON',
+                   help='only redraw the trade-off plot (<JSON stem>_tradeoff.png) of a saved table')
     args = p.parse_args(argv)
+    if args.replot:
+        try:
+            res = json.loads(Path(args.replot).read_text())
+        except (OSError, ValueError) as e:
+            from .errors import InputError
+            raise InputError(f'cannot read a bench-temporal result from {args.replot}: {e}') from None
+        png = plot_tradeoff(res, _plot_path(Path(args.replot))) if isinstance(res, dict) else None
+        print(f'wrote {png}' if png else f'{args.replot}: no rows with a recovered share to plot')
+        return 0
     if args.cheap_candidates:
         res = run_cheap(args)
         table = format_cheap(res)
@@ -484,8 +547,13 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix('.txt').write_text(table + '\n')
-    print(f'wrote {out} and {out.with_suffix(".txt")}')
+    png = None if args.cheap_candidates else plot_tradeoff(res, _plot_path(out))
+    print(f'wrote {out} and {out.with_suffix(".txt")}' + (f' and {png}' if png else ''))
     return 0
+
+
+def _plot_path(out: Path) -> Path:
+    return out.with_name(out.stem + '_tradeoff.png')
 
 
 if __name__ == '__main__':   # same as `vidseg bench-temporal` (one-line errors, exit 2)
