@@ -325,6 +325,74 @@ def test_bench_flow_params(tmp_path):
                   flow_params={'magic': 1})
 
 
+def test_schedule_study_scores_schedules_like_the_bench(tmp_path):
+    """`vidseg bench-schedules`: a schedule scored from the pair matrices equals the bench's own row on the same
+    frames (fixed S=2, S=5); the oracle at a budget is never below fixed and keeps the budget; triggers are
+    causal (lag) and the budget threshold is the smallest within it."""
+    from vidseg_ros.core import schedule_bench as sb
+    from vidseg_ros.core.bench import run_bench
+    from vidseg_ros.core.errors import ConfigError
+    data = _bench_snippets(tmp_path / 'seqdata', frames=8)
+    net = ColourNet()
+    res = run_bench(model=net, data=data, frames=8, scale=2, out=tmp_path / 'b', progress=False, refine=False)
+    rows = {r['name']: r for r in res['rows']}
+    study = sb.pair_study(net, data, ['seqA', 'seqB'], frames=8, scale=2, progress=False)
+    assert study.frames == {'seqA': 8, 'seqB': 8}
+    for S in (2, 5):
+        m, n = study.score(sb.fixed(study, S))
+        assert n == rows[f'warp_s{S}']['keyframes']
+        assert 100 * m == pytest.approx(rows[f'warp_s{S}']['miou'], abs=1e-6)
+    pf, n = study.score({s: range(8) for s in study.seqs})
+    assert n == 16 and 100 * pf == pytest.approx(rows['per_frame']['miou'], abs=1e-6)
+    # oracle: same budget, never worse than the fixed schedule it starts from
+    sched, m, _ = sb.oracle(study, 4, start=sb.fixed(study, 5))
+    assert sum(len(v) for v in sched.values()) == 4 and all(v[0] == 0 for v in sched.values())
+    assert m >= study.score(sb.fixed(study, 5))[0] - 1e-12
+    with pytest.raises(ConfigError, match='less than one per snippet'):
+        sb.oracle(study, 1)
+    # triggers: always-true evidence fires every frame with lag 0, every other frame with lag 1
+    assert sb.trigger(study, 'motion', -1.0, lag=0)['seqA'] == list(range(8))
+    assert sb.trigger(study, 'motion', -1.0, lag=1)['seqA'] == [0, 2, 4, 6]
+    assert sb.trigger(study, 'motion', 1e9)['seqA'] == [0]
+    assert study.evidence('motion', 'seqA', 0, 3) == pytest.approx(sum(study.frame_signals['seqA']['motion'][1:4]))
+    assert 0.5 < study.frame_signals['seqA']['motion'][1] < 3.0   # the bands move 2 px per frame (1 at D=2)
+    curve = [(0.5, 9, 0.1), (1.0, 6, 0.2), (2.0, 4, 0.3), (3.0, 3, 0.4)]
+    assert sb.within_budget(curve, 6) == (1.0, 6, 0.2) and sb.within_budget(curve, 2) is None
+    with pytest.raises(ConfigError, match='unknown trigger signal'):
+        study.evidence('magic', 'seqA', 0, 1)
+    out = sb.run(study, intervals=(4,), curve_intervals=(2, 4), signals=('iam', 'motion'), progress=False)
+    b = out['budgets']['4']
+    assert b['budget'] == 4 and b['rows']['oracle']['miou'] >= b['rows']['fixed']['miou'] - 1e-12
+    assert {'fixed', 'oracle', 'oracle_counts'} <= set(b['rows'])
+    assert 0 < b['rows']['fixed']['pixel_accuracy'] <= out['per_frame']['pixel_accuracy'] <= 1
+    assert len(b['rows']['oracle']['iou']) == study.num_classes
+    assert 'budget of fixed S=4: 4 keyframes' in sb.format_table(out)
+    assert sb.plot(out, tmp_path / 's.png').stat().st_size > 1000
+
+
+@pytest.mark.shared
+def test_bench_schedules_cli(shared, tmp_path, capsys):
+    data = _bench_snippets(tmp_path / 'seqdata', frames=4)
+    out = tmp_path / 'sched'
+    assert cli_main(['bench-schedules', '--data', str(data), '--model', 'espnetv2_s0.5_512x256', '--frames', '4',
+                     '--intervals', '2', '--signals', 'motion', 'iam_sum', '--out', str(out), '-q']) == 0
+    res = json.loads((out / 'schedules.json').read_text())
+    assert res['config']['model'].startswith('espnetv2_s0.5') and res['config']['frames'] == 8
+    assert res['budgets']['2']['budget'] == 4 and set(res['curves']) == {'motion', 'iam_sum'}
+    assert (out / 'schedules.png').stat().st_size > 1000
+    assert 'budget of fixed S=2' in (out / 'schedules.txt').read_text() and 'wrote' in capsys.readouterr().out
+
+
+def test_bench_schedules_cli_errors(tmp_path, capsys):
+    assert cli_main(['bench-schedules', '--data', str(tmp_path / 'nope'), '-q']) == 2
+    assert 'cityscapes_seq not found' in capsys.readouterr().err
+    (tmp_path / 'empty').mkdir()
+    assert cli_main(['bench-schedules', '--data', str(tmp_path / 'empty'), '-q']) == 2
+    assert 'no snippet folders' in capsys.readouterr().err
+    assert cli_main(['bench-schedules', '--frames', '1']) == 2
+    assert '--frames must be >= 2' in capsys.readouterr().err
+
+
 @pytest.mark.shared
 def test_bench_iam_rows_with_a_learned_refiner(shared, tmp_path):
     """`vidseg bench --refiner refiner`: the warp_iam rows run the packaged EVS refiner (its cost is

@@ -29,6 +29,8 @@ DELEGATES = {'synth': ('vidseg_ros.core.synth', 'cli_main', 'generate a syntheti
                             'evaluate a keyframe model against the teacher and labels'),
              'bench-temporal': ('vidseg_ros.core.temporal_bench', 'main',
                                 'EVS Table 1 of the temporal modules (see vidseg bench-temporal -h)'),
+             'bench-schedules': ('vidseg_ros.core.schedule_bench', 'main',
+                                 'keyframe placement for plain warping: fixed, triggers, oracle (see -h)'),
              'profile-stages': ('vidseg_ros.core.caching', 'profile_main',
                                 'ESPNetv2 cost per stage: what feature caching can save (see -h)'),
              'synth-analysis': ('vidseg_ros.core.synth_analysis', 'main',

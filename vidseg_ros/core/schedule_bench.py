@@ -1,0 +1,419 @@
+"""``vidseg bench-schedules``: how much can *where* the keyframes go win back for plain warping?
+
+For every snippet of ``cityscapes_seq`` and every pair (keyframe k, frame t >= k) it propagates the keyframe
+network's labels of frame k to frame t with the same flow and warping as ``vidseg bench`` (DIS at the
+working resolution, labels warped frame to frame, evaluated at full resolution against the pseudo labels)
+and keeps the confusion matrix of each pair. Any keyframe schedule is then scored exactly, without running
+anything again: frame t takes its labels from the newest keyframe <= t. Schedules compared at the keyframe
+budget of a fixed interval S (the same number of keyframes over all snippets):
+
+* ``fixed S``: a keyframe every S frames (``vidseg bench``'s ``warp_sS`` rows, reproduced exactly);
+* ``oracle``: the best placement found by local search (move one keyframe while pooled mIoU improves),
+  using the labels -- an upper bound for any schedule, not a schedule;
+* ``oracle counts``: the best number of keyframes per snippet, evenly spaced within it (labels used too);
+* ``trigger SIGNAL``: causal schedules that a robot can run: a keyframe at frame t when the evidence
+  gathered since the last keyframe up to frame t-1 (the decision is taken when frame t arrives) passes a
+  threshold. The threshold is the smallest that keeps within the budget (a rate, not an accuracy,
+  choice). Signals (``SIGNALS``): ``iam`` (IAM inconsistent fraction of the last propagated frame: the
+  ``AdaptiveSchedule`` signal), ``iam_sum`` (that fraction summed since the keyframe), ``motion`` (mean
+  flow magnitude, px, summed), ``photo`` (mean photometric residual of the backward-warped previous
+  frame, summed), ``fb`` (fraction of pixels failing the forward-backward flow check, summed),
+  ``entered`` (fraction of pixels that entered the view, summed).
+
+Writes JSON, a text table and a plot (mIoU drop vs keyframes for every schedule family).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, InputError, VidsegError
+from .metrics import ConfusionMatrix
+
+SIGNALS = ('iam', 'iam_sum', 'motion', 'photo', 'fb', 'entered')
+
+
+@dataclass
+class PairStudy:
+    """Per snippet: ``cm[seq][(k, t)]`` = (mat, missed) of frame t propagated from keyframe k; ``frame_signals``
+    [seq][name][t] (flow between t-1 and t; index 0 unused); ``iam[seq][(k, t)]`` IAM fraction at t."""
+
+    num_classes: int
+    seqs: list
+    frames: dict                      # seq -> number of frames
+    cm: dict = field(default_factory=dict)
+    iam: dict = field(default_factory=dict)
+    frame_signals: dict = field(default_factory=dict)
+
+    def score(self, keyframes: dict) -> tuple:
+        """(pooled mIoU, keyframe count) of a schedule {seq: keyframe indices (0 is always one)}."""
+        mat, missed = self._sum(keyframes)
+        return _miou(mat, missed, self.num_classes), sum(len(set(keyframes[s]) | {0}) for s in self.seqs)
+
+    def metrics(self, keyframes: dict) -> dict:
+        """mIoU, pixel accuracy and per-class IoU (NaN: class absent) of a schedule."""
+        cm = ConfusionMatrix(self.num_classes)
+        cm.mat, cm.missed = self._sum(keyframes)
+        return {'miou': cm.miou(), 'pixel_accuracy': cm.pixel_accuracy(),
+                'iou': [None if np.isnan(v) else float(v) for v in cm.iou()]}
+
+    def _seq_sum(self, seq, kfs):
+        kfs = sorted(set(kfs) | {0})
+        mat = np.zeros((self.num_classes, self.num_classes), np.int64)
+        missed = np.zeros(self.num_classes, np.int64)
+        j = 0
+        for t in range(self.frames[seq]):
+            while j + 1 < len(kfs) and kfs[j + 1] <= t:
+                j += 1
+            m, x = self.cm[seq][(kfs[j], t)]
+            mat += m
+            missed += x
+        return mat, missed
+
+    def _sum(self, keyframes):
+        parts = [self._seq_sum(s, keyframes[s]) for s in self.seqs]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def evidence(self, name: str, seq: str, k: int, t: int) -> float:
+        """The trigger signal ``name`` at frame t for the keyframe k (accumulated over k+1..t)."""
+        if name == 'iam':
+            return self.iam[seq][(k, t)]
+        if name == 'iam_sum':
+            return float(sum(self.iam[seq][(k, u)] for u in range(k + 1, t + 1)))
+        if name not in SIGNALS:
+            raise ConfigError(f'unknown trigger signal {name!r} (known: {", ".join(SIGNALS)})')
+        sig = self.frame_signals[seq][name]
+        return float(sum(sig[u] for u in range(k + 1, t + 1)))
+
+
+def _miou(mat, missed, k):
+    cm = ConfusionMatrix(k)
+    cm.mat, cm.missed = mat, missed
+    return cm.miou()
+
+
+def frame_signals(flow_bwd, flow_fwd, gray_prev, gray_cur) -> dict:
+    """Per-frame trigger signals from the flows between two frames (computed on the flow's own grid; motion in
+    pixels of the working resolution, the others fractions / grey levels)."""
+    from .iam import flow_inconsistency
+    from .region import entered_view
+    from .warp import make_remap
+    b = np.asarray(flow_bwd, np.float32)
+    fh, fw = b.shape[:2]
+    g0 = cv2.resize(gray_prev, (fw, fh), interpolation=cv2.INTER_AREA).astype(np.float32)
+    g1 = cv2.resize(gray_cur, (fw, fh), interpolation=cv2.INTER_AREA).astype(np.float32)
+    rm = make_remap(b)
+    warped = cv2.remap(g0, rm.map_x, rm.map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    px = gray_cur.shape[1] / fw   # flow values are in the flow grid's pixels: report working-resolution px
+    return {'motion': float(np.linalg.norm(b, axis=2).mean()) * px,
+            'photo': float(np.abs(warped - g1).mean()),
+            'fb': float(flow_inconsistency(b, flow_fwd).mean()),
+            'entered': float(entered_view(b, (fw, fh)).mean())}
+
+
+def pair_study(net, root: Path, seqs, frames: int = 30, scale: int = 2, flow=None, progress=True) -> PairStudy:
+    """Propagate every frame's keyframe-network labels to every later frame of its snippet (see module doc)."""
+    from tqdm import tqdm
+
+    from .bench import _load_seq
+    from .flow import FlowEstimator
+    from .pipeline import working_size
+    from .propagation import Propagator, semantics_from_segmentation
+
+    flow = flow or FlowEstimator('dis', preset='ultrafast')
+    k = net.class_set.num_classes
+    class_map = np.asarray(net.output_to_class, np.uint8)
+    study = PairStudy(k, list(seqs), {})
+    for seq in seqs:
+        _, imgs, gts = _load_seq(Path(root) / seq, int(frames))
+        n = len(imgs)
+        if n < 2:
+            raise InputError(f'{seq}: a schedule study needs at least 2 frames, got {n}')
+        size = (imgs[0].shape[1], imgs[0].shape[0])
+        ws = working_size(size, scale)
+        grays = [cv2.cvtColor(cv2.resize(im, ws, interpolation=cv2.INTER_AREA) if ws != size else im,
+                              cv2.COLOR_RGB2GRAY) for im in imgs]
+        sems = [semantics_from_segmentation(net.segment(im), class_map, ws)
+                for im in tqdm(imgs, desc=f'{seq}: keyframe network', disable=not progress, leave=False)]
+        flows = [None] + [(flow.compute_native(grays[t], grays[t - 1]), flow.compute_native(grays[t - 1], grays[t]))
+                          for t in range(1, n)]
+        sig = {name: [0.0] * n for name in ('motion', 'photo', 'fb', 'entered')}
+        for t in range(1, n):
+            for name, v in frame_signals(flows[t][0], flows[t][1], grays[t - 1], grays[t]).items():
+                sig[name][t] = v
+        study.frames[seq], study.frame_signals[seq] = n, sig
+        cms, iams = {}, {}
+        for kf in tqdm(range(n), desc=f'{seq}: keyframe -> later frames', disable=not progress, leave=False):
+            prop = Propagator(warp=True, refiner=None, use_iam=True)
+            prop.set_keyframe(kf, sems[kf])
+            for t in range(kf, n):
+                out = prop.step(t, None, None) if t == kf else prop.step(t, *flows[t])
+                lab = out.labels
+                if lab.shape != gts[t].shape:
+                    lab = cv2.resize(lab, (gts[t].shape[1], gts[t].shape[0]), interpolation=cv2.INTER_NEAREST)
+                cm = ConfusionMatrix(k).update(lab, gts[t])
+                cms[(kf, t)] = (cm.mat, cm.missed)
+                iams[(kf, t)] = float(out.inconsistent_fraction)
+        study.cm[seq], study.iam[seq] = cms, iams
+    return study
+
+
+# ------------------------------------------------------------------------------------------ schedules
+def fixed(study: PairStudy, interval: int) -> dict:
+    return {s: list(range(0, study.frames[s], int(interval))) for s in study.seqs}
+
+
+def trigger(study: PairStudy, signal: str, threshold: float, lag: int = 1) -> dict:
+    """Causal schedule: keyframe at t when the evidence since the last keyframe up to t - ``lag`` > threshold."""
+    out = {}
+    for s in study.seqs:
+        kfs, k = [0], 0
+        for t in range(1, study.frames[s]):
+            u = t - lag
+            if u > k and study.evidence(signal, s, k, u) > threshold:
+                k = t
+                kfs.append(t)
+        out[s] = kfs
+    return out
+
+
+def trigger_curve(study: PairStudy, signal: str, lag: int = 1, points: int = 60) -> list:
+    """[(threshold, keyframes, mIoU)] over thresholds at the quantiles of the signal's values."""
+    vals = sorted({study.evidence(signal, s, k, t) for s in study.seqs for k in range(study.frames[s])
+                   for t in range(k + 1, study.frames[s])})
+    ths = sorted(set(float(v) for v in np.quantile(vals, np.linspace(0.0, 1.0, points)))) if vals else [0.0]
+    out = []
+    for th in ths:
+        m, n = study.score(trigger(study, signal, th, lag))
+        out.append((th, n, m))
+    return out
+
+
+def within_budget(curve, budget: int):
+    """The smallest threshold whose schedule uses at most ``budget`` keyframes: (threshold, keyframes, mIoU)."""
+    ok = [c for c in curve if c[1] <= budget]
+    return min(ok, key=lambda c: c[0]) if ok else None
+
+
+def oracle(study: PairStudy, budget: int, start: dict | None = None, max_moves: int = 500) -> tuple:
+    """Local search for the best placement of ``budget`` keyframes (frame 0 of every snippet is one):
+    move one keyframe (to any snippet) while pooled mIoU improves. Returns (schedule, mIoU, moves)."""
+    seqs = study.seqs
+    if budget < len(seqs):
+        raise ConfigError(f'a budget of {budget} keyframes is less than one per snippet ({len(seqs)})')
+    sched = {s: set(v) | {0} for s, v in (start or fixed(study, 5)).items()}
+    while sum(len(v) for v in sched.values()) > budget:   # trim a start that is over budget
+        s = max(seqs, key=lambda x: len(sched[x]))
+        sched[s].discard(max(sched[s]))
+    parts = {s: study._seq_sum(s, sched[s]) for s in seqs}
+
+    def total(p):
+        return _miou(sum(v[0] for v in p.values()), sum(v[1] for v in p.values()), study.num_classes)
+
+    best, moves = total(parts), 0
+    while sum(len(v) for v in sched.values()) < budget:   # fill an under-budget start greedily
+        cands = [(s, a) for s in seqs for a in range(1, study.frames[s]) if a not in sched[s]]
+        if not cands:
+            break
+        scored = []
+        for s, a in cands:
+            p = dict(parts)
+            p[s] = study._seq_sum(s, sched[s] | {a})
+            scored.append((total(p), s, a, p[s]))
+        best, s, a, ps = max(scored, key=lambda x: x[0])
+        sched[s].add(a)
+        parts[s] = ps
+    improved = True
+    while improved and moves < max_moves:
+        improved = False
+        for s, r in [(s, r) for s in seqs for r in sorted(sched[s] - {0})]:
+            for s2, a in [(s2, a) for s2 in seqs for a in range(1, study.frames[s2]) if a not in sched[s2]]:
+                cand = {x: set(v) for x, v in sched.items()}
+                cand[s].discard(r)
+                cand[s2].add(a)
+                p = dict(parts)
+                p[s] = study._seq_sum(s, cand[s])
+                p[s2] = study._seq_sum(s2, cand[s2])
+                m = total(p)
+                if m > best + 1e-9:
+                    best, sched, parts, improved, moves = m, cand, p, True, moves + 1
+                    break
+            if improved:
+                break
+    return {s: sorted(v) for s, v in sched.items()}, best, moves
+
+
+def oracle_counts(study: PairStudy, budget: int, max_per_seq: int | None = None) -> tuple:
+    """Best number of evenly spaced keyframes per snippet with ``budget`` in all: (counts, schedule, mIoU)."""
+    seqs = study.seqs
+    best = None
+    hi = max_per_seq or max(study.frames.values())
+    for counts in itertools.product(range(1, hi + 1), repeat=len(seqs)):
+        if sum(counts) != budget or any(c > study.frames[s] for c, s in zip(counts, seqs)):
+            continue
+        sched = {s: sorted({int(x) for x in np.floor(np.arange(c) * study.frames[s] / c)})
+                 for s, c in zip(seqs, counts)}
+        m, _ = study.score(sched)
+        if best is None or m > best[2]:
+            best = (dict(zip(seqs, counts)), sched, m)
+    return best
+
+
+# ------------------------------------------------------------------------------------------ the study
+def run(study: PairStudy, intervals=(5, 10), curve_intervals=(2, 3, 4, 5, 6, 8, 10), signals=SIGNALS,
+        lag: int = 1, progress=True) -> dict:
+    from tqdm import tqdm
+    every = {s: list(range(study.frames[s])) for s in study.seqs}
+    per_frame, n_all = study.score(every)
+    pf_met = study.metrics(every)
+    res = {'config': {'seqs': study.seqs, 'frames': sum(study.frames.values()), 'lag': lag,
+                      'signals': list(signals)},
+           'per_frame': {'miou': per_frame, 'keyframes': n_all, 'pixel_accuracy': pf_met['pixel_accuracy'],
+                         'iou': pf_met['iou']},
+           'fixed': {}, 'budgets': {}, 'curves': {}}
+    for S in sorted(set(curve_intervals) | set(intervals)):
+        m, n = study.score(fixed(study, S))
+        res['fixed'][str(S)] = {'miou': m, 'keyframes': n, 'drop': per_frame - m}
+    curves = {sg: trigger_curve(study, sg, lag) for sg in tqdm(signals, desc='trigger signals', disable=not progress)}
+    res['curves'] = {sg: [{'threshold': th, 'keyframes': n, 'miou': m, 'drop': per_frame - m} for th, n, m in c]
+                     for sg, c in curves.items()}
+    for S in tqdm(intervals, desc='oracle placements', disable=not progress):
+        fx = fixed(study, S)
+        budget = study.score(fx)[1]
+        sched, m, moves = oracle(study, budget, start=fx)
+        rows = {'fixed': {'miou': res['fixed'][str(S)]['miou'], 'keyframes': budget},
+                'oracle': {'miou': m, 'keyframes': budget, 'schedule': sched, 'moves': moves}}
+        oc = oracle_counts(study, budget, max_per_seq=min(max(study.frames.values()), 3 * budget // len(study.seqs)))
+        if oc is not None:
+            rows['oracle_counts'] = {'miou': oc[2], 'keyframes': budget, 'counts': oc[0]}
+        for sg, c in curves.items():
+            b = within_budget(c, budget)
+            if b is not None:
+                rows[f'trigger_{sg}'] = {'miou': b[2], 'keyframes': b[1], 'threshold': b[0]}
+        scheds = {'fixed': fx, 'oracle': sched}
+        for name, r in rows.items():
+            r['drop'] = per_frame - r['miou']
+            if name in scheds:   # where the oracle's gain sits: pixel accuracy and per-class IoU
+                met = study.metrics(scheds[name])
+                r['pixel_accuracy'], r['iou'] = met['pixel_accuracy'], met['iou']
+        res['budgets'][str(S)] = {'budget': budget, 'rows': rows}
+    return res
+
+
+def format_table(res: dict) -> str:
+    c = res['config']
+    lines = [f"Keyframe schedules for plain warping ({', '.join(c['seqs'])}; {c['frames']} frames): mIoU vs "
+             f"pseudo labels, per-frame {100 * res['per_frame']['miou']:.2f}; triggers decide at frame t from "
+             f"evidence up to t-{c['lag']}"]
+    for S, b in res['budgets'].items():
+        lines += ['', f"budget of fixed S={S}: {b['budget']} keyframes",
+                  f"{'schedule':<22}{'keyframes':>10}{'mIoU':>8}{'drop':>7}  notes"]
+        for name, r in b['rows'].items():
+            note = ''
+            if 'pixel_accuracy' in r:
+                note = f"pixel accuracy {100 * r['pixel_accuracy']:.2f} (per-frame {100 * res['per_frame']['pixel_accuracy']:.2f})"
+            if name == 'oracle':
+                note += '; uses the labels (upper bound): ' + ' '.join(f'{s}:{len(v)}' for s, v in r['schedule'].items())
+            elif name == 'oracle_counts':
+                note = 'uses the labels: ' + ' '.join(f'{s}:{v}' for s, v in r['counts'].items())
+            elif 'threshold' in r:
+                note = f"threshold {r['threshold']:.4g}"
+            lines.append(f"{name:<22}{r['keyframes']:>10}{100 * r['miou']:>8.2f}{100 * r['drop']:>7.2f}  {note}")
+    lines += ['', 'fixed intervals: ' + ', '.join(f"S={S} {100 * r['drop']:.2f} ({r['keyframes']} kf)"
+                                                   for S, r in res['fixed'].items())]
+    return '\n'.join(lines)
+
+
+def plot(res: dict, path) -> Path:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    fx = sorted(res['fixed'].values(), key=lambda r: r['keyframes'])
+    ax.plot([r['keyframes'] for r in fx], [100 * r['drop'] for r in fx], 'k-o', lw=2, label='fixed interval S', zorder=4)
+    for S, r in res['fixed'].items():
+        ax.annotate(f'S={S}', (r['keyframes'], 100 * r['drop']), fontsize=7, xytext=(3, 3), textcoords='offset points')
+    cmap = plt.get_cmap('tab10')
+    for i, (sg, c) in enumerate(res['curves'].items()):
+        pts = sorted({(p['keyframes'], p['drop']) for p in c})
+        best = {}
+        for n, d in pts:   # best drop at each keyframe count
+            best[n] = min(d, best.get(n, d))
+        xs = sorted(best)
+        ax.plot(xs, [100 * best[x] for x in xs], '-', color=cmap(i % 10), lw=1, alpha=0.8, label=f'trigger: {sg}')
+    for S, b in res['budgets'].items():
+        r = b['rows']['oracle']
+        ax.scatter([r['keyframes']], [100 * r['drop']], marker='*', s=150, color='tab:red', zorder=5,
+                   label='oracle placement (uses labels)' if S == next(iter(res['budgets'])) else None)
+    ax.axhline(4.0, color='tab:green', ls='--', lw=1, label='issue 2 goal: drop <= 4 at S=5')
+    ax.set_xlabel('keyframes (of %d frames)' % res['config']['frames'])
+    ax.set_ylabel('mIoU drop vs per-frame (points)')
+    ax.set_title('Plain warping: how many keyframes, and where', fontsize=10)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='upper right')
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog='vidseg bench-schedules', description=__doc__.splitlines()[0])
+    p.add_argument('--model', default='espnetv2_s2.0', help='keyframe network (default espnetv2_s2.0, as vidseg bench)')
+    p.add_argument('--data', default=None, help='cityscapes_seq folder (default ../shared/data/cityscapes_seq)')
+    p.add_argument('--seqs', nargs='+', default=None, help='snippet folders (default: every folder with pseudo_labels/)')
+    p.add_argument('--frames', type=int, default=30, help='frames per snippet (default 30)')
+    p.add_argument('--scale', type=int, default=2, help='working-resolution downscale D (default 2)')
+    p.add_argument('--flow-preset', default='ultrafast', choices=('ultrafast', 'fast', 'medium'))
+    p.add_argument('--intervals', type=int, nargs='+', default=[5, 10],
+                   help='keyframe budgets, as the fixed intervals whose keyframe count they match (default 5 10)')
+    p.add_argument('--signals', nargs='+', default=list(SIGNALS), choices=SIGNALS)
+    p.add_argument('--lag', type=int, default=1, choices=(0, 1),
+                   help='1: a trigger decides at frame t from evidence up to t-1 (default); 0: up to t')
+    p.add_argument('--backend', default='auto')
+    p.add_argument('--out', default='runs/schedules', help='output folder (schedules.json, .txt, .png)')
+    p.add_argument('-q', '--quiet', action='store_true')
+    a = p.parse_args(argv)
+    try:
+        from .flow import FlowEstimator
+        from .models import load_model
+        from .paths import shared_dir
+        if a.frames < 2:
+            raise ConfigError(f'--frames must be >= 2, got {a.frames}')
+        if any(S < 1 for S in a.intervals):
+            raise ConfigError(f'--intervals must be >= 1, got {a.intervals}')
+        root = Path(a.data) if a.data else shared_dir() / 'data' / 'cityscapes_seq'
+        if not root.is_dir():
+            raise InputError(f'cityscapes_seq not found: {root} (set VIDSEG_SHARED or --data)')
+        seqs = a.seqs or sorted(x.name for x in root.iterdir() if (x / 'pseudo_labels').is_dir())
+        if not seqs:
+            raise InputError(f'no snippet folders with pseudo_labels/ in {root}')
+        for s in seqs:
+            if not (root / s).is_dir():
+                raise InputError(f'snippet folder not found: {root / s}')
+        net = load_model(a.model, backend=a.backend)
+        study = pair_study(net, root, seqs, a.frames, a.scale, FlowEstimator('dis', preset=a.flow_preset),
+                           progress=not a.quiet)
+        res = run(study, a.intervals, signals=a.signals, lag=a.lag, progress=not a.quiet)
+    except VidsegError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    res['config'].update(model=net.name, scale=a.scale, flow_preset=a.flow_preset)
+    table = format_table(res)
+    print(table)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'schedules.json').write_text(json.dumps(res, indent=1) + '\n')
+    (out / 'schedules.txt').write_text(table + '\n')
+    png = plot(res, out / 'schedules.png')
+    print(f'wrote {out / "schedules.json"}, schedules.txt and {png.name}')
+    return 0
