@@ -360,6 +360,16 @@ def test_schedule_study_scores_schedules_like_the_bench(tmp_path):
     assert sb.within_budget(curve, 6) == (1.0, 6, 0.2) and sb.within_budget(curve, 2) is None
     with pytest.raises(ConfigError, match='unknown trigger signal'):
         study.evidence('magic', 'seqA', 0, 1)
+    assert set(study.iam_objects['seqA']) == set(study.iam['seqA'])
+    # object pixels the IAM flags: the mask (any resolution) is resized to the labels
+    labels = np.zeros((4, 8), np.uint8)
+    labels[:, :2] = 13                      # car
+    labels[:, 2:4] = 5                      # pole
+    mask = np.zeros((2, 4), np.float32)
+    mask[:, 0] = 1.0                        # flags the car columns only
+    assert sb._flagged_objects(mask, labels, np.array([5, 13])) == pytest.approx(0.25)
+    assert sb._flagged_objects(mask, labels, np.array([5])) == 0.0
+    assert sb._flagged_objects(None, labels, np.array([5])) == 0.0
     out = sb.run(study, intervals=(4,), curve_intervals=(2, 4), signals=('iam', 'motion'), progress=False)
     b = out['budgets']['4']
     assert b['budget'] == 4 and b['rows']['oracle']['miou'] >= b['rows']['fixed']['miou'] - 1e-12

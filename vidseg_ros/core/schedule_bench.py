@@ -18,7 +18,9 @@ budget of a fixed interval S (the same number of keyframes over all snippets):
   ``AdaptiveSchedule`` signal), ``iam_sum`` (that fraction summed since the keyframe), ``motion`` (mean
   flow magnitude, px, summed), ``photo`` (mean photometric residual of the backward-warped previous
   frame, summed), ``fb`` (fraction of pixels failing the forward-backward flow check, summed),
-  ``entered`` (fraction of pixels that entered the view, summed).
+  ``entered`` (fraction of pixels that entered the view, summed), ``iam_objects`` (fraction of pixels the
+  IAM flags *and* the warped labels call an object -- pole, light, sign, person, rider and vehicles, the
+  small classes that dominate the mIoU loss -- summed).
 
 Writes JSON, a text table and a plot (mIoU drop vs keyframes for every schedule family).
 """
@@ -37,7 +39,9 @@ import numpy as np
 from .errors import ConfigError, InputError, VidsegError
 from .metrics import ConfusionMatrix
 
-SIGNALS = ('iam', 'iam_sum', 'motion', 'photo', 'fb', 'entered')
+SIGNALS = ('iam', 'iam_sum', 'iam_objects', 'motion', 'photo', 'fb', 'entered')
+# 'object' classes per class set (Cityscapes categories object / human / vehicle; CamVid's counterparts)
+OBJECT_CLASSES = {'cityscapes': (5, 6, 7, 11, 12, 13, 14, 15, 16, 17, 18), 'camvid': (2, 6, 8, 9, 10)}
 
 
 @dataclass
@@ -50,6 +54,7 @@ class PairStudy:
     frames: dict                      # seq -> number of frames
     cm: dict = field(default_factory=dict)
     iam: dict = field(default_factory=dict)
+    iam_objects: dict = field(default_factory=dict)   # seq -> {(k, t): IAM-flagged object pixels / pixels}
     frame_signals: dict = field(default_factory=dict)
 
     def score(self, keyframes: dict) -> tuple:
@@ -85,8 +90,9 @@ class PairStudy:
         """The trigger signal ``name`` at frame t for the keyframe k (accumulated over k+1..t)."""
         if name == 'iam':
             return self.iam[seq][(k, t)]
-        if name == 'iam_sum':
-            return float(sum(self.iam[seq][(k, u)] for u in range(k + 1, t + 1)))
+        if name in ('iam_sum', 'iam_objects'):
+            src = self.iam if name == 'iam_sum' else self.iam_objects
+            return float(sum(src[seq][(k, u)] for u in range(k + 1, t + 1)))
         if name not in SIGNALS:
             raise ConfigError(f'unknown trigger signal {name!r} (known: {", ".join(SIGNALS)})')
         sig = self.frame_signals[seq][name]
@@ -118,6 +124,16 @@ def frame_signals(flow_bwd, flow_fwd, gray_prev, gray_cur) -> dict:
             'entered': float(entered_view(b, (fw, fh)).mean())}
 
 
+def _flagged_objects(mask, labels, objects) -> float:
+    """Fraction of pixels with IAM mask > 0.5 whose (working-resolution) label is an object class."""
+    if mask is None or not len(objects):
+        return 0.0
+    m = np.asarray(mask)
+    if m.shape != labels.shape:
+        m = cv2.resize(m.astype(np.float32), (labels.shape[1], labels.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return float(((m > 0.5) & np.isin(labels, objects)).mean())
+
+
 def pair_study(net, root: Path, seqs, frames: int = 30, scale: int = 2, flow=None, progress=True) -> PairStudy:
     """Propagate every frame's keyframe-network labels to every later frame of its snippet (see module doc)."""
     from tqdm import tqdm
@@ -130,6 +146,7 @@ def pair_study(net, root: Path, seqs, frames: int = 30, scale: int = 2, flow=Non
     flow = flow or FlowEstimator('dis', preset='ultrafast')
     k = net.class_set.num_classes
     class_map = np.asarray(net.output_to_class, np.uint8)
+    objects = np.asarray(OBJECT_CLASSES.get(net.class_set.name, ()), np.uint8)
     study = PairStudy(k, list(seqs), {})
     for seq in seqs:
         _, imgs, gts = _load_seq(Path(root) / seq, int(frames))
@@ -149,7 +166,7 @@ def pair_study(net, root: Path, seqs, frames: int = 30, scale: int = 2, flow=Non
             for name, v in frame_signals(flows[t][0], flows[t][1], grays[t - 1], grays[t]).items():
                 sig[name][t] = v
         study.frames[seq], study.frame_signals[seq] = n, sig
-        cms, iams = {}, {}
+        cms, iams, objs = {}, {}, {}
         for kf in tqdm(range(n), desc=f'{seq}: keyframe -> later frames', disable=not progress, leave=False):
             prop = Propagator(warp=True, refiner=None, use_iam=True)
             prop.set_keyframe(kf, sems[kf])
@@ -161,7 +178,8 @@ def pair_study(net, root: Path, seqs, frames: int = 30, scale: int = 2, flow=Non
                 cm = ConfusionMatrix(k).update(lab, gts[t])
                 cms[(kf, t)] = (cm.mat, cm.missed)
                 iams[(kf, t)] = float(out.inconsistent_fraction)
-        study.cm[seq], study.iam[seq] = cms, iams
+                objs[(kf, t)] = _flagged_objects(out.mask, out.labels, objects)
+        study.cm[seq], study.iam[seq], study.iam_objects[seq] = cms, iams, objs
     return study
 
 
