@@ -348,6 +348,9 @@ def test_schedule_study_scores_schedules_like_the_bench(tmp_path):
     sched, m, _ = sb.oracle(study, 4, start=sb.fixed(study, 5))
     assert sum(len(v) for v in sched.values()) == 4 and all(v[0] == 0 for v in sched.values())
     assert m >= study.score(sb.fixed(study, 5))[0] - 1e-12
+    for budget in (3, 6):   # a start over / under the budget is trimmed / filled to it
+        sched, m, _ = sb.oracle(study, budget, start=sb.fixed(study, 5))
+        assert sum(len(v) for v in sched.values()) == budget and study.score(sched) == (pytest.approx(m), budget)
     with pytest.raises(ConfigError, match='less than one per snippet'):
         sb.oracle(study, 1)
     # triggers: always-true evidence fires every frame with lag 0, every other frame with lag 1
@@ -370,7 +373,7 @@ def test_schedule_study_scores_schedules_like_the_bench(tmp_path):
     assert sb._flagged_objects(mask, labels, np.array([5, 13])) == pytest.approx(0.25)
     assert sb._flagged_objects(mask, labels, np.array([5])) == 0.0
     assert sb._flagged_objects(None, labels, np.array([5])) == 0.0
-    out = sb.run(study, intervals=(4,), curve_intervals=(2, 4), signals=('iam', 'motion'), progress=False)
+    out = sb.run(study, intervals=(4,), fixed_intervals=(2, 4), signals=('iam', 'motion'), progress=False)
     b = out['budgets']['4']
     assert b['budget'] == 4 and b['rows']['oracle']['miou'] >= b['rows']['fixed']['miou'] - 1e-12
     assert {'fixed', 'oracle', 'oracle_counts'} <= set(b['rows'])

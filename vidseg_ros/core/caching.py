@@ -257,11 +257,10 @@ def profile_main(argv=None) -> int:
     try:
         size = None
         if a.size:
-            try:
-                size = tuple(int(v) for v in a.size.lower().split('x'))
-                assert len(size) == 2
-            except (ValueError, AssertionError):
-                raise ConfigError(f'--size must be WxH, got {a.size!r}') from None
+            parts = a.size.lower().split('x')
+            if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
+                raise ConfigError(f'--size must be WxH, got {a.size!r}')
+            size = tuple(int(v) for v in parts)
         if a.threads < 1 or a.rounds < 1:
             raise ConfigError('--threads and --rounds must be >= 1')
         torch.set_num_threads(a.threads)

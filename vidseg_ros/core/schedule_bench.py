@@ -285,7 +285,7 @@ def oracle_counts(study: PairStudy, budget: int, max_per_seq: int | None = None)
 
 
 # ------------------------------------------------------------------------------------------ the study
-def run(study: PairStudy, intervals=(5, 10), curve_intervals=(2, 3, 4, 5, 6, 8, 10), signals=SIGNALS,
+def run(study: PairStudy, intervals=(5, 10), fixed_intervals=(2, 3, 4, 5, 6, 8, 10), signals=SIGNALS,
         lag: int = 1, progress=True) -> dict:
     from tqdm import tqdm
     every = {s: list(range(study.frames[s])) for s in study.seqs}
@@ -296,7 +296,7 @@ def run(study: PairStudy, intervals=(5, 10), curve_intervals=(2, 3, 4, 5, 6, 8, 
            'per_frame': {'miou': per_frame, 'keyframes': n_all, 'pixel_accuracy': pf_met['pixel_accuracy'],
                          'iou': pf_met['iou']},
            'fixed': {}, 'budgets': {}, 'curves': {}}
-    for S in sorted(set(curve_intervals) | set(intervals)):
+    for S in sorted(set(fixed_intervals) | set(intervals)):
         m, n = study.score(fixed(study, S))
         res['fixed'][str(S)] = {'miou': m, 'keyframes': n, 'drop': per_frame - m}
     curves = {sg: trigger_curve(study, sg, lag) for sg in tqdm(signals, desc='trigger signals', disable=not progress)}
