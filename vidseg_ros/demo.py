@@ -20,6 +20,7 @@ Exit status: 0 success, 2 bad input/options (``error: <message>``), 1 graph fail
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import queue
@@ -592,10 +593,7 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
     n_busy = sum(1 for d in kf_dec if not d[0] and d[1] == 'busy')
     stats = [col.stats[ns] for ns in sent if ns in col.stats]
     degraded = sum(1 for s in stats if s.get('degraded'))
-    reasons = {}
-    for s in stats:
-        for r in (s.get('reasons') or []) if s.get('degraded') else []:
-            reasons[r] = reasons.get(r, 0) + 1
+    reasons = collections.Counter(r for s in stats if s.get('degraded') for r in s.get('reasons') or [])
     conf = [col.confidence[ns] for ns in sent if ns in col.confidence]
     rx_span = (col.last_receipt - col.first_receipt) if col.first_receipt and col.n_labels > 1 else None
     in_span = (publish_times[-1] - publish_times[0]) if len(publish_times) > 1 else None

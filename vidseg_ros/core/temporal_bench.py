@@ -527,7 +527,6 @@ def main(argv=None) -> int:
         try:
             res = json.loads(Path(args.replot).read_text())
         except (OSError, ValueError) as e:
-            from .errors import InputError
             raise InputError(f'cannot read a bench-temporal result from {args.replot}: {e}') from None
         png = plot_tradeoff(res, _plot_path(Path(args.replot))) if isinstance(res, dict) else None
         print(f'wrote {png}' if png else f'{args.replot}: no rows with a recovered share to plot')
