@@ -114,6 +114,7 @@ def test_demo_live_bag_input(tmp_path, ros_domain):
     # (distance -1, degraded), so only the frames propagated from a keyframe are held to the floor
     assert s['mode'] == 'live' and 0.0 < s['miou'] <= 1.0
     assert s['degraded_frames'] < N
+    assert sum(s['degraded_reasons'].values()) >= s['degraded_frames']   # every degraded frame says why
     by_d = {int(d): v for d, v in s['miou_by_distance'].items()}
     # the packaged model on the (out-of-domain) synthetic drive scores ~0.17-0.25 per distance; chance
     # over the scene's classes is well below 0.1

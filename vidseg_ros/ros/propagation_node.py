@@ -582,7 +582,7 @@ class PropagationNode(VidsegLifecycleNode):
             self.counts['keyframe_frames'] += 1
         from std_msgs.msg import String
         st = {'stamp_ns': stamp_to_ns(hdr.stamp), 'cost_s': cost, 'distance': int(out.distance),
-              'degraded': degraded, 'temporal_mode': self.temporal_mode,
+              'degraded': degraded, 'reasons': list(reasons), 'temporal_mode': self.temporal_mode,
               'refined_frames': int(self.prop.stats.get('refined_frames', 0))}
         if out.mask is not None:
             st['inconsistent_fraction'] = float(out.inconsistent_fraction)
