@@ -805,3 +805,39 @@ def test_unknown_and_out_of_range_parameters_rejected(ros_domain, node_cls):
                 node.validate_params()
         finally:
             _close(node)
+
+
+def test_manager_operation_lock_names_its_holder(ros_domain):
+    """A manager operation (here the stop) that waits for another one (a node's re-activation) logs which
+    one it waits for, then runs once the other has finished."""
+    import threading
+    from vidseg_ros.ros.manager import LifecycleManager
+    mgr = _node(LifecycleManager, {'node_names': ['keyframe_node'], 'autostart': False})
+    warnings = []
+    mgr.get_logger().warning = lambda msg, **kw: warnings.append(msg)
+    mgr.SLOW_CALL_S = 0.2
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with mgr._operation('re-activating flow_node'):
+            held.set()
+            release.wait(5)
+
+    th = threading.Thread(target=holder, daemon=True)
+    th.start()
+    try:
+        assert held.wait(5) and mgr._ops_holder == 're-activating flow_node'
+        threading.Timer(0.6, release.set).start()
+        t0 = time.monotonic()
+        with mgr._operation('shutdown'):
+            assert mgr._ops_holder == 'shutdown' and time.monotonic() - t0 >= 0.5
+        assert warnings[0] == 'shutdown: waiting for re-activating flow_node to finish'
+        assert warnings[1].startswith('shutdown: waited ')
+        assert mgr._ops_holder is None and not mgr._ops.locked()
+        with mgr._operation('startup'):   # a free lock: no warning
+            pass
+        assert len(warnings) == 2
+    finally:
+        release.set()
+        th.join(5)
+        _close(mgr)

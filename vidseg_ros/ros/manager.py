@@ -22,6 +22,8 @@ The respawner (``vidseg_graph`` or launch ``respawn=True``) starts it again and 
 """
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -37,6 +39,7 @@ try:
 except ImportError:  # pragma: no cover - documentation builds without ROS
     Node = object
 
+SHUTDOWN_STACK_DUMP_S = 6.0   # a stop still running after this dumps every thread's stack (runner kills at 10 s)
 _STATE_NAMES = {0: 'unknown', 1: 'unconfigured', 2: 'inactive', 3: 'active', 4: 'finalized'}
 
 
@@ -97,7 +100,8 @@ class LifecycleManager(ParamsMixin, Node):
         self._by_name = {m.name: m for m in self.nodes}
         self.want_active = False
         self._lock = threading.RLock()
-        self._ops = threading.Lock()  # one transition sequence at a time
+        self._ops = threading.Lock()  # one transition sequence at a time (see _operation)
+        self._ops_holder = None       # the operation that holds it, for the log
         self._stopping = False
         from collections import deque
         self.call_times = deque(maxlen=200)   # (service, s waiting for the server, s for the reply, answered)
@@ -146,6 +150,22 @@ class LifecycleManager(ParamsMixin, Node):
                                       f'({t1 - t0:.2f}s waiting for the server, {t2 - t1:.2f}s for the reply)')
         return fut.result()
 
+    @contextlib.contextmanager
+    def _operation(self, name: str):
+        """Hold the transition lock for operation ``name``; waiting longer than SLOW_CALL_S for it is
+        logged with the operation that holds it (a stop that waits on a stuck operation says so)."""
+        if not self._ops.acquire(timeout=self.SLOW_CALL_S):
+            self.get_logger().warning(f'{name}: waiting for {self._ops_holder or "another operation"} to finish')
+            t0 = time.monotonic()
+            self._ops.acquire()
+            self.get_logger().warning(f'{name}: waited {self.SLOW_CALL_S + time.monotonic() - t0:.1f}s')
+        self._ops_holder = name
+        try:
+            yield
+        finally:
+            self._ops_holder = None
+            self._ops.release()
+
     def _transition(self, m: _Managed, transition_id: int) -> bool:
         from lifecycle_msgs.srv import ChangeState
         req = ChangeState.Request()
@@ -188,7 +208,7 @@ class LifecycleManager(ParamsMixin, Node):
     def startup(self) -> tuple[bool, str]:
         """Wait for the nodes, configure all in order, then activate all in order."""
         from lifecycle_msgs.msg import State, Transition
-        with self._ops:
+        with self._operation('startup'):
             self.want_active = True
             deadline = time.monotonic() + self.cfg['startup_timeout']
             for m in self.nodes:
@@ -213,7 +233,7 @@ class LifecycleManager(ParamsMixin, Node):
     def shutdown_nodes(self) -> tuple[bool, str]:
         """Deactivate in reverse order, then clean up in reverse order."""
         from lifecycle_msgs.msg import State, Transition
-        with self._ops:
+        with self._operation('shutdown'):
             self.want_active = False
             ok = True
             for tid, from_state in ((Transition.TRANSITION_DEACTIVATE, State.PRIMARY_STATE_ACTIVE),
@@ -344,7 +364,7 @@ class LifecycleManager(ParamsMixin, Node):
         self._publish_diagnostics()
 
     def _recover(self, m: _Managed):
-        with self._ops:
+        with self._operation(f're-activating {m.name}'):
             if not self.want_active:
                 return
             ok, changed = self._bring_up(m)
@@ -478,14 +498,20 @@ def main(args=None) -> int:
         pass
     finally:
         node._stopping = True
-        if rclpy.ok():
-            try:
-                node.shutdown_nodes()
-            except Exception as e:  # keep shutting down
-                print(f'lifecycle_manager: shutdown error: {e}', file=sys.stderr)
-        executor.shutdown(timeout_sec=2.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        # a stop that hangs (seen once in ~10 test runs: the runner had to SIGKILL the manager, and the log
+        # ended before any deactivation) leaves the stack of every thread in the log
+        faulthandler.dump_traceback_later(SHUTDOWN_STACK_DUMP_S, exit=False)
+        try:
+            if rclpy.ok():
+                try:
+                    node.shutdown_nodes()
+                except Exception as e:  # keep shutting down
+                    print(f'lifecycle_manager: shutdown error: {e}', file=sys.stderr)
+            executor.shutdown(timeout_sec=2.0)
+            node.destroy_node()
+            rclpy.try_shutdown()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     return 0
 
 
