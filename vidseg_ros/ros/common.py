@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -196,12 +198,44 @@ def tune_malloc() -> bool:
         return False
 
 
+PARENT_PID_ENV = 'VIDSEG_PARENT_PID'   # set by the runner for the processes it starts
+
+
+def die_with_parent() -> None:
+    """In a process started by the runner (``PARENT_PID_ENV`` set): get SIGTERM when the runner dies,
+    even by SIGKILL (Linux ``PR_SET_PDEATHSIG``), and stop at once if it is already gone. The nodes
+    run in their own sessions, so without this a killed runner would leave them running."""
+    ppid = os.environ.get(PARENT_PID_ENV)
+    if not ppid or not sys.platform.startswith('linux'):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError, ValueError):
+        return
+    if str(os.getppid()) != ppid:   # the runner died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def enable_stack_dumps() -> None:
+    """SIGUSR1 writes the stack of every thread to stderr (the node's log): the runner asks for it
+    before it SIGKILLs a process that did not stop (``runner.kill_process_group``), and so can you
+    (``kill -USR1 <pid>``) on a node that hangs."""
+    import faulthandler
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, RuntimeError):   # no SIGUSR1 (Windows) or stderr not a file
+        pass
+
+
 def run_node(factory, args=None, multithreaded: bool = False) -> int:
     """main() body of every node: init, spin, clean shutdown on Ctrl-C / SIGTERM / external shutdown."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
     tune_malloc()
+    enable_stack_dumps()
+    die_with_parent()
     args = sys.argv if args is None else args
     rclpy.init(args=args)
     node = None

@@ -471,6 +471,8 @@ def main(args=None) -> int:
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    from vidseg_ros.ros.common import die_with_parent, enable_stack_dumps
+    enable_stack_dumps()
     rclpy.init(args=sys.argv if args is None else args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
 
@@ -479,6 +481,7 @@ def main(args=None) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    die_with_parent()   # after the handlers: the runner's death stops the manager cleanly
     from vidseg_ros.core.errors import VidsegError
     try:
         node = LifecycleManager()

@@ -18,7 +18,10 @@ import time
 
 from vidseg_ros.core.errors import ConfigError, VidsegError
 from vidseg_ros.ros import graph
+from vidseg_ros.ros.common import PARENT_PID_ENV, enable_stack_dumps
 
+
+STACK_DUMP_WAIT_S = 0.5   # how long a process that will be SIGKILLed gets to write its stacks
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='vidseg_graph', description=__doc__.splitlines()[0])
@@ -93,8 +96,16 @@ def commands(args) -> list:
     return out
 
 
-def kill_process_group(p: subprocess.Popen, wait: float = 2.0) -> None:
-    """SIGKILL the process group of ``p`` (the process and anything it spawned), then reap it."""
+def kill_process_group(p: subprocess.Popen, wait: float = 2.0, dump_first: bool = True) -> None:
+    """SIGKILL the process group of ``p`` (the process and anything it spawned), then reap it. A process
+    still running is first asked for the stack of its threads (SIGUSR1: every node registers
+    ``faulthandler`` for it, the dump goes to its log), so a hang leaves a trace."""
+    if dump_first and p.poll() is None:
+        try:
+            os.kill(p.pid, signal.SIGUSR1)
+            p.wait(STACK_DUMP_WAIT_S)
+        except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+            pass
     try:
         os.killpg(p.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -122,8 +133,11 @@ class Graph:
         if self.log_dir and self.log_dir != '-':
             os.makedirs(self.log_dir, exist_ok=True)
             out = open(os.path.join(self.log_dir, f'{inv.name}.log'), 'ab')
+        # each child runs in its own session (a Ctrl-C in the terminal reaches only the runner, which stops
+        # the graph in order) and dies with the runner, even when the runner is SIGKILLed (PARENT_PID_ENV)
+        env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
         p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT if out is not None else None,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
         self.procs[inv.name] = p
         return p
 
@@ -173,6 +187,7 @@ class Graph:
 
 
 def main(argv=None) -> int:
+    enable_stack_dumps()
     args = build_parser().parse_args(argv)
     os.environ.update(graph.fastdds_profile_env())   # children inherit it
     try:
