@@ -362,6 +362,8 @@ def _plots(result: dict, out_dir: Path) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    from .io import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in result['rows']:
         if r['name'] in ('per_frame',) or not r['miou_by_distance']:
@@ -377,9 +379,7 @@ def _plots(result: dict, out_dir: Path) -> None:
     ax.set_title('Accuracy vs distance from keyframe')
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / 'accuracy_vs_distance.png', dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / 'accuracy_vs_distance.png')
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in result['rows']:
@@ -389,9 +389,7 @@ def _plots(result: dict, out_dir: Path) -> None:
     ax.set_ylabel('mIoU (%)')
     ax.set_title('Speed vs accuracy operating points')
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / 'speed_vs_accuracy.png', dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / 'speed_vs_accuracy.png')
 
 
 def main(argv=None) -> int:

@@ -446,3 +446,13 @@ def write_json(path, obj, indent: int = 2) -> Path:
         f.write('\n')
     os.replace(tmp, path)
     return path
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Lay out, write (PNG by the suffix) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -353,6 +353,8 @@ def plot(res: dict, path) -> Path:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from .io import save_figure
     fig, ax = plt.subplots(figsize=(8.5, 5))
     fx = sorted(res['fixed'].values(), key=lambda r: r['keyframes'])
     ax.plot([r['keyframes'] for r in fx], [100 * r['drop'] for r in fx], 'k-o', lw=2, label='fixed interval S', zorder=4)
@@ -377,11 +379,7 @@ def plot(res: dict, path) -> Path:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc='upper right')
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:

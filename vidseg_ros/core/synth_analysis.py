@@ -151,6 +151,8 @@ def plot(res: dict, path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from .io import save_figure
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for m, curve in res['miou_by_distance'].items():
         ds = [0] + sorted(curve)
@@ -163,9 +165,7 @@ def plot(res: dict, path) -> None:
                  f'{res["size"][0]}x{res["size"][1]})', fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path), dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> int:

@@ -448,6 +448,8 @@ def plot_tradeoff(res: dict, path, interval: str | None = None) -> Path | None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from .io import save_figure
     ivs = sorted(res.get('intervals', {}), key=int)
     if not ivs:
         return None
@@ -483,11 +485,7 @@ def plot_tradeoff(res: dict, path, interval: str | None = None) -> Path | None:
                  fontsize=10)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:
