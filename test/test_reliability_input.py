@@ -841,3 +841,50 @@ def test_manager_operation_lock_names_its_holder(ros_domain):
         release.set()
         th.join(5)
         _close(mgr)
+
+
+def test_manager_asks_get_state_again_after_a_lost_reply(ros_domain):
+    """A get_state reply that never comes (rmw_fastrtps drops it while the server has not discovered the
+    client's reply reader) costs one attempt, not the whole timeout: the manager asks again."""
+    import threading
+    from lifecycle_msgs.msg import State
+    from lifecycle_msgs.srv import GetState
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.executors import MultiThreadedExecutor
+    from vidseg_ros.ros.manager import LifecycleManager
+    # health probes (get_state too) only once a minute: the calls counted here are the manager's own
+    mgr = _node(LifecycleManager, {'node_names': ['keyframe_node'], 'autostart': False, 'health_period': 60.0})
+    calls = []
+
+    def get_state(_req, res):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(3.0)   # the first reply comes after the caller's whole timeout: lost
+        res.current_state.id = State.PRIMARY_STATE_INACTIVE
+        return res
+
+    srv = mgr.create_service(GetState, '/keyframe_node/get_state', get_state,
+                             callback_group=ReentrantCallbackGroup())
+    ex = MultiThreadedExecutor(num_threads=3, context=mgr._test_ctx)
+    ex.add_node(mgr)
+    th = threading.Thread(target=ex.spin, daemon=True)
+    th.start()
+    try:
+        m = mgr.nodes[0]
+        assert m.name == 'keyframe_node'
+        mgr.GET_STATE_ATTEMPT_S = 0.5
+        t0 = time.monotonic()
+        assert mgr._get_state(m, 2.5) == State.PRIMARY_STATE_INACTIVE   # one request would wait 2.5 s for nothing
+        assert time.monotonic() - t0 < 2.5 and len(calls) >= 2
+        assert not mgr.call_times[-2][3] and mgr.call_times[-1][3]   # the first attempt unanswered, then a reply
+        # without an answer at all it gives up at the timeout, not later
+        mgr.GET_STATE_ATTEMPT_S = 0.3
+        missing = type(m)(mgr, 'nobody')
+        t0 = time.monotonic()
+        assert mgr._get_state(missing, 0.8) is None and time.monotonic() - t0 < 3.0
+    finally:
+        if calls:   # let the slow first reply finish before the service goes away
+            time.sleep(max(0.0, calls[0] + 3.2 - time.monotonic()))
+        ex.shutdown(timeout_sec=3.0)
+        mgr.destroy_service(srv)
+        _close(mgr)

@@ -184,9 +184,22 @@ class LifecycleManager(ParamsMixin, Node):
             self.get_logger().error(f'{m.name}: {label} failed' + (' (no answer)' if res is None else ''))
         return ok
 
+    GET_STATE_ATTEMPT_S = 5.0   # one get_state request waits this long, then the question is asked again
+
     def _get_state(self, m: _Managed, timeout: float):
+        """The node's lifecycle state id (None if no answer within ``timeout``). get_state is idempotent, so
+        an unanswered request is sent again every GET_STATE_ATTEMPT_S: rmw_fastrtps drops a reply when
+        the server has not yet discovered the client's reply reader ("failed to send response (timeout):
+        client will not receive response" in the node's log), and a single request then waited out the
+        whole timeout (the rare 60 s start-up stall of earlier sessions)."""
         from lifecycle_msgs.srv import GetState
-        res = self._call(m.get, GetState.Request(), timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            res = self._call(m.get, GetState.Request(), max(0.05, min(self.GET_STATE_ATTEMPT_S, left)))
+            if res is not None or deadline - time.monotonic() < 0.05 or self._stopping:
+                break
+            self.get_logger().warning(f'{m.name}: no get_state reply; asking again')
         return None if res is None else int(res.current_state.id)
 
     def _bring_up(self, m: _Managed) -> tuple:
