@@ -255,12 +255,8 @@ def profile_main(argv=None) -> int:
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
     a = p.parse_args(argv)
     try:
-        size = None
-        if a.size:
-            parts = a.size.lower().split('x')
-            if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
-                raise ConfigError(f'--size must be WxH, got {a.size!r}')
-            size = tuple(int(v) for v in parts)
+        from .temporal_train import parse_size
+        size = parse_size(a.size) if a.size else None
         if a.threads < 1 or a.rounds < 1:
             raise ConfigError('--threads and --rounds must be >= 1')
         torch.set_num_threads(a.threads)

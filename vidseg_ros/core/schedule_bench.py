@@ -110,13 +110,12 @@ def frame_signals(flow_bwd, flow_fwd, gray_prev, gray_cur) -> dict:
     pixels of the working resolution, the others fractions / grey levels)."""
     from .iam import flow_inconsistency
     from .region import entered_view
-    from .warp import make_remap
+    from .warp import warp_image
     b = np.asarray(flow_bwd, np.float32)
     fh, fw = b.shape[:2]
     g0 = cv2.resize(gray_prev, (fw, fh), interpolation=cv2.INTER_AREA).astype(np.float32)
     g1 = cv2.resize(gray_cur, (fw, fh), interpolation=cv2.INTER_AREA).astype(np.float32)
-    rm = make_remap(b)
-    warped = cv2.remap(g0, rm.map_x, rm.map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    warped = warp_image(g0, b)
     px = gray_cur.shape[1] / fw   # flow values are in the flow grid's pixels: report working-resolution px
     return {'motion': float(np.linalg.norm(b, axis=2).mean()) * px,
             'photo': float(np.abs(warped - g1).mean()),

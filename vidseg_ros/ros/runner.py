@@ -23,6 +23,7 @@ from vidseg_ros.ros.common import PARENT_PID_ENV, enable_stack_dumps
 
 STACK_DUMP_WAIT_S = 0.5   # how long a process that will be SIGKILLed gets to write its stacks
 
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='vidseg_graph', description=__doc__.splitlines()[0])
     ap.add_argument('--camera-topic', default=graph.CAMERA_TOPIC, help='camera Image topic')
