@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--startup-timeout', type=_positive_float, default=240.0,
                    help='seconds to wait for the graph to become active (first run exports ONNX)')
     p.add_argument('--wait', type=_positive_float, default=5.0,
-                   help='seconds without new labels after the last frame before giving up on the rest (default 5)')
+                   help='seconds without new labels after the last frame before giving up on the rest (default 5; '
+                        'with --deterministic at least 7, longer than a frame may wait for its flow)')
     p.add_argument('--no-overlay', action='store_true', help='do not write overlay.mp4')
     p.add_argument('--no-tc', action='store_true', help='skip the temporal consistency metric')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
@@ -526,7 +527,9 @@ def run(args, log=print) -> dict:
                 bar.set_postfix(labelled=len(received), refresh=False)
             if not sent:
                 raise InputError(f'no frames in {src.path}')
-            # bounded wait for the last labels: until all arrived or nothing new for --wait seconds
+            # bounded wait for the last labels: until all arrived or nothing new for --wait seconds (in
+            # deterministic mode longer than a frame may wait in the propagation node, or its label is cut off)
+            wait = max(args.wait, DETERMINISTIC_WAIT_S + 2.0) if args.deterministic else args.wait
             last_progress = time.monotonic()
             n_prev = len(received)
             while len(received) < len(sent):
@@ -534,7 +537,7 @@ def run(args, log=print) -> dict:
                 bar.set_postfix(labelled=len(received))
                 if len(received) != n_prev:
                     n_prev, last_progress = len(received), time.monotonic()
-                if time.monotonic() - last_progress > args.wait:
+                if time.monotonic() - last_progress > wait:
                     break
                 time.sleep(0.02)
             time.sleep(0.3)  # trailing confidence / stats / decisions
