@@ -11,7 +11,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
-from vidseg_ros.ros import graph
+from vidseg_ros.ros import graph, shm
 
 
 def _truthy(text):
@@ -22,6 +22,11 @@ def launch_setup(context, *args, **kwargs):
     values = {name: LaunchConfiguration(name).perform(context) for name, _, _ in graph.LAUNCH_ARGUMENTS}
     respawn = _truthy(LaunchConfiguration('respawn').perform(context))
     log_level = LaunchConfiguration('log_level').perform(context)
+    if _truthy(LaunchConfiguration('shm_clean').perform(context)):
+        # shared memory that killed Fast DDS participants left behind (a live one's files are kept)
+        rep = shm.clean_stale_fastdds_shm()
+        if rep.removed or rep.errors:
+            print(f'[vidseg_ros] removed {rep.summary()}', flush=True)
     # Fast DDS profile with a large shared-memory segment (config/fastdds.xml), unless one is set
     actions = [SetEnvironmentVariable(k, v) for k, v in graph.fastdds_profile_env().items()]
     for inv in graph.invocations(**values):
@@ -40,5 +45,8 @@ def generate_launch_description():
             for name, default, desc in graph.LAUNCH_ARGUMENTS]
     args.append(DeclareLaunchArgument('respawn', default_value='true',
                                       description='restart a node that exits (the manager re-activates it)'))
+    args.append(DeclareLaunchArgument('shm_clean', default_value='true',
+                                      description='first remove the /dev/shm files of Fast DDS participants '
+                                                  'that were killed (vidseg shm-clean)'))
     args.append(DeclareLaunchArgument('log_level', default_value='info', description='ROS log level'))
     return LaunchDescription(args + [OpaqueFunction(function=launch_setup)])

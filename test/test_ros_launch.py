@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vidseg_ros.ros import graph, runner
+from vidseg_ros.ros import graph, runner, shm
 
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'pipeline.launch.py'
 
@@ -32,6 +32,14 @@ class _LaunchConfiguration:
 _EXECUTE_PROCESS_KW = {'name', 'cwd', 'env', 'additional_env', 'shell', 'sigterm_timeout', 'sigkill_timeout',
                        'emulate_tty', 'output', 'output_format', 'log_cmd', 'cached_output', 'on_exit',
                        'respawn', 'respawn_delay', 'respawn_max_retries', 'prefix'}
+
+
+@pytest.fixture(autouse=True)
+def shm_cleans(monkeypatch):
+    """The launch file's stale shared-memory pass, recorded instead of run on the real /dev/shm."""
+    calls = []
+    monkeypatch.setattr(shm, 'clean_stale_fastdds_shm', lambda *a, **k: calls.append((a, k)) or shm.CleanReport())
+    return calls
 
 
 def _launch_description(initial_entities=None):
@@ -212,3 +220,10 @@ def test_launch_sets_the_fastdds_profile_unless_one_is_set(monkeypatch):
     monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', '/somewhere/else.xml')
     _, actions = _expand(_load(monkeypatch))
     assert not [a for a in actions if type(a).__name__ == 'SetEnvironmentVariable']
+
+
+def test_launch_cleans_stale_shared_memory_unless_told_not_to(monkeypatch, shm_cleans):
+    declared, _ = _expand(_load(monkeypatch))
+    assert declared['shm_clean'] == 'true' and len(shm_cleans) == 1
+    _expand(_load(monkeypatch), shm_clean='false')
+    assert len(shm_cleans) == 1

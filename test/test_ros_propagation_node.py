@@ -127,12 +127,14 @@ def test_propagation_node_live_join(ros_domain, tmp_path):
             for _, arr in reversed(probe.messages[graph.DIAGNOSTICS_TOPIC]):
                 for s in arr.status:
                     if s.name == 'vidseg: propagation_node':
-                        return {kv.key: kv.value for kv in s.values}
+                        return dict({kv.key: kv.value for kv in s.values}, _message=s.message)
             return {}
         assert probe.wait_for(lambda: counts().get('frames_out') == '7', 5), counts()
         c = counts()
         assert c['flow_timeouts'] == '1' and c['late_flows'] == '1' and c['out_of_order'] == '1'
         assert c['late_flows_applied'] == '1'
+        assert c['flows_in'] == '6'   # every flow message published above, the late one included
+        assert '1 frame(s) waited out flow_timeout; 6 flow message(s) received' in c['_message']
         assert c['keyframes_late'] == '1' and int(c['degraded']) >= 4
         assert probe.transition('propagation_node', Transition.TRANSITION_DEACTIVATE)
         assert probe.transition('propagation_node', Transition.TRANSITION_CLEANUP)

@@ -34,7 +34,9 @@ DELEGATES = {'synth': ('vidseg_ros.core.synth', 'cli_main', 'generate a syntheti
              'profile-stages': ('vidseg_ros.core.caching', 'profile_main',
                                 'ESPNetv2 cost per stage: what feature caching can save (see -h)'),
              'synth-analysis': ('vidseg_ros.core.synth_analysis', 'main',
-                                'propagation with ground-truth flow vs DIS on the synthetic drive')}
+                                'propagation with ground-truth flow vs DIS on the synthetic drive'),
+             'shm-clean': ('vidseg_ros.ros.shm', 'main',
+                           'remove /dev/shm files left by killed Fast DDS participants (see -h)')}
 
 TRAINERS = {'distill': ('vidseg_ros.core.distill', 'cli_main'),
             'temporal': ('vidseg_ros.core.temporal_train', 'cli_main')}

@@ -326,7 +326,9 @@ class PropagationNode(VidsegLifecycleNode):
 
     def on_flow(self, msg):
         if not self.active:
+            self.counts['flows_dropped_inactive'] += 1
             return
+        self.counts['flows_in'] += 1   # against flow_node's 'flows': a gap means lost on the wire
         now = time.monotonic()
         self.flow_owed_since = None
         ns = stamp_to_ns(msg.header.stamp)
@@ -599,6 +601,10 @@ class PropagationNode(VidsegLifecycleNode):
         if c['degraded'] or drops or unpublished or src:
             level, msg = diag_level('WARN'), (f'{c["degraded"]} degraded, {unpublished} without labels, '
                                               f'{drops} dropped/late' + (f'; {", ".join(src)}' if src else ''))
+        if c['flow_timeouts']:   # frames that waited out flow_timeout: did any flow arrive at all?
+            level = diag_level('WARN')
+            msg = ('' if msg == 'running' else msg + '; ') + \
+                f'{c["flow_timeouts"]} frame(s) waited out flow_timeout; {c["flows_in"]} flow message(s) received'
         merr = int(self.prop.stats.get('module_errors', 0))
         if merr:   # the temporal module failed on some frames (they kept the plain warp)
             err = getattr(self.prop, 'last_module_error', '')

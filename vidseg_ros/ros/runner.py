@@ -17,7 +17,7 @@ import sys
 import time
 
 from vidseg_ros.core.errors import ConfigError, VidsegError
-from vidseg_ros.ros import graph
+from vidseg_ros.ros import graph, shm
 from vidseg_ros.ros.common import PARENT_PID_ENV, enable_stack_dumps
 
 
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--no-manager', action='store_true', help='start the nodes only (unconfigured)')
     ap.add_argument('--no-respawn', action='store_true', help='do not restart nodes that exit')
     ap.add_argument('--log-dir', default='', help='write each process output to <dir>/<node>.log')
+    ap.add_argument('--no-shm-clean', action='store_true',
+                    help='do not remove the /dev/shm files of killed Fast DDS participants (at start and '
+                         'after a node was respawned; a live participant\'s files are never touched)')
     ap.add_argument('--stop-timeout', type=float, default=10.0, help='seconds for a clean stop')
     return ap
 
@@ -120,8 +123,10 @@ def kill_process_group(p: subprocess.Popen, wait: float = 2.0, dump_first: bool 
 class Graph:
     """The running processes; ``stop()`` is idempotent."""
 
-    def __init__(self, cmds, log_dir='', respawn=True, max_respawns=5):
+    def __init__(self, cmds, log_dir='', respawn=True, max_respawns=5, shm_clean=False):
         self.cmds = cmds
+        self.shm_clean = shm_clean
+        self.shm_due = None     # monotonic time of the next stale shared-memory pass (after a respawn)
         self.log_dir = log_dir
         self.respawn = respawn
         self.max_respawns = max_respawns
@@ -142,7 +147,22 @@ class Graph:
         self.procs[inv.name] = p
         return p
 
+    def clean_shm(self):
+        """Remove the Fast DDS shared memory of killed participants (``ros.shm``). A node that crashed
+        leaves its segment (35 MB with the large-data profile) until reboot; piled up, they made new
+        participants fail (RELIABILITY.md). Files younger than ``shm.MIN_AGE_S`` wait for a later pass."""
+        self.shm_due = None
+        if not self.shm_clean:
+            return None
+        rep = shm.clean_stale_fastdds_shm()
+        if rep.removed or rep.errors:
+            print(f'[vidseg_graph] removed {rep.summary()}', flush=True)
+        if rep.too_young:
+            self.shm_due = time.monotonic() + shm.MIN_AGE_S + 1
+        return rep
+
     def start(self):
+        self.clean_shm()
         for inv, argv in self.cmds:
             self._start(inv, argv)
             print(f'[vidseg_graph] started {inv.name} (pid {self.procs[inv.name].pid})', flush=True)
@@ -160,6 +180,10 @@ class Graph:
                   flush=True)
             self.respawns[inv.name] = n + 1
             self._start(inv, argv)
+            if self.shm_clean and self.shm_due is None:   # the dead process's files, once they are old enough
+                self.shm_due = time.monotonic() + shm.MIN_AGE_S + 1
+        if self.shm_due is not None and time.monotonic() >= self.shm_due and not self.stopping:
+            self.clean_shm()
 
     def stop(self, timeout: float = 10.0):
         if self.stopping:
@@ -196,7 +220,7 @@ def main(argv=None) -> int:
     except VidsegError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    g = Graph(cmds, log_dir=args.log_dir, respawn=not args.no_respawn)
+    g = Graph(cmds, log_dir=args.log_dir, respawn=not args.no_respawn, shm_clean=not args.no_shm_clean)
     stop = {'flag': False}
 
     def _on_signal(signum, frame):
