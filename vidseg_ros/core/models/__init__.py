@@ -70,7 +70,9 @@ def load_state_dict(path) -> dict:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for corrupt files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f'cannot read weights {path}: {type(e).__name__}: {msg[:200]}') from None
+        raise ModelError(f'cannot read weights {path}: not a PyTorch checkpoint (expected a .pth/.pt state dict, '
+                         f'a TorchScript or .onnx file, or a model .yaml; torch said {type(e).__name__}: '
+                         f'{msg[:120]})') from None
     if isinstance(obj, dict):
         for k in ('state_dict', 'model_state_dict', 'model', 'net'):
             if isinstance(obj.get(k), dict):
