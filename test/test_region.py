@@ -100,9 +100,28 @@ def test_bad_parameters_are_clear_errors(small_model):
     with pytest.raises(ConfigError, match='other class planes'):
         ref.refresh(np.zeros((64, 128, 3), np.uint8), other, None)
     from vidseg_ros.core.temporal import make_temporal_module
-    with pytest.raises(ConfigError, match='tile_area applies to mode region only'):
+    with pytest.raises(ConfigError, match='tile_area / tile_model apply to mode region only'):
         make_temporal_module('grfp', small_model, tile_area=0.3)
+    with pytest.raises(ConfigError, match='tile_area / tile_model apply to mode region only'):
+        make_temporal_module('davss', small_model, tile_model='espnetv2_s1.0_512x256')
     assert make_temporal_module('region', small_model, tile_area=0.3).tile_area == 0.3
+    with pytest.raises(ConfigError, match='tile network .* other class planes'):
+        RegionRefresher(small_model, tile_model='espnet_p2q8_camvid')
+
+
+def test_another_network_on_the_tile(small_model):
+    """tile_model: the tile runs that network (here s1.0 instead of the keyframe's s0.5) at the tile size."""
+    from vidseg_ros.core.temporal import make_temporal_module
+    ref = make_temporal_module('region', small_model, tile_area=0.19, tile_model='espnetv2_s1.0_512x256')
+    assert 's1.0' in ref.net.name and ref.net.input_size == ref.tile == (64, 32)
+    own = RegionRefresher(small_model, tile_area=0.19, margin=0, conf=0.0)
+    rng = np.random.default_rng(3)
+    warped = _warped(rng)
+    img = rng.integers(0, 255, (64, 128, 3), np.uint8)
+    a = ref.refresh(img, warped, None)
+    b = own.refresh(img, warped, None)
+    assert ref.last[0] == own.last[0]            # same tile choice, different network on it
+    assert not np.array_equal(a.probs, b.probs)
 
 
 def test_late_keyframe_replay_equals_in_order_processing(small_model, shared):

@@ -94,15 +94,20 @@ class RegionRefresher:
     ``new_weight``: the tile choice. The tile network is the keyframe network's config and weights
     loaded at the tile's input size on the same backend, so the keyframe network must accept that
     size (the native ESPNetv2/ESPNet models do; an ONNX file with a fixed input shape is refused
-    by ``models.load_model`` with a ModelError naming both sizes).
+    by ``models.load_model`` with a ModelError naming both sizes). ``tile_model`` (a model spec)
+    puts another network with the same class planes on the tile instead, e.g. a cheaper one trained
+    at the same pixel scale (BENCHMARKS.md section 7.1 measures what that buys, and what it does not).
     """
 
     def __init__(self, model, tile_area: float = 0.19, margin: int = 8, conf: float = 0.7,
-                 iam_weight: float = 4.0, new_weight: float = 20.0, device: str = 'cpu', backend=None):
+                 iam_weight: float = 4.0, new_weight: float = 20.0, device: str = 'cpu', backend=None,
+                 tile_model=None):
         from .models import load_model
         cfg = getattr(model, 'config', None)
         if cfg is None:
             raise ConfigError('region refresh needs a keyframe model loaded by models.load_model')
+        if tile_model is not None:   # another network on the tile (same class planes, same pixel scale)
+            cfg = load_model(tile_model, device=device).config
         if not 0.0 <= float(conf) <= 1.0:
             raise ConfigError(f'region conf must be in [0, 1], got {conf}')
         if int(margin) < 0:
@@ -117,6 +122,9 @@ class RegionRefresher:
             backend = 'auto'
         self.net = load_model(cfg, device=device, backend=backend, input_size=self.tile)
         self.output_to_class = np.asarray(model.output_to_class)
+        if not np.array_equal(np.asarray(self.net.output_to_class), self.output_to_class):
+            raise ConfigError(f'region refresh: the tile network {self.net.name} has other class planes than the '
+                              f'keyframe network {getattr(model, "name", "")}')
         self.last = None   # (x, y, w, h) of the last tile at working resolution, pasted fraction
 
     def refresh(self, image: np.ndarray, warped: Semantics, mask, prev: Semantics | None = None,

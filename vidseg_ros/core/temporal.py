@@ -108,7 +108,8 @@ def save_net(net, mode: str, path, meta: dict | None = None) -> Path:
 
 def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', schedule=5,
                          cheap: str | None = None, cheap_factor: int | None = None, flow=None,
-                         gate_classes: bool | None = None, tile_area: float | None = None):
+                         gate_classes: bool | None = None, tile_area: float | None = None,
+                         tile_model: str | None = None):
     """Object implementing ``mode`` (see module docstring). ``model``: the keyframe KeyframeModel
     (its class planes; 'iam-lowres' runs it at 1/``cheap_factor`` (default 4) of its input size;
     caching splits it). GRFP/DAVSS run their own cheap network ``NAME@WxH``
@@ -120,8 +121,8 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     frame (default ``region.RegionRefresher``'s)."""
     if gate_classes is not None and mode != 'grfp':
         raise ConfigError(f'gate_classes applies to mode grfp only, not {mode!r}')
-    if tile_area is not None and mode != 'region':
-        raise ConfigError(f'tile_area applies to mode region only, not {mode!r}')
+    if (tile_area is not None or tile_model is not None) and mode != 'region':
+        raise ConfigError(f'tile_area / tile_model apply to mode region only, not {mode!r}')
     if mode not in MODES:
         raise ConfigError(f'unknown temporal mode {mode!r} (known: {", ".join(MODES)})')
     k = int(getattr(model, 'num_outputs', 20))
@@ -132,7 +133,8 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
         return make_low_res_refiner(model, cheap_factor or 4)
     if mode == 'region':
         from .region import RegionRefresher
-        return RegionRefresher(model, device=device, **({} if tile_area is None else {'tile_area': tile_area}))
+        return RegionRefresher(model, device=device, tile_model=tile_model,
+                               **({} if tile_area is None else {'tile_area': tile_area}))
     if mode in ('cache1', 'cache2'):
         from .caching import FeatureCachingSegmenter
         return FeatureCachingSegmenter(model, levels=int(mode[-1]), schedule=schedule, flow=flow)

@@ -226,13 +226,16 @@ def table_entries(args) -> list:
         opts = {}
         region = mode.startswith('region@') and not path   # region refresh with a tile area
         if region:
+            area_s, _, tile_model = mode.partition('@')[2].partition('/')
             try:
-                area = float(mode.partition('@')[2])
+                area = float(area_s)
             except ValueError:
                 area = -1.0
             if not 0.0 < area <= 1.0:
                 raise ConfigError(f'--variants {v!r}: region@AREA needs an area in (0, 1]')
             mode, opts = 'region', {'tile_area': area}
+            if tile_model:
+                opts['tile_model'] = tile_model
         elif mode in ('grfp+gate', 'grfp-gate'):
             mode, opts = 'grfp', {'gate_classes': mode.endswith('+gate')}
         if not label or not region and (mode not in ('refiner', 'grfp', 'davss') or not path):
