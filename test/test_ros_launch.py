@@ -134,6 +134,7 @@ def test_launch_declares_arguments(monkeypatch):
       '--schedule', 'fixed:3', '--use-sim-time']),
     ({'operating_point': 'warp_s5'}, ['--operating-point', 'warp_s5']),
     ({'temporal_mode': 'region'}, ['--temporal-mode', 'region']),
+    ({'temporal_mode': 'cache2'}, ['--temporal-mode', 'cache2']),
 ])
 def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     _, actions = _expand(_load(monkeypatch), **overrides)
@@ -165,6 +166,9 @@ def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
         assert actions[1].kwargs['parameters'][1]['schedule'] == 'fixed:5'
     if overrides.get('temporal_mode'):
         assert actions[2].kwargs['parameters'][1]['temporal_mode'] == overrides['temporal_mode']
+        # feature caching: the keyframe node sends its cached maps (the levels the mode reuses)
+        assert actions[1].kwargs['parameters'][1].get('cache_levels') == \
+            {'cache2': 2}.get(overrides['temporal_mode'])
     else:
         assert all('temporal_mode' not in a.kwargs['parameters'][1] for a in actions)
 
@@ -176,8 +180,8 @@ def test_bad_schedule_is_a_clear_error(monkeypatch):
         _expand(mod, schedule='fixed:0')
     assert runner.main(['--schedule', 'fixed:0']) == 2
     assert runner.main(['--param', 'nonode:x=1']) == 2
-    with pytest.raises(ConfigError, match="temporal_mode 'cache1' is not available in the propagation node"):
-        _expand(mod, temporal_mode='cache1')
+    with pytest.raises(ConfigError, match="temporal_mode 'magic' is not available in the propagation node"):
+        _expand(mod, temporal_mode='magic')
 
 
 def test_config_yaml_matches_declared_parameters(ros_domain):

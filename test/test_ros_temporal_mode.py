@@ -71,14 +71,113 @@ def test_learned_temporal_mode_in_the_propagation_node(ros_domain, shared, tmp_p
         stop_processes([proc])
 
 
-def test_caching_mode_is_rejected_with_the_reason(ros_domain, tmp_path):
+def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path):
+    """temporal_mode cache1: the keyframe's cached maps come on /vidseg/keyframe/features (as the keyframe
+    node sends them); every propagated frame is the network's low-level part on that frame + the warped
+    maps: the node's labels equal the core's TemporalPropagator with a CachedFeatureRefresher, exactly."""
+    import cv2
     from lifecycle_msgs.msg import Transition
-    proc = start_node('propagation_node', {'temporal_mode': 'cache1'}, log_dir=str(tmp_path))
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header, String
+    from vidseg_ros.core.caching import CachedFeatureRefresher
+    from vidseg_ros.core.classes import CITYSCAPES
+    from vidseg_ros.core.flow import FlowEstimator
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.temporal import TemporalPropagator
+    from vidseg_ros.ros.common import latched_qos
+    from vidseg_ros.ros.keyframe_node import features_to_msgs, semantics_to_msgs
+
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*_leftImg8bit.*'))[:4]
+    imgs = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (W, H), interpolation=cv2.INTER_AREA)
+            for f in files]
+    model = load_model('espnetv2_s0.5_512x256')
+    ref = CachedFeatureRefresher(model, levels=1)
+    kf, _ = ref.keyframe_semantics(imgs[0], (W, H))
+    est = FlowEstimator('dis', preset='ultrafast')
+    flows = [None] + [est.forward_backward(imgs[i - 1], imgs[i]) for i in range(1, 4)]
+    core = TemporalPropagator(refiner=ref)
+    core.set_keyframe(0, kf)
+    expect = [core.step(0, image=imgs[0]).labels.copy()]
+    expect += [core.step(i, *flows[i], image=imgs[i]).labels.copy() for i in range(1, 4)]
+
+    proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 5.0, 'keyframe_wait': 5.0,
+                                           'temporal_mode': 'cache1', 'model': 'espnetv2_s0.5_512x256'},
+                      log_dir=str(tmp_path))
     probe = Probe()
     try:
-        assert not probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE, timeout=60)
-        assert probe.wait_for(lambda: 'cache1' in read_log(proc) and 'not available' in read_log(proc), 10), \
-            read_log(proc)
+        probe.record(Image, graph.LABELS_TOPIC)
+        probe.record(String, graph.STATS_TOPIC)
+        cam = probe.publisher(Image, graph.CAMERA_TOPIC)
+        flow_pub = probe.publisher(Image, graph.FLOW_TOPIC)
+        kf_labels = probe.publisher(Image, graph.KEYFRAME_LABELS_TOPIC)
+        kf_probs = probe.publisher(Image, graph.KEYFRAME_PROBS_TOPIC)
+        kf_feats = probe.publisher(Image, graph.KEYFRAME_FEATURES_TOPIC)
+        decision = probe.publisher(String, graph.KEYFRAME_DECISION_TOPIC)
+        info = probe.publisher(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
+        info.publish(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'cache_levels': 1,
+                                             'class_map': [int(v) for v in model.output_to_class]})))
+        assert probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE, timeout=90), read_log(proc)
+        assert probe.transition('propagation_node', Transition.TRANSITION_ACTIVATE)
+        for pub in (cam, flow_pub, kf_labels, kf_probs, kf_feats):
+            assert probe.wait_subscribers(pub)
+        for i in range(4):
+            h = Header(frame_id='cam', stamp=ns_to_stamp(10**9 + i * 10**8))
+            decision.publish(String(data=json.dumps({'stamp_ns': 10**9 + i * 10**8, 'keyframe': i == 0})))
+            if i == 0:
+                lab_msg, probs_msg = semantics_to_msgs(kf, h)
+                # labels first: the join must still wait for the cached map the keyframe node announced
+                kf_labels.publish(lab_msg)
+                kf_probs.publish(probs_msg)
+                (feat_msg,) = features_to_msgs(kf, h)
+                assert feat_msg.header.frame_id == 'cam#map=d1' and feat_msg.encoding == '32FC(64)'
+                kf_feats.publish(feat_msg)
+            cam.publish(ndarray_to_image(imgs[i], 'rgb8', h))
+            flow_pub.publish(empty_image('32FC4', h) if i == 0 else
+                             ndarray_to_image(np.concatenate(flows[i], axis=2), '32FC4', h))
+            assert probe.wait_for(lambda: probe.count(graph.LABELS_TOPIC) == i + 1, 30), read_log(proc)
+        out = [image_to_ndarray(m) for _, m in probe.messages[graph.LABELS_TOPIC]]
+        for i in range(4):
+            np.testing.assert_array_equal(out[i], expect[i], err_msg=f'frame {i}')
+        assert probe.wait_for(lambda: probe.count(graph.STATS_TOPIC) == 4, 10)
+        st = [json.loads(m.data) for _, m in probe.messages[graph.STATS_TOPIC]]
+        assert st[-1]['temporal_mode'] == 'cache1' and st[-1]['refined_frames'] == 3
+        assert not any(s['degraded'] for s in st[1:])
+    finally:
+        probe.close()
+        stop_processes([proc])
+
+
+def test_keyframe_node_sends_cached_maps(ros_domain, shared, tmp_path):
+    """cache_levels 2: each keyframe result comes with its two cached maps (d1 at 1/16, e3 at 1/8 of the
+    network input), announced in the latched info."""
+    from lifecycle_msgs.msg import Transition
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header, String
+    from vidseg_ros.ros.common import latched_qos
+    proc = start_node('keyframe_node', {'input_qos': 'reliable', 'model': 'espnetv2_s0.5_512x256',
+                                        'input_size': '256x128', 'schedule': 'fixed:2', 'cache_levels': 2},
+                      log_dir=str(tmp_path))
+    probe = Probe()
+    try:
+        probe.record(Image, graph.KEYFRAME_FEATURES_TOPIC)
+        probe.record(Image, graph.KEYFRAME_LABELS_TOPIC)
+        probe.record(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
+        cam = probe.publisher(Image, graph.CAMERA_TOPIC)
+        assert probe.transition('keyframe_node', Transition.TRANSITION_CONFIGURE, timeout=90), read_log(proc)
+        assert probe.transition('keyframe_node', Transition.TRANSITION_ACTIVATE)
+        assert probe.wait_subscribers(cam)
+        img = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+        for i in range(3):
+            cam.publish(ndarray_to_image(img, 'rgb8', Header(frame_id='cam', stamp=ns_to_stamp(10**9 + i * 10**8))))
+            probe.wait_for(lambda: probe.count(graph.KEYFRAME_LABELS_TOPIC) >= (i + 2) // 2, 20)
+        assert probe.wait_for(lambda: probe.count(graph.KEYFRAME_FEATURES_TOPIC) == 4, 20), read_log(proc)
+        feats = [m for _, m in probe.messages[graph.KEYFRAME_FEATURES_TOPIC]]
+        assert sorted(m.header.frame_id for m in feats[:2]) == ['cam#map=d1', 'cam#map=e3']
+        shapes = {m.header.frame_id.rpartition('=')[2]: image_to_ndarray(m).shape for m in feats[:2]}
+        assert shapes == {'d1': (8, 16, 64), 'e3': (16, 32, 64)}   # s0.5: 64 channels each
+        assert probe.count(graph.KEYFRAME_LABELS_TOPIC) == 2
+        info = json.loads(probe.messages[graph.KEYFRAME_INFO_TOPIC][-1][1].data)
+        assert info['cache_levels'] == 2
     finally:
         probe.close()
         stop_processes([proc])

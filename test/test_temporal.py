@@ -676,3 +676,59 @@ def test_profile_stages_cli(shared, tmp_path, capsys):
     assert 'caching 1 level(s) reuses level4+dec1' in capsys.readouterr().out
     assert cli.main(['profile-stages', '--size', '64by32', '--out', str(out)]) == 2
     assert "--size must be WxH" in capsys.readouterr().err
+
+
+def test_cached_feature_refresher_in_the_propagator(shared):
+    """The graph's feature caching (CachedFeatureRefresher in a TemporalPropagator): keyframes are the
+    full network's exact output and carry the cached maps; propagated frames equal the offline split
+    (FeatureCachingSegmenter) on the same maps; the maps are warped with the state."""
+    import cv2
+    from vidseg_ros.core.caching import CachedFeatureRefresher, FeatureCachingSegmenter
+    from vidseg_ros.core.flow import FlowEstimator
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.propagation import semantics_from_probs, semantics_from_segmentation
+    from vidseg_ros.core.temporal import TemporalPropagator
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*_leftImg8bit.*'))
+    size = (256, 128)
+    a, b = [cv2.resize(cv2.cvtColor(cv2.imread(str(files[i])), cv2.COLOR_BGR2RGB), size,
+                       interpolation=cv2.INTER_AREA) for i in (0, 2)]
+    model = load_model('espnetv2_s0.5_512x256', backend='torch', input_size=size)
+    for levels in (1, 2):
+        ref = CachedFeatureRefresher(model, levels=levels)
+        kf, bad = ref.keyframe_semantics(a, size)
+        exact = semantics_from_segmentation(model.segment(a), model.output_to_class, size)
+        assert bad == 0 and np.array_equal(kf.labels, exact.labels) and np.array_equal(kf.probs, exact.probs)
+        assert sorted(kf.features) == sorted(('d1', 'e3')[:levels])
+        # zero flow: the state's maps are the keyframe's, so frame b equals the offline split without warp
+        prop = TemporalPropagator(refiner=ref)
+        prop.set_keyframe(0, kf)
+        prop.step(0, image=a)
+        zero = np.zeros(size[::-1] + (2,), np.float32)
+        out = prop.step(1, zero, zero, image=b)
+        off = FeatureCachingSegmenter(model, levels=levels, warp=False)
+        off.process(a)
+        cf = off.process(b)
+        want = semantics_from_probs(cf.probs, model.output_to_class, size, labels=cf.labels)
+        assert prop.stats['refined_frames'] == 1 and not prop.stats.get('module_errors')
+        assert np.array_equal(out.semantics.probs, want.probs)
+        assert np.array_equal(out.labels, want.labels)
+        assert not np.array_equal(out.labels, kf.labels)        # b's own low level, not the keyframe's labels
+        # real flow: the cached maps move with the state
+        fb, ff = FlowEstimator('dis', preset='ultrafast').forward_backward(a, b)
+        prop2 = TemporalPropagator(refiner=ref)
+        prop2.set_keyframe(0, kf)
+        prop2.step(0, image=a)
+        out2 = prop2.step(1, fb, ff, image=b)
+        assert not np.allclose(out2.semantics.features['d1'], kf.features['d1'])
+        assert not np.array_equal(out2.semantics.probs, out.semantics.probs)
+    # a keyframe without cached maps: counted, the frame keeps the plain warp
+    prop3 = TemporalPropagator(refiner=CachedFeatureRefresher(model, levels=1))
+    prop3.set_keyframe(0, exact)
+    prop3.step(0, image=a)
+    out3 = prop3.step(1, zero, zero, image=b)
+    assert prop3.stats['module_errors'] == 1 and 'no cached map d1' in prop3.last_module_error
+    assert np.array_equal(out3.labels, exact.labels)
+    with pytest.raises(ModelError, match='torch network'):
+        CachedFeatureRefresher(object())
+    with pytest.raises(ConfigError, match='levels'):
+        CachedFeatureRefresher(model, levels=3)

@@ -13,10 +13,20 @@ What it can save is bounded by where ESPNetv2 spends its time: ``stage_costs`` /
 profile-stages`` measures it per stage (on the 2-core CPU, caching 1 level still recomputes ~80 % of
 a keyframe's time, 2 levels ~64 %: the high-resolution decoder stages dominate; BENCHMARKS.md 7.1).
 
-This cannot be a Propagator refiner (it needs the network split), so it has its own
-``process(rgb) -> CachedFrame`` loop with a keyframe schedule; pipeline/ROS call it in place of the
-keyframe network + Propagator (see ``temporal.make_temporal_module``). A keyframe frame's output is
-exactly the full network's output.
+Two drivers of the same split:
+
+* ``FeatureCachingSegmenter`` (offline ``vidseg run`` / ``bench-temporal``): its own
+  ``process(rgb) -> CachedFrame`` loop with a keyframe schedule, in place of the keyframe network +
+  Propagator; the cached maps are warped with a flow computed directly between the keyframe and the
+  current frame.
+* ``CachedFeatureRefresher`` (the ROS graph, ``temporal_mode:=cache1|cache2``): the keyframe node
+  runs the full network (``keyframe_semantics``) and publishes the cached maps with the labels; they
+  travel in the propagated state (``Semantics.features``), warped frame to frame by the Propagator
+  with the flow node's flows like the probabilities; on each propagated frame the propagation node's
+  ``TemporalPropagator`` calls ``refresh``: the low-level part on the current image, the decoder on
+  the warped maps.
+
+A keyframe frame's output is exactly the full network's output in both.
 """
 from __future__ import annotations
 
@@ -43,6 +53,89 @@ class CachedFrame:
     timings: dict = field(default_factory=dict)
 
 
+def split_network(model):
+    """The torch ESPNetv2 network of ``model`` (ModelError when it cannot be split)."""
+    net = getattr(model, 'net', None)
+    if net is None or not hasattr(net, 'forward_low') or isinstance(net, torch.jit.ScriptModule):
+        raise ModelError(f'feature caching needs an ESPNetv2 model with a torch network '
+                         f'(got {getattr(model, "name", type(model).__name__)})')
+    return net
+
+
+def _check_levels(levels) -> int:
+    if int(levels) not in CACHE_KEYS:
+        raise ConfigError(f'caching levels must be 1 or 2, got {levels}')
+    return int(levels)
+
+
+class CachedFeatureRefresher:
+    """Feature caching as a propagation module (see the module docstring; the ROS graph's cache1/cache2).
+
+    ``keyframe_semantics(rgb, working_size)`` -> (Semantics with ``features``, non-finite pixel count):
+    the full network on a keyframe, exactly the keyframe network's labels and probabilities.
+    ``refresh(image, warped, mask, prev=None, flow_bwd=None)`` -> Semantics: the network's output for
+    the current image from its low-level part and the (already warped) cached maps of ``warped``.
+    """
+
+    def __init__(self, model, levels: int = 1):
+        self.model, self.net = model, split_network(model)
+        self.levels = _check_levels(levels)
+        self.keys = CACHE_KEYS[self.levels]
+        self.device = torch.device(getattr(model, 'device', 'cpu'))
+        self.class_map = np.asarray(model.output_to_class, np.uint8)
+        self.calls = 0
+
+    def _semantics(self, logits: torch.Tensor, size_wh):
+        from .models.base import Segmentation, argmax_channels, sanitize_segmentation
+        from .propagation import semantics_from_segmentation
+        t = logits[0].float().cpu()
+        with torch.inference_mode():
+            seg = Segmentation(probs=torch.softmax(t, 0).numpy(), labels=self.class_map[argmax_channels(t).numpy()])
+        seg, bad = sanitize_segmentation(seg)
+        return semantics_from_segmentation(seg, self.class_map, size_wh), bad
+
+    def _input(self, rgb) -> torch.Tensor:
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise InputError(f'expected an RGB uint8 image (H, W, 3), got '
+                             f'{getattr(rgb, "shape", type(rgb).__name__)}')
+        return torch.from_numpy(self.model.preprocess(rgb)).to(self.device)
+
+    def keyframe_semantics(self, rgb: np.ndarray, working_size_wh):
+        x = self._input(rgb)
+        with torch.inference_mode():
+            logits, maps = self.net.forward_high(self.net.forward_low(x), return_features=True)
+        sem, bad = self._semantics(logits, working_size_wh)
+        sem.features = {k: np.ascontiguousarray(maps[k][0].float().cpu().numpy()) for k in self.keys}
+        return sem, bad
+
+    def refresh(self, image, warped, mask=None, prev=None, flow_bwd=None):
+        feats = warped.features or {}
+        missing = [k for k in self.keys if k not in feats]
+        if missing:
+            raise InputError(f'feature caching: the keyframe brought no cached map {", ".join(missing)} (the '
+                             f'keyframe node must publish them: cache_levels {self.levels})')
+        if warped.class_map is not None and not np.array_equal(np.asarray(warped.class_map, np.uint8),
+                                                                self.class_map):
+            raise ConfigError('feature caching: the keyframe semantics have other class planes than the '
+                              f'network {self.model.name}')
+        x = self._input(image)
+        cached = {k: torch.from_numpy(np.ascontiguousarray(feats[k], np.float32))[None].to(self.device)
+                  for k in self.keys}
+        with torch.inference_mode():
+            low = self.net.forward_low(x, levels=3 if self.levels == 1 else 2)
+            logits = self.net.forward_high(low, cached=cached)
+        sem, _ = self._semantics(logits, warped.size)
+        sem.features = feats        # the cache travels on: the next step warps it again
+        self.calls += 1
+        return sem
+
+    def __call__(self, image, warped, mask) -> np.ndarray:
+        """Plain ``Propagator`` refiner interface (float probabilities; the Propagator's IAM blend applies):
+        the ``temporal.TemporalPropagator``, which calls :meth:`refresh`, is the intended driver."""
+        from .propagation import dequantize_probs
+        return dequantize_probs(self.refresh(image, warped, mask).probs)
+
+
 class FeatureCachingSegmenter:
     """Keyframe feature caching for an ESPNetv2 model (loaded with a torch ``net``).
 
@@ -52,13 +145,8 @@ class FeatureCachingSegmenter:
     """
 
     def __init__(self, model, levels: int = 1, schedule=5, warp: bool = True, flow=None):
-        net = getattr(model, 'net', None)
-        if net is None or not hasattr(net, 'forward_low') or isinstance(net, torch.jit.ScriptModule):
-            raise ModelError(f'feature caching needs an ESPNetv2 model with a torch network '
-                             f'(got {getattr(model, "name", type(model).__name__)})')
-        if int(levels) not in CACHE_KEYS:
-            raise ConfigError(f'caching levels must be 1 or 2, got {levels}')
-        self.model, self.net, self.levels = model, net, int(levels)
+        net = split_network(model)
+        self.model, self.net, self.levels = model, net, _check_levels(levels)
         self.keys = CACHE_KEYS[self.levels]
         if isinstance(schedule, int):
             if schedule < 1:

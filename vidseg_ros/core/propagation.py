@@ -84,12 +84,16 @@ def _resize_planes(planes: np.ndarray, size_wh, interpolation) -> np.ndarray:
 class Semantics:
     """Labels at working resolution + quantised class probabilities at ``PROB_FACTOR`` x lower.
     ``age`` (region refresh only, ``region.RegionRefresher``): frames since each pixel was last
-    segmented by the network; None = all fresh (a keyframe). Local state: never sent on a topic."""
+    segmented by the network; None = all fresh (a keyframe). Local state: never sent on a topic.
+    ``features`` (feature caching only, ``caching.CachedFeatureRefresher``): the keyframe network's
+    cached maps {name: (C, h, w) float32}, warped along with the probabilities (EVS eq. 1-2: labels
+    nearest, probabilities and feature maps bilinear)."""
 
     labels: np.ndarray
     probs: Optional[np.ndarray] = None
     class_map: Optional[np.ndarray] = None
     age: Optional[np.ndarray] = None
+    features: Optional[dict] = None
 
     def __post_init__(self):
         lab = np.asarray(self.labels)
@@ -118,7 +122,8 @@ class Semantics:
     def copy(self) -> 'Semantics':
         return Semantics(self.labels.copy(), None if self.probs is None else self.probs.copy(),
                          None if self.class_map is None else self.class_map.copy(),
-                         None if self.age is None else self.age.copy())
+                         None if self.age is None else self.age.copy(),
+                         None if self.features is None else {k: v.copy() for k, v in self.features.items()})
 
     def probs_labels(self) -> Optional[np.ndarray]:
         """Class ids of the argmax plane at probability resolution (None without probs)."""
@@ -517,6 +522,11 @@ class Propagator:
         probs = None
         if sem.probs is not None:
             probs = warp_probs(sem.probs, make_remap(e.flow_bwd, sem.probs.shape[:0:-1]))
+        feats = None
+        if sem.features:
+            from .warp import warp_features
+            feats = {k: warp_features(v, make_remap(e.flow_bwd, (v.shape[2], v.shape[1])))
+                     for k, v in sem.features.items()}
         t1 = time.perf_counter()
         tm['warp'] = t1 - t0
         mask, frac = None, 0.0
@@ -533,7 +543,7 @@ class Propagator:
                 lp = sem.class_map[np.argmax(probs, axis=0)]
                 lp = cv2.resize(lp, (w, h), interpolation=cv2.INTER_NEAREST)
                 labels[holes] = lp[holes]
-        new = Semantics(labels, probs, sem.class_map)
+        new = Semantics(labels, probs, sem.class_map, features=feats)
         tm['warp'] += time.perf_counter() - t2
         if self.refiner is not None and mask is not None and probs is not None and e.image is not None \
                 and frac > 0.0:

@@ -19,6 +19,7 @@ CAMERA_TOPIC = '/camera/image_raw'
 FLOW_TOPIC = '/vidseg/flow'
 KEYFRAME_LABELS_TOPIC = '/vidseg/keyframe/labels'
 KEYFRAME_PROBS_TOPIC = '/vidseg/keyframe/probs'
+KEYFRAME_FEATURES_TOPIC = '/vidseg/keyframe/features'   # feature caching: one 32FC(C) map per message
 KEYFRAME_DECISION_TOPIC = '/vidseg/keyframe/decision'
 KEYFRAME_INFO_TOPIC = '/vidseg/keyframe/info'
 SCHEDULE_CMD_TOPIC = '/vidseg/schedule_cmd'
@@ -61,11 +62,14 @@ LAUNCH_ARGUMENTS = (
     ('schedule', '', "keyframe schedule, e.g. 'fixed:5', 'adaptive:10', 'budget:camera_rate_hz=10'"),
     ('operating_point', '', 'EVS operating point preset (sets scale, schedule, warp, refine)'),
     ('temporal_mode', '', 'propagation mode of the propagation node: warp, iam-lowres, refiner, grfp, '
-                          'davss or region (default: from the config)'),
+                          'davss, region, cache1 or cache2 (default: from the config)'),
 )
 
-#: temporal modes the propagation node runs (feature caching needs the split network: offline only)
-NODE_TEMPORAL_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
+#: temporal modes the propagation node runs (cache1/cache2: with the keyframe node's cached maps)
+NODE_TEMPORAL_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region', 'cache1', 'cache2')
+#: feature caching: the keyframe node publishes this many levels of cached maps for the propagation node
+CACHE_LEVELS = {'cache1': 1, 'cache2': 2}
+FEATURE_MAP_TAG = '#map='   # features' header.frame_id = camera frame_id + FEATURE_MAP_TAG + map name
 
 
 @dataclass
@@ -149,6 +153,8 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
             raise ConfigError(f'temporal_mode {temporal_mode!r} is not available in the propagation node '
                               f'(use one of {", ".join(NODE_TEMPORAL_MODES)})')
         per_node['propagation_node']['temporal_mode'] = temporal_mode
+        if temporal_mode in CACHE_LEVELS:   # the keyframe node must send its cached maps
+            per_node['keyframe_node']['cache_levels'] = CACHE_LEVELS[temporal_mode]
     for key, val in (('model', model), ('weights', weights), ('device', device)):
         if val:  # the propagation node's refiner (refine:=true) uses the same network
             per_node['keyframe_node'][key] = val

@@ -11,6 +11,10 @@ free, so nothing queues without bound. For a keyframe it publishes, stamped with
   propagation node can wait (bounded, ``keyframe_wait``) for a result it knows is coming;
 * ``/vidseg/keyframe/labels`` (mono8 class ids at the working resolution);
 * ``/vidseg/keyframe/probs`` (``8UC(K)``: uint8 quantised probabilities at 1/4 working resolution);
+* with ``cache_levels`` > 0 (feature caching, ``temporal_mode:=cache1|cache2``), before those two, the
+  network's cached high-level maps on ``/vidseg/keyframe/features``: one ``32FC(C)`` Image per map at
+  its own resolution (1/16 and 1/8 of the network input), ``header.frame_id`` = the camera's +
+  ``#map=<name>`` (``core.caching.CachedFeatureRefresher``);
 
 and once, latched, ``/vidseg/keyframe/info`` (std_msgs/String JSON: model, class set, class_map).
 ``/vidseg/propagation/stats`` (JSON from the propagation node) feeds the adaptive/budget schedules.
@@ -62,10 +66,23 @@ def working_size(size_wh, scale: int) -> tuple:
         return (max(1, int(round(w / scale))), max(1, int(round(h / scale))))
 
 
-def make_semantics_fn(model, scale: int, on_nonfinite=None):
+def make_semantics_fn(model, scale: int, on_nonfinite=None, cache_levels: int = 0):
     """rgb -> core Semantics of the keyframe (the same calls the offline pipeline makes), with non-finite
-    network outputs sanitised (``on_nonfinite(n_bad_pixels)`` is called when there were any)."""
+    network outputs sanitised (``on_nonfinite(n_bad_pixels)`` is called when there were any). With
+    ``cache_levels`` the network runs split (``caching.CachedFeatureRefresher``) and the Semantics
+    carry its cached maps (``features``)."""
     from vidseg_ros.core.propagation import semantics_from_segmentation
+
+    if cache_levels:
+        from vidseg_ros.core.caching import CachedFeatureRefresher
+        cacher = CachedFeatureRefresher(model, cache_levels)
+
+        def fn_cached(rgb):
+            sem, bad = cacher.keyframe_semantics(rgb, working_size((rgb.shape[1], rgb.shape[0]), scale))
+            if bad and on_nonfinite is not None:
+                on_nonfinite(bad)
+            return sem
+        return fn_cached
 
     def fn(rgb):
         seg, bad = sanitize_segmentation(model.segment(rgb))
@@ -86,6 +103,17 @@ def semantics_to_msgs(sem, header):
             hwk = hwk[:, :, 0]
         probs = ndarray_to_image(hwk, generic_encoding(np.uint8, sem.probs.shape[0]), header)
     return labels, probs
+
+
+def features_to_msgs(sem, header) -> list:
+    """The cached maps of ``sem.features`` -> one ``32FC(C)`` Image each (HWC), tagged in frame_id."""
+    from std_msgs.msg import Header
+    out = []
+    for name, fmap in sorted((sem.features or {}).items()):
+        hwc = np.ascontiguousarray(np.asarray(fmap, np.float32).transpose(1, 2, 0))
+        h = Header(stamp=header.stamp, frame_id=f'{header.frame_id}{graph.FEATURE_MAP_TAG}{name}')
+        out.append(ndarray_to_image(hwc, generic_encoding(np.float32, hwc.shape[2]), h))
+    return out
 
 
 def _transfer_history(old, new):
@@ -119,6 +147,9 @@ class KeyframeNode(VidsegLifecycleNode):
                      float_range=(0.0, 3600.0))
         self.declare('max_gap', 0.0, 'seconds between frames above which a keyframe is forced (0 = off)',
                      float_range=(0.0, 3600.0))
+        self.declare('cache_levels', 0, 'feature caching (propagation node temporal_mode cache1/cache2): '
+                     'publish 1 or 2 levels of the network\'s cached maps with each keyframe (0 = off; '
+                     'ESPNetv2 only)', int_range=(0, 2))
 
     # ------------------------------------------------------------------ parameters at run time
     def _on_set_params(self, params):
@@ -134,7 +165,8 @@ class KeyframeNode(VidsegLifecycleNode):
                     if getattr(self, 'schedule', None) is not None:
                         self._next_schedule = sched
                 self.get_logger().info(f'schedule -> {sched!r}')
-            elif p.name in ('model', 'weights', 'device', 'backend', 'input_size', 'scale') and self.active:
+            elif p.name in ('model', 'weights', 'device', 'backend', 'input_size', 'scale',
+                            'cache_levels') and self.active:
                 return SetParametersResult(successful=False,
                                            reason=f'{p.name} can only change while inactive (reconfigure)')
         return SetParametersResult(successful=True)
@@ -147,7 +179,8 @@ class KeyframeNode(VidsegLifecycleNode):
         from vidseg_ros.core.models import load_model
         from vidseg_ros.core.schedule import make_schedule
         p = self.params('model', 'weights', 'device', 'backend', 'input_size', 'num_threads', 'scale',
-                        'schedule', 'input_qos', 'queue_depth', 'warmup', 'stuck_timeout', 'max_gap')
+                        'schedule', 'input_qos', 'queue_depth', 'warmup', 'stuck_timeout', 'max_gap',
+                        'cache_levels')
         qos = input_qos(p['input_qos'], p['queue_depth'])
         try:
             self.schedule = make_schedule(graph.parse_schedule(p['schedule']))
@@ -165,7 +198,8 @@ class KeyframeNode(VidsegLifecycleNode):
         self.get_logger().info(f'model {self.model!r} loaded in {time.perf_counter() - t0:.2f}s; '
                                f'schedule {self.schedule!r}')
         self.cfg = p
-        self.semantics_fn = make_semantics_fn(self.model, p['scale'], on_nonfinite=self._on_nonfinite)
+        self.semantics_fn = make_semantics_fn(self.model, p['scale'], on_nonfinite=self._on_nonfinite,
+                                              cache_levels=p['cache_levels'])
         if p['warmup']:
             w, h = self.model.input_size
             self.model.segment(np.zeros((h, w, 3), np.uint8))
@@ -181,12 +215,14 @@ class KeyframeNode(VidsegLifecycleNode):
         self.last_stats = {}
         self.labels_pub = self.pub(Image, graph.KEYFRAME_LABELS_TOPIC, reliable_qos(10))
         self.probs_pub = self.pub(Image, graph.KEYFRAME_PROBS_TOPIC, reliable_qos(10))
+        self.features_pub = self.pub(Image, graph.KEYFRAME_FEATURES_TOPIC, reliable_qos(10)) \
+            if p['cache_levels'] else None
         self.decision_pub = self.pub(String, graph.KEYFRAME_DECISION_TOPIC, reliable_qos(50))
         self.info_pub = self.pub(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
         self.info = {'model': self.model.name, 'class_set': self.model.class_set.to_dict(),
                      'class_map': [int(v) for v in self.model.output_to_class],
                      'num_outputs': int(self.model.num_outputs), 'input_size': list(self.model.input_size),
-                     'scale': p['scale']}
+                     'scale': p['scale'], 'cache_levels': p['cache_levels']}
         self.worker = None
         self.sub(Image, graph.CAMERA_TOPIC, self.on_image_raw, qos, raw=True)
         self.sub(String, graph.STATS_TOPIC, self.on_stats, reliable_qos(10))
@@ -306,6 +342,9 @@ class KeyframeNode(VidsegLifecycleNode):
             self.busy_since = None
         cost = time.perf_counter() - t0
         labels, probs = semantics_to_msgs(sem, msg.header)
+        if self.features_pub is not None:   # before the labels, which complete the join downstream
+            for m in features_to_msgs(sem, msg.header):
+                self.features_pub.publish(m)
         if probs is not None:
             self.probs_pub.publish(probs)  # probs first: the propagation node joins on labels
         self.labels_pub.publish(labels)

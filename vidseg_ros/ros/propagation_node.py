@@ -4,7 +4,9 @@ Inputs: ``/camera/image_raw`` (headers, output size, timing; the pixels only whe
 serialized, read with ``image_from_cdr`` without converting the pixels),
 ``/vidseg/flow`` (32FC4/32FC2 at native resolution, 0x0 = chain start; the header's ``#ref_ns=`` names the
 frame the flow starts from, see flow_node), ``/vidseg/keyframe/{labels,probs}``
-(+ latched ``/vidseg/keyframe/info`` for the class map) and ``/vidseg/keyframe/decision`` (per frame).
+(+ latched ``/vidseg/keyframe/info`` for the class map) and ``/vidseg/keyframe/decision`` (per frame);
+with ``temporal_mode`` cache1/cache2 also ``/vidseg/keyframe/features`` (the network's cached maps,
+warped with the state; this node runs the network's low-level part on every propagated frame).
 
 For EVERY input frame it publishes, with the input image's exact header: ``/semantic/labels`` (mono8
 class ids at the input resolution), ``/semantic/labels_color`` (rgb8 palette), ``/semantic/confidence``
@@ -42,7 +44,7 @@ import time
 
 import numpy as np
 
-from vidseg_ros.core.errors import VidsegError
+from vidseg_ros.core.errors import InputError, VidsegError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, latched_qos,
                                    reliable_qos, run_node)
@@ -101,6 +103,20 @@ def semantics_from_msgs(labels_msg, probs_msg, class_map):
     return Semantics(labels, probs, cm)
 
 
+def features_from_msgs(msgs: dict) -> dict:
+    """{name: 32FC(C) Image} from the keyframe node -> {name: (C, h, w) float32} (Semantics.features)."""
+    out = {}
+    for name, m in msgs.items():
+        a = image_to_ndarray(m)
+        if a.dtype != np.float32:
+            raise InputError(f'cached map {name}: expected a 32FC(C) image, got {m.encoding}')
+        a = a[:, :, None] if a.ndim == 2 else a
+        if not np.isfinite(a).all():
+            raise InputError(f'cached map {name} has non-finite values')
+        out[name] = np.ascontiguousarray(a.transpose(2, 0, 1))
+    return out
+
+
 class PropagationNode(VidsegLifecycleNode):
     def __init__(self, **kw):
         super().__init__('propagation_node', **kw)
@@ -112,7 +128,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('use_iam', True, 'compute the inconsistency attention mask (needs forward flow)')
         self.declare('refine', False, 'repair IAM regions with a low-resolution network pass')
         self.declare('temporal_mode', '', "propagation mode (issue 4): '' (from refine), warp, iam-lowres, "
-                     'refiner (EVS), grfp (STGRU), davss, region (keyframe network on the worst tile); the learned '
+                     'refiner (EVS), grfp (STGRU), davss, region (keyframe network on the worst tile), cache1 / '
+                     'cache2 (feature caching: needs keyframe_node cache_levels 1 / 2); the learned '
                      'ones use the packaged weights')
         self.declare('temporal_weights', '', 'weights of the learned temporal module (empty = packaged)')
         self.declare('region_tile_area', 0.19, 'temporal_mode region: share of the frame refreshed per '
@@ -157,12 +174,21 @@ class PropagationNode(VidsegLifecycleNode):
         mode = p['temporal_mode'] or ('iam-lowres' if p['refine'] else 'warp')
         node_modes = graph.NODE_TEMPORAL_MODES
         check(mode in node_modes, f'temporal_mode {mode!r} is not available in the propagation node '
-              f'(use one of {", ".join(node_modes)}; feature caching cache1/cache2 needs the split '
-              'network: vidseg run --temporal-mode)')
+              f'(use one of {", ".join(node_modes)})')
         check(mode == 'warp' or p['warp'], f'temporal_mode {mode} needs warp:=true')
         refiner = None
         prop_cls = Propagator
-        if mode != 'warp':
+        self.cache_keys = ()
+        if mode in graph.CACHE_LEVELS:
+            # feature caching: the network's low-level part here, its cached maps from the keyframe node
+            from vidseg_ros.core.caching import CACHE_KEYS, CachedFeatureRefresher
+            from vidseg_ros.core.models import load_model
+            from vidseg_ros.core.temporal import TemporalPropagator
+            refiner = CachedFeatureRefresher(load_model(p['model'], weights=p['weights'] or None,
+                                                        device=p['device']), graph.CACHE_LEVELS[mode])
+            self.cache_keys = CACHE_KEYS[graph.CACHE_LEVELS[mode]]
+            prop_cls = TemporalPropagator
+        elif mode != 'warp':
             from vidseg_ros.core.models import load_model
             from vidseg_ros.core.temporal import TemporalPropagator, make_temporal_module
             refiner = make_temporal_module(mode, load_model(p['model'], weights=p['weights'] or None,
@@ -176,6 +202,7 @@ class PropagationNode(VidsegLifecycleNode):
                              confidence_decay=p['confidence_decay'],
                              max_distance=p['max_distance'] or None)
         self.class_map = None
+        self.kf_cache_levels = 0    # cached-map levels the keyframe node announces (its info)
         self._reset_join()
         self.counts = collections.Counter()
         self.in_rate, self.out_rate = RateCounter(), RateCounter()
@@ -194,6 +221,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.sub(Image, graph.FLOW_TOPIC, self.on_flow, reliable_qos(30))
         self.sub(Image, graph.KEYFRAME_LABELS_TOPIC, self.on_kf_labels, reliable_qos(10))
         self.sub(Image, graph.KEYFRAME_PROBS_TOPIC, self.on_kf_probs, reliable_qos(10))
+        if self.cache_keys:
+            self.sub(Image, graph.KEYFRAME_FEATURES_TOPIC, self.on_kf_features, reliable_qos(10))
         self.sub(String, graph.KEYFRAME_DECISION_TOPIC, self.on_decision, reliable_qos(50))
         self.sub(String, graph.KEYFRAME_INFO_TOPIC, self.on_info, latched_qos())
         waits = [v for v in (p['flow_timeout'], p['keyframe_wait']) if v > 0]
@@ -391,6 +420,7 @@ class PropagationNode(VidsegLifecycleNode):
             self.class_set = ClassSet(cs['name'], tuple(cs['names']), np.asarray(cs['palette'], np.uint8),
                                       int(cs.get('ignore_index', 255)))
             self.class_map = np.asarray(info['class_map'], np.uint8)
+            self.kf_cache_levels = int(info.get('cache_levels', 0) or 0)
         except (ValueError, KeyError, TypeError) as e:
             self.get_logger().error(f'bad keyframe info: {e}')
             return
@@ -416,6 +446,25 @@ class PropagationNode(VidsegLifecycleNode):
     def on_kf_probs(self, msg):
         self._kf_part(msg, 'probs')
 
+    def on_kf_features(self, msg):
+        name = msg.header.frame_id.rpartition(graph.FEATURE_MAP_TAG)[2] \
+            if graph.FEATURE_MAP_TAG in msg.header.frame_id else ''
+        if name not in self.cache_keys:
+            self.counts['bad_features'] += 1
+            self.get_logger().error(f'cached map {name!r} is not one this node uses ({", ".join(self.cache_keys)})',
+                                    throttle_duration_sec=5.0)
+            return
+        self._kf_part(msg, 'feat:' + name)
+
+    def _needed_parts(self) -> set:
+        """Parts that complete a keyframe: labels + probs, and the cached maps when this node runs
+        feature caching and the keyframe node says it sends them (if it does not, the module reports each
+        frame it cannot refresh and the frame keeps the plain warp: never a keyframe waiting forever)."""
+        need = {'labels', 'probs'}
+        if self.cache_keys and self.kf_cache_levels >= len(self.cache_keys):
+            need |= {'feat:' + k for k in self.cache_keys}
+        return need
+
     def _kf_part(self, msg, key):
         if not self.active:
             return
@@ -438,10 +487,14 @@ class PropagationNode(VidsegLifecycleNode):
         """Hand complete keyframe results (labels + probs + class map) to the Propagator."""
         if self.class_map is None:
             return
-        for ns in [n for n, parts in self.kf_parts.items() if 'labels' in parts and 'probs' in parts]:
+        need = self._needed_parts()
+        for ns in [n for n, parts in self.kf_parts.items() if need <= set(parts)]:
             parts = self.kf_parts.pop(ns)
             try:
                 sem = semantics_from_msgs(parts['labels'], parts['probs'], self.class_map)
+                feats = {k[5:]: v for k, v in parts.items() if k.startswith('feat:')}
+                if feats:
+                    sem.features = features_from_msgs(feats)
                 res = self.prop.set_keyframe(ns, sem)
             except VidsegError as e:
                 self.counts['bad_keyframes'] += 1
