@@ -26,8 +26,10 @@ How to call them:
   TemporalPropagator (its ``refresh`` returns the whole new state). ``attach(segmenter, module)`` installs it
   in a ``pipeline.VideoSegmenter``; the ROS propagation node can construct a TemporalPropagator in
   place of the Propagator (same constructor arguments).
-* 'cache1'/'cache2' need the network split: they replace keyframe network + Propagator with
+* 'cache1'/'cache2' need the network split: offline they replace keyframe network + Propagator with
   ``seg.process(rgb) -> CachedFrame`` (network-resolution probs/labels), keyframes by its schedule.
+  The ROS graph runs the same split as a TemporalPropagator module instead
+  (``caching.CachedFeatureRefresher``: the keyframe's cached maps travel in the state).
 
 Weights: ``weights`` (a .pt written by ``vidseg train temporal``) or the packaged
 ``vidseg_ros/weights/<mode>.pt``; without either, untrained modules start as plain warping
