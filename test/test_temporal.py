@@ -479,11 +479,17 @@ def test_bench_on_a_video_without_labels(shared, tmp_path, capsys):
     wr.release()
     out = tmp_path / 'v.json'
     assert main(['--video', str(vid), '--frames', '5', '--size', '128x64', '--model', 'espnetv2_s0.5_512x256',
-                 '--modes', 'warp', 'region', '--intervals', '2', '--cost-rounds', '1', '--out', str(out)]) == 0
+                 '--modes', 'warp', 'region', 'cache1', 'cache1-graph', '--intervals', '2', '--cost-rounds', '1',
+                 '--out', str(out)]) == 0
     res = json.loads(out.read_text())
     assert res['config']['video'] == str(vid) and res['config']['seqs'] == ['clip'] and res['config']['frames'] == 5
     assert res['per_frame']['miou'] == 1.0
     assert 0 < res['intervals']['2']['warp']['miou'] < 1.0
+    rows = res['intervals']['2']
+    # the graph's caching (maps warped with the state) and the offline one (flow from the keyframe): both
+    # run the split network on every propagated frame, and are timed
+    assert rows['cache1-graph']['cost_rel'] > 0.1 and rows['cache1']['cost_rel'] > 0.1
+    assert 0 < rows['cache1-graph']['miou'] <= 1.0 and rows['cache1-graph']['miou'] != rows['warp']['miou']
     assert "per-frame labels (a video without labels)" in capsys.readouterr().out
     assert (tmp_path / 'v_tradeoff.png').stat().st_size > 1000   # region vs warp at S=2
     with pytest.raises(InputError, match='video not found'):

@@ -38,6 +38,9 @@ from .temporal_train import UDACITY_VIDEO, video_frames
 
 PROP_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
 CACHE_MODES = ('cache1', 'cache2')
+#: feature caching as the ROS graph runs it (caching.CachedFeatureRefresher in a TemporalPropagator: the
+#: cached maps warped frame to frame with the state, not with a flow from the keyframe)
+GRAPH_CACHE_MODES = ('cache1-graph', 'cache2-graph')
 
 
 def load_snippet(root: Path, seq: str, size, frames: int):
@@ -79,6 +82,7 @@ def measure_costs(model, modules: dict, imgs, sems, bwd, fwd, flow, rounds: int 
     Propagator modes: the module call, and the whole propagated frame (flow pair + warp + IAM +
     module); caching: its whole non-keyframe ``process`` (incl. its flow)."""
     from .propagation import Propagator
+    from .temporal import TemporalPropagator
     t = 2 if len(imgs) > 2 else len(imgs) - 1
     if t < 1:
         raise InputError('cost measurement needs at least 2 frames')
@@ -112,6 +116,13 @@ def measure_costs(model, modules: dict, imgs, sems, bwd, fwd, flow, rounds: int 
                 t0 = time.perf_counter()
                 mod.process(image, keyframe=False)
                 dt = time.perf_counter() - t0
+            elif hasattr(mod, 'keyframe_semantics'):   # the graph's caching: warp of the cached maps + module
+                q = TemporalPropagator(refiner=mod)
+                q.set_keyframe(t - 1, mod.keyframe_semantics(prev, warped.size)[0])
+                q.step(t - 1, image=prev)
+                t0 = time.perf_counter()
+                q.step(t, bwd[t], fwd[t], image=image)
+                dt = max(time.perf_counter() - t0 - wi, 0.0)
             else:
                 t0 = time.perf_counter()
                 if hasattr(mod, 'refresh'):
@@ -216,8 +227,8 @@ def table_entries(args) -> list:
     ``LABEL=region@AREA`` (region refresh with a tile of AREA of the frame, no weights)."""
     out = []
     for m in args.modes:
-        if m not in PROP_MODES + CACHE_MODES:
-            raise ConfigError(f'unknown mode {m!r} (known: {", ".join(PROP_MODES + CACHE_MODES)})')
+        if m not in PROP_MODES + CACHE_MODES + GRAPH_CACHE_MODES:
+            raise ConfigError(f'unknown mode {m!r} (known: {", ".join(PROP_MODES + CACHE_MODES + GRAPH_CACHE_MODES)})')
         learned = args.weights_dir and m in ('refiner', 'grfp', 'davss')
         out.append((m, m, Path(args.weights_dir) / f'{m}.pt' if learned else None, {}))
     for v in args.variants or ():
@@ -324,12 +335,16 @@ def run(args) -> dict:
                 cm_all, cm_prop, cm_net = pooled[S][label]
                 costs, frame_costs = inloop[S][label]
                 base = model
-                if mode in CACHE_MODES:   # splits the network: needs the torch one (same weights)
+                if mode in CACHE_MODES + GRAPH_CACHE_MODES:   # splits the network: the torch one (same weights)
                     if torch_model is None:
                         torch_model = load_model(spec, backend='torch', input_size=size, device=args.device)
                     base = torch_model
                 w = weights_for(weights, seq)
-                module = make_temporal_module(mode, base, weights=w, device=args.device, schedule=S, **opts)
+                if mode in GRAPH_CACHE_MODES:
+                    from .caching import CachedFeatureRefresher
+                    module = CachedFeatureRefresher(base, levels=int(mode[5]))
+                else:
+                    module = make_temporal_module(mode, base, weights=w, device=args.device, schedule=S, **opts)
                 built[label] = module
                 if w is not None:
                     res['config']['weights'].setdefault(label, {})[seq] = str(w)
@@ -356,8 +371,9 @@ def run(args) -> dict:
                 else:
                     prop = TemporalPropagator(refiner=module)
                     for i in tqdm(range(n), desc=f'{seq}: S={S} {label}', mininterval=5):
-                        if i % S == 0:
-                            prop.set_keyframe(i, sems[i])
+                        if i % S == 0:   # (the graph's caching: the keyframe with its cached maps)
+                            prop.set_keyframe(i, module.keyframe_semantics(imgs[i], size)[0]
+                                              if mode in GRAPH_CACHE_MODES else sems[i])
                             out = prop.step(i, None, None, imgs[i] if module is not None else None)
                         else:
                             out = prop.step(i, bwd[i], fwd[i], imgs[i] if module is not None else None)
