@@ -20,6 +20,7 @@ def test_run_with_temporal_mode(tmp_path, shared, mode):
     assert len(list((out / 'labels').glob('*.png'))) == 4
     s = json.loads((out / 'summary.json').read_text())
     assert s['temporal_mode'] == mode and s['frames'] == 4 and s['keyframes'] == 2
+    assert s['propagator']['refined_frames'] == 2          # the module ran on both propagated frames
 
 
 def test_unknown_temporal_mode_is_rejected(tmp_path, capsys):

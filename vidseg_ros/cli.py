@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region'),
                    help='propagation mode (issue 4): plain warp, the low-res stand-in, the learned EVS '
                         'refiner / GRFP STGRU / DAVSS correction (packaged weights), keyframe '
-                        'feature caching of 1 or 2 levels (ESPNetv2, torch backend), or region refresh '
+                        'feature caching of 1 or 2 levels (ESPNetv2; cached maps warped with the state, as '
+                        'in the ROS graph), or region refresh '
                         '(the keyframe network on the worst tile of each propagated frame)')
     r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
     r.add_argument('--region-tile-area', type=float, default=None,
@@ -134,16 +135,6 @@ def _auto_scale(size_wh, input_wh) -> int:
         if size_wh[0] / d <= input_wh[0] * 1.001 and size_wh[1] / d <= input_wh[1] * 1.001:
             return d
     return 16
-
-
-def _cached_output(caching, rgb):
-    """Feature-caching mode: network-resolution labels of the next frame, upsampled (nearest)."""
-    import cv2
-    from types import SimpleNamespace
-    cf = caching.process(rgb)
-    h, w = rgb.shape[:2]
-    labels = cv2.resize(cf.labels, (w, h), interpolation=cv2.INTER_NEAREST)
-    return SimpleNamespace(labels=labels, is_keyframe=cf.is_keyframe, degraded=False)
 
 
 def cmd_run(args) -> int:
@@ -192,14 +183,12 @@ def cmd_run(args) -> int:
     if args.region_tile_area is not None and args.temporal_mode != 'region':
         raise ConfigError('--region-tile-area applies to --temporal-mode region only')
     seg = VideoSegmenter(model, op, flow=FlowEstimator('dis', preset=args.flow_preset), schedule=schedule)
-    caching = None
     if args.temporal_mode and args.temporal_mode != 'warp':
         from .core import temporal
         if args.temporal_mode in ('cache1', 'cache2'):
-            if model.net is None or getattr(model.config, 'arch', '') != 'espnetv2':
-                model = load_model(args.model, weights=args.weights, device=args.device, backend='torch')
-            caching = temporal.make_temporal_module(args.temporal_mode, model, device=args.device,
-                                                    schedule=schedule or op.interval)
+            # as the ROS graph runs it: the keyframe's cached maps warped with the state (BENCHMARKS 7.1)
+            from .core.caching import CachedFeatureRefresher
+            temporal.attach(seg, CachedFeatureRefresher(model, levels=int(args.temporal_mode[-1])))
         else:
             module = temporal.make_temporal_module(args.temporal_mode, model,
                                                    weights=args.temporal_weights, device=args.device,
@@ -224,10 +213,7 @@ def cmd_run(args) -> int:
     degraded = 0
     try:
         for fr in tqdm(frames, total=total, unit='frame', disable=args.quiet, desc='vidseg run'):
-            if caching is not None:
-                out = _cached_output(caching, fr.rgb)
-            else:
-                out = seg.process(fr.rgb, stamp=fr.stamp_s)
+            out = seg.process(fr.rgb, stamp=fr.stamp_s)
             labels_w.write(fr.stem, out.labels)
             if overlay is not None:
                 overlay.write(fr.rgb, out.labels)

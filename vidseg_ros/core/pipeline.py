@@ -150,7 +150,7 @@ class VideoSegmenter:
         """The keyframe network's semantics for this frame, NaN/Inf outputs sanitised (void, counted);
         None when the output is unusable (the keyframe is rejected: the frame is propagated instead)."""
         seg = self.keyframe_fn(idx, rgb) if self.keyframe_fn is not None else self.model.segment(rgb)
-        if isinstance(seg, Semantics):
+        if seg is None or isinstance(seg, Semantics):   # None: keyframe_fn rejected it
             return seg
         from .models.base import sanitize_segmentation
         try:

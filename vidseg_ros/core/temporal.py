@@ -264,10 +264,26 @@ def make_propagator(mode: str, module, **kwargs) -> Propagator:
 
 
 def attach(segmenter, module) -> None:
-    """Install ``module`` (a refiner-type temporal module) in a ``pipeline.VideoSegmenter``:
-    replaces its Propagator by a TemporalPropagator with the same settings."""
+    """Install ``module`` (a refiner-type temporal module, or the graph's feature caching
+    ``caching.CachedFeatureRefresher``, which also takes over the keyframe network call) in a
+    ``pipeline.VideoSegmenter``: replaces its Propagator by a TemporalPropagator with the same settings."""
     p = segmenter.propagator
     segmenter.refiner = module
+    if hasattr(module, 'keyframe_semantics'):   # feature caching: keyframes carry the network's cached maps
+        from .errors import InputError
+        from .pipeline import working_size
+
+        def keyframe_fn(idx, rgb):
+            try:
+                sem, bad = module.keyframe_semantics(rgb, working_size((rgb.shape[1], rgb.shape[0]),
+                                                                       segmenter.op.scale))
+            except InputError as exc:   # mostly non-finite network output: rejected, as in the pipeline
+                segmenter.rejected_keyframes += 1
+                log.warning('frame %d: keyframe rejected (%s); propagating the previous semantics', idx, exc)
+                return None
+            segmenter.nonfinite_pixels += bad
+            return sem
+        segmenter.keyframe_fn = keyframe_fn
     segmenter.propagator = TemporalPropagator(
         warp=p.warp, refiner=module, use_iam=p.use_iam, history=p.history,
         confidence_decay=p.confidence_decay, max_distance=p.max_distance, iam_params=p.iam_params,
