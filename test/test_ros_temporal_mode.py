@@ -71,11 +71,15 @@ def test_learned_temporal_mode_in_the_propagation_node(ros_domain, shared, tmp_p
         stop_processes([proc])
 
 
-def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path):
+@pytest.mark.parametrize('with_maps', [True, False])
+def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path, with_maps):
     """temporal_mode cache1: the keyframe's cached maps come on /vidseg/keyframe/features (as the keyframe
     node sends them); every propagated frame is the network's low-level part on that frame + the warped
-    maps: the node's labels equal the core's TemporalPropagator with a CachedFeatureRefresher, exactly."""
+    maps: the node's labels equal the core's TemporalPropagator with a CachedFeatureRefresher, exactly.
+    Without maps (a keyframe node without cache_levels) the keyframe is not held back: the frames keep
+    the plain warp and /diagnostics says why."""
     import cv2
+    from diagnostic_msgs.msg import DiagnosticArray
     from lifecycle_msgs.msg import Transition
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header, String
@@ -95,7 +99,7 @@ def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path):
     kf, _ = ref.keyframe_semantics(imgs[0], (W, H))
     est = FlowEstimator('dis', preset='ultrafast')
     flows = [None] + [est.forward_backward(imgs[i - 1], imgs[i]) for i in range(1, 4)]
-    core = TemporalPropagator(refiner=ref)
+    core = TemporalPropagator(refiner=ref if with_maps else None)
     core.set_keyframe(0, kf)
     expect = [core.step(0, image=imgs[0]).labels.copy()]
     expect += [core.step(i, *flows[i], image=imgs[i]).labels.copy() for i in range(1, 4)]
@@ -114,8 +118,9 @@ def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path):
         kf_feats = probe.publisher(Image, graph.KEYFRAME_FEATURES_TOPIC)
         decision = probe.publisher(String, graph.KEYFRAME_DECISION_TOPIC)
         info = probe.publisher(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
-        info.publish(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'cache_levels': 1,
+        info.publish(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'cache_levels': int(with_maps),
                                              'class_map': [int(v) for v in model.output_to_class]})))
+        probe.record(DiagnosticArray, graph.DIAGNOSTICS_TOPIC)
         assert probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE, timeout=90), read_log(proc)
         assert probe.transition('propagation_node', Transition.TRANSITION_ACTIVATE)
         for pub in (cam, flow_pub, kf_labels, kf_probs, kf_feats):
@@ -130,7 +135,8 @@ def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path):
                 kf_probs.publish(probs_msg)
                 (feat_msg,) = features_to_msgs(kf, h)
                 assert feat_msg.header.frame_id == 'cam#map=d1' and feat_msg.encoding == '32FC(64)'
-                kf_feats.publish(feat_msg)
+                if with_maps:
+                    kf_feats.publish(feat_msg)
             cam.publish(ndarray_to_image(imgs[i], 'rgb8', h))
             flow_pub.publish(empty_image('32FC4', h) if i == 0 else
                              ndarray_to_image(np.concatenate(flows[i], axis=2), '32FC4', h))
@@ -140,8 +146,17 @@ def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path):
             np.testing.assert_array_equal(out[i], expect[i], err_msg=f'frame {i}')
         assert probe.wait_for(lambda: probe.count(graph.STATS_TOPIC) == 4, 10)
         st = [json.loads(m.data) for _, m in probe.messages[graph.STATS_TOPIC]]
-        assert st[-1]['temporal_mode'] == 'cache1' and st[-1]['refined_frames'] == 3
+        assert st[-1]['temporal_mode'] == 'cache1' and st[-1]['refined_frames'] == (3 if with_maps else 0)
         assert not any(s['degraded'] for s in st[1:])
+        if not with_maps:
+            def diag_message():
+                for _, arr in reversed(probe.messages[graph.DIAGNOSTICS_TOPIC]):
+                    for d in arr.status:
+                        if d.name == 'vidseg: propagation_node':
+                            return d.message
+                return ''
+            assert probe.wait_for(lambda: 'temporal module cache1 failed on 3 frame(s)' in diag_message()
+                                  and 'no cached map d1' in diag_message(), 10), diag_message()
     finally:
         probe.close()
         stop_processes([proc])
