@@ -196,3 +196,19 @@ def test_keyframe_node_sends_cached_maps(ros_domain, shared, tmp_path):
     finally:
         probe.close()
         stop_processes([proc])
+
+
+def test_broken_cached_maps_are_clear_errors():
+    """features_from_msgs (the propagation node's decoding): non-finite or non-float maps are refused
+    with the map's name (the node then rejects that keyframe, counted as bad_keyframes)."""
+    from vidseg_ros.core.errors import InputError
+    from vidseg_ros.ros.propagation_node import features_from_msgs
+    good = np.random.default_rng(0).random((4, 8, 3)).astype(np.float32)
+    out = features_from_msgs({'d1': ndarray_to_image(good, '32FC3')})
+    assert out['d1'].shape == (3, 4, 8) and np.array_equal(out['d1'], good.transpose(2, 0, 1))
+    bad = good.copy()
+    bad[1, 1, 1] = np.nan
+    with pytest.raises(InputError, match='cached map d1 has non-finite values'):
+        features_from_msgs({'d1': ndarray_to_image(bad, '32FC3')})
+    with pytest.raises(InputError, match='cached map e3: expected a 32FC'):
+        features_from_msgs({'e3': ndarray_to_image(np.zeros((4, 8, 3), np.uint8), '8UC3')})
