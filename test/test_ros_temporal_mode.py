@@ -15,35 +15,50 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(150)]
 W, H = 128, 64
 
 
+def _propagation_node(tmp_path, params, class_map, info_extra=None, features=False):
+    """A propagation node (reliable input, long waits) and a probe that records its labels and stats and
+    publishes its inputs: (proc, probe, publishers by name). The keyframe info is published (latched)."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+    from vidseg_ros.core.classes import CITYSCAPES
+    from vidseg_ros.ros.common import latched_qos
+    proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 5.0, 'keyframe_wait': 5.0,
+                                           'model': 'espnetv2_s0.5_512x256', **params}, log_dir=str(tmp_path))
+    try:
+        probe = Probe()
+    except Exception:
+        stop_processes([proc])
+        raise
+    probe.record(Image, graph.LABELS_TOPIC)
+    probe.record(String, graph.STATS_TOPIC)
+    topics = {'cam': graph.CAMERA_TOPIC, 'flow': graph.FLOW_TOPIC, 'kf_labels': graph.KEYFRAME_LABELS_TOPIC,
+              'kf_probs': graph.KEYFRAME_PROBS_TOPIC}
+    if features:
+        topics['kf_feats'] = graph.KEYFRAME_FEATURES_TOPIC
+    pubs = {k: probe.publisher(Image, t) for k, t in topics.items()}
+    pubs['decision'] = probe.publisher(String, graph.KEYFRAME_DECISION_TOPIC)
+    pubs['info'] = probe.publisher(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
+    pubs['info'].publish(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'class_map': class_map,
+                                                 **(info_extra or {})})))
+    return proc, probe, pubs
+
+
 @pytest.mark.parametrize('mode', ['grfp', 'refiner', 'region'])
 def test_learned_temporal_mode_in_the_propagation_node(ros_domain, shared, tmp_path, mode):
     from lifecycle_msgs.msg import Transition
-    from sensor_msgs.msg import Image
     from std_msgs.msg import Header, String
-    from vidseg_ros.core.classes import CITYSCAPES
-    from vidseg_ros.ros.common import latched_qos
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.repeat(rng.integers(0, 19, (4, 8)), 16, 0), 16, 1).astype(np.uint8)
     p = rng.random((20, H // 4, W // 4)).astype(np.float32)
     probs = np.clip(np.rint(p / p.sum(0) * 255), 0, 255).astype(np.uint8)
     img = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
-    proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 5.0, 'keyframe_wait': 5.0,
-                                           'temporal_mode': mode, 'model': 'espnetv2_s0.5_512x256',
-                                           **({'region_tile_area': 0.3} if mode == 'region' else {})},
-                      log_dir=str(tmp_path))
-    probe = Probe()
+    proc, probe, pubs = _propagation_node(tmp_path, {'temporal_mode': mode, **({'region_tile_area': 0.3}
+                                                                                if mode == 'region' else {})},
+                                          list(range(19)) + [255])
     try:
-        probe.record(Image, graph.LABELS_TOPIC)
-        probe.record(String, graph.STATS_TOPIC)
-        cam = probe.publisher(Image, graph.CAMERA_TOPIC)
-        flow_pub = probe.publisher(Image, graph.FLOW_TOPIC)
-        kf_labels = probe.publisher(Image, graph.KEYFRAME_LABELS_TOPIC)
-        kf_probs = probe.publisher(Image, graph.KEYFRAME_PROBS_TOPIC)
-        decision = probe.publisher(String, graph.KEYFRAME_DECISION_TOPIC)
-        info = probe.publisher(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
-        info.publish(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(),
-                                             'class_map': list(range(19)) + [255]})))
+        cam, flow_pub, kf_labels, kf_probs, decision = (pubs[k] for k in ('cam', 'flow', 'kf_labels', 'kf_probs',
+                                                                          'decision'))
         assert probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE, timeout=90), read_log(proc)
         assert probe.transition('propagation_node', Transition.TRANSITION_ACTIVATE)
         for pub in (cam, flow_pub, kf_labels, kf_probs):
@@ -81,14 +96,11 @@ def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path, w
     import cv2
     from diagnostic_msgs.msg import DiagnosticArray
     from lifecycle_msgs.msg import Transition
-    from sensor_msgs.msg import Image
     from std_msgs.msg import Header, String
     from vidseg_ros.core.caching import CachedFeatureRefresher
-    from vidseg_ros.core.classes import CITYSCAPES
     from vidseg_ros.core.flow import FlowEstimator
     from vidseg_ros.core.models import load_model
     from vidseg_ros.core.temporal import TemporalPropagator
-    from vidseg_ros.ros.common import latched_qos
     from vidseg_ros.ros.keyframe_node import features_to_msgs, semantics_to_msgs
 
     files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*_leftImg8bit.*'))[:4]
@@ -104,22 +116,12 @@ def test_feature_caching_in_the_propagation_node(ros_domain, shared, tmp_path, w
     expect = [core.step(0, image=imgs[0]).labels.copy()]
     expect += [core.step(i, *flows[i], image=imgs[i]).labels.copy() for i in range(1, 4)]
 
-    proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 5.0, 'keyframe_wait': 5.0,
-                                           'temporal_mode': 'cache1', 'model': 'espnetv2_s0.5_512x256'},
-                      log_dir=str(tmp_path))
-    probe = Probe()
+    proc, probe, pubs = _propagation_node(tmp_path, {'temporal_mode': 'cache1'},
+                                          [int(v) for v in model.output_to_class],
+                                          {'cache_levels': int(with_maps)}, features=True)
     try:
-        probe.record(Image, graph.LABELS_TOPIC)
-        probe.record(String, graph.STATS_TOPIC)
-        cam = probe.publisher(Image, graph.CAMERA_TOPIC)
-        flow_pub = probe.publisher(Image, graph.FLOW_TOPIC)
-        kf_labels = probe.publisher(Image, graph.KEYFRAME_LABELS_TOPIC)
-        kf_probs = probe.publisher(Image, graph.KEYFRAME_PROBS_TOPIC)
-        kf_feats = probe.publisher(Image, graph.KEYFRAME_FEATURES_TOPIC)
-        decision = probe.publisher(String, graph.KEYFRAME_DECISION_TOPIC)
-        info = probe.publisher(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
-        info.publish(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'cache_levels': int(with_maps),
-                                             'class_map': [int(v) for v in model.output_to_class]})))
+        cam, flow_pub, kf_labels, kf_probs, kf_feats, decision = (
+            pubs[k] for k in ('cam', 'flow', 'kf_labels', 'kf_probs', 'kf_feats', 'decision'))
         probe.record(DiagnosticArray, graph.DIAGNOSTICS_TOPIC)
         assert probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE, timeout=90), read_log(proc)
         assert probe.transition('propagation_node', Transition.TRANSITION_ACTIVATE)
