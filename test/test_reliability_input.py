@@ -888,3 +888,22 @@ def test_manager_asks_get_state_again_after_a_lost_reply(ros_domain):
         ex.shutdown(timeout_sec=3.0)
         mgr.destroy_service(srv)
         _close(mgr)
+
+
+def test_caching_node_sorts_the_cached_maps_it_gets(ros_domain, shared):
+    """temporal_mode cache1: a map of a level it does not reuse (a keyframe node with cache_levels 2) is
+    counted as unused; an unknown or untagged one is counted as bad and logged; neither is joined."""
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.conversions import ndarray_to_image, ns_to_stamp
+    node = _prop({'temporal_mode': 'cache1', 'model': 'espnetv2_s0.5_512x256'})
+    try:
+        assert node.cache_keys == ('d1',)
+        fmap = np.zeros((2, 4, 3), np.float32)
+        for fid in ('cam#map=e3', 'cam#map=x9', 'cam'):
+            node.on_kf_features(ndarray_to_image(fmap, '32FC3', Header(frame_id=fid, stamp=ns_to_stamp(10**9))))
+        assert node.counts['features_unused'] == 1 and node.counts['bad_features'] == 2
+        assert not node.kf_parts
+        node.on_kf_features(ndarray_to_image(fmap, '32FC3', Header(frame_id='cam#map=d1', stamp=ns_to_stamp(10**9))))
+        assert set(node.kf_parts[10**9]) == {'feat:d1'}
+    finally:
+        _close(node)

@@ -86,12 +86,9 @@ class CachedFeatureRefresher:
         self.calls = 0
 
     def _semantics(self, logits: torch.Tensor, size_wh):
-        from .models.base import Segmentation, argmax_channels, sanitize_segmentation
+        from .models.base import sanitize_segmentation, segmentation_from_logits
         from .propagation import semantics_from_segmentation
-        t = logits[0].float().cpu()
-        with torch.inference_mode():
-            seg = Segmentation(probs=torch.softmax(t, 0).numpy(), labels=self.class_map[argmax_channels(t).numpy()])
-        seg, bad = sanitize_segmentation(seg)
+        seg, bad = sanitize_segmentation(segmentation_from_logits(logits[0].float().cpu(), self.class_map))
         return semantics_from_segmentation(seg, self.class_map, size_wh), bad
 
     def _input(self, rgb) -> torch.Tensor:

@@ -179,22 +179,18 @@ class PropagationNode(VidsegLifecycleNode):
         refiner = None
         prop_cls = Propagator
         self.cache_keys = ()
-        if mode in graph.CACHE_LEVELS:
-            # feature caching: the network's low-level part here, its cached maps from the keyframe node
-            from vidseg_ros.core.caching import CACHE_KEYS, CachedFeatureRefresher
-            from vidseg_ros.core.models import load_model
-            from vidseg_ros.core.temporal import TemporalPropagator
-            refiner = CachedFeatureRefresher(load_model(p['model'], weights=p['weights'] or None,
-                                                        device=p['device']), graph.CACHE_LEVELS[mode])
-            self.cache_keys = CACHE_KEYS[graph.CACHE_LEVELS[mode]]
-            prop_cls = TemporalPropagator
-        elif mode != 'warp':
+        if mode != 'warp':
             from vidseg_ros.core.models import load_model
             from vidseg_ros.core.temporal import TemporalPropagator, make_temporal_module
-            refiner = make_temporal_module(mode, load_model(p['model'], weights=p['weights'] or None,
-                                                            device=p['device']),
-                                           weights=p['temporal_weights'] or None, device=p['device'],
-                                           **({'tile_area': p['region_tile_area']} if mode == 'region' else {}))
+            net = load_model(p['model'], weights=p['weights'] or None, device=p['device'])
+            if mode in graph.CACHE_LEVELS:
+                # feature caching: the network's low-level part here, its cached maps from the keyframe node
+                from vidseg_ros.core.caching import CACHE_KEYS, CachedFeatureRefresher
+                refiner = CachedFeatureRefresher(net, graph.CACHE_LEVELS[mode])
+                self.cache_keys = CACHE_KEYS[graph.CACHE_LEVELS[mode]]
+            else:
+                refiner = make_temporal_module(mode, net, weights=p['temporal_weights'] or None, device=p['device'],
+                                               **({'tile_area': p['region_tile_area']} if mode == 'region' else {}))
             if mode != 'iam-lowres':
                 prop_cls = TemporalPropagator
         self.temporal_mode = mode
@@ -447,14 +443,18 @@ class PropagationNode(VidsegLifecycleNode):
         self._kf_part(msg, 'probs')
 
     def on_kf_features(self, msg):
+        from vidseg_ros.core.caching import CACHE_KEYS
         name = msg.header.frame_id.rpartition(graph.FEATURE_MAP_TAG)[2] \
             if graph.FEATURE_MAP_TAG in msg.header.frame_id else ''
-        if name not in self.cache_keys:
+        if name in self.cache_keys:
+            self._kf_part(msg, 'feat:' + name)
+        elif name in CACHE_KEYS[max(CACHE_KEYS)]:   # a level this node does not reuse (cache_levels above its mode)
+            self.counts['features_unused'] += 1
+        else:
             self.counts['bad_features'] += 1
-            self.get_logger().error(f'cached map {name!r} is not one this node uses ({", ".join(self.cache_keys)})',
+            self.get_logger().error(f'cached map {name!r} is not one this node knows (frame_id '
+                                    f'{msg.header.frame_id!r}; it uses {", ".join(self.cache_keys)})',
                                     throttle_duration_sec=5.0)
-            return
-        self._kf_part(msg, 'feat:' + name)
 
     def _needed_parts(self) -> set:
         """Parts that complete a keyframe: labels + probs, and the cached maps when this node runs

@@ -149,8 +149,8 @@ class Graph:
 
     def clean_shm(self):
         """Remove the Fast DDS shared memory of killed participants (``ros.shm``). A node that crashed
-        leaves its segment (35 MB with the large-data profile) until reboot; piled up, they made new
-        participants fail (RELIABILITY.md). Files younger than ``shm.MIN_AGE_S`` wait for a later pass."""
+        leaves its segment (35 MB with the large-data profile) until reboot; piled up, they coincided with
+        new participants failing (RELIABILITY.md). Files younger than ``shm.MIN_AGE_S`` wait for a later pass."""
         self.shm_due = None
         if not self.shm_clean:
             return None

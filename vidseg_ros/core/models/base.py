@@ -115,6 +115,14 @@ def argmax_channels(t: torch.Tensor) -> torch.Tensor:
         return idx
 
 
+def segmentation_from_logits(t: torch.Tensor, output_to_class) -> Segmentation:
+    """(K, h, w) CPU logits -> softmax probabilities and class-id labels (``output_to_class[argmax]``)."""
+    with torch.inference_mode():
+        idx = argmax_channels(t).numpy()
+        probs = torch.softmax(t, 0).numpy()
+    return Segmentation(probs=probs, labels=np.asarray(output_to_class)[idx])
+
+
 class KeyframeModel:
     """Abstract keyframe network: subclasses implement ``_infer`` (and optionally ``features``)."""
 
@@ -151,11 +159,7 @@ class KeyframeModel:
 
     def segment(self, rgb: np.ndarray) -> Segmentation:
         """Softmax probabilities and class-id labels (via output_to_class) at network resolution."""
-        t = self._infer(self.preprocess(rgb))[0]
-        with torch.inference_mode():
-            idx = argmax_channels(t).numpy()
-            probs = torch.softmax(t, 0).numpy()
-        return Segmentation(probs=probs, labels=self.output_to_class[idx])
+        return segmentation_from_logits(self._infer(self.preprocess(rgb))[0], self.output_to_class)
 
     def labels_from_logits(self, logits: np.ndarray) -> np.ndarray:
         """Class ids (uint8) of the argmax channel."""
