@@ -738,3 +738,31 @@ def test_cached_feature_refresher_in_the_propagator(shared):
         CachedFeatureRefresher(object())
     with pytest.raises(ConfigError, match='levels'):
         CachedFeatureRefresher(model, levels=3)
+
+
+def test_cached_feature_refresher_on_onnxruntime(shared):
+    """With an onnxruntime keyframe model the two halves run as exported graphs (verified against torch on
+    export): the same maps and labels as the torch split, within float tolerance."""
+    import cv2
+    from vidseg_ros.core.caching import CachedFeatureRefresher
+    from vidseg_ros.core.models import load_model
+    files = sorted((shared / 'data' / 'cityscapes_seq' / 'seq0003').glob('*_leftImg8bit.*'))
+    size = (256, 128)
+    a, b = [cv2.resize(cv2.cvtColor(cv2.imread(str(files[i])), cv2.COLOR_BGR2RGB), size,
+                       interpolation=cv2.INTER_AREA) for i in (0, 3)]
+    for levels in (1, 2):
+        ort = CachedFeatureRefresher(load_model('espnetv2_s0.5_512x256', backend='onnxruntime', input_size=size),
+                                     levels)
+        pt = CachedFeatureRefresher(load_model('espnetv2_s0.5_512x256', backend='torch', input_size=size), levels)
+        assert (ort.backend, pt.backend) == ('onnxruntime', 'torch')
+        ko, _ = ort.keyframe_semantics(a, size)
+        kt, _ = pt.keyframe_semantics(a, size)
+        for k in kt.features:
+            np.testing.assert_allclose(ko.features[k], kt.features[k], atol=1e-3)
+        assert (ko.labels == kt.labels).mean() > 0.999
+        ro, rt = ort.refresh(b, kt), pt.refresh(b, kt)
+        assert (ro.labels == rt.labels).mean() > 0.999
+        assert np.abs(ro.probs.astype(int) - rt.probs).max() <= 1
+    with pytest.raises(ConfigError, match='caching backend'):
+        CachedFeatureRefresher(load_model('espnetv2_s0.5_512x256', backend='torch', input_size=size), 1,
+                               backend='tensorrt')

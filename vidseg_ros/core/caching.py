@@ -68,6 +68,59 @@ def _check_levels(levels) -> int:
     return int(levels)
 
 
+class _FullWithMaps(torch.nn.Module):
+    """The whole network, returning (logits, *cached maps): what a keyframe computes (ONNX export)."""
+
+    def __init__(self, net, keys):
+        super().__init__()
+        self.net, self.keys = net, tuple(keys)
+
+    def forward(self, x):
+        logits, maps = self.net.forward_high(self.net.forward_low(x), return_features=True)
+        return (logits,) + tuple(maps[k] for k in self.keys)
+
+
+class _CachedPart(torch.nn.Module):
+    """The low-level part on ``x`` + the decoder on the given cached maps -> logits (ONNX export)."""
+
+    def __init__(self, net, levels, keys):
+        super().__init__()
+        self.net, self.levels, self.keys = net, levels, tuple(keys)
+
+    def forward(self, x, *cached):
+        low = self.net.forward_low(x, levels=3 if self.levels == 1 else 2)
+        return self.net.forward_high(low, cached=dict(zip(self.keys, cached)))
+
+
+class _OrtSplit:
+    """The two halves as onnxruntime graphs (exported once, verified against torch, cached on disk)."""
+
+    def __init__(self, model, net, levels, keys):
+        from .models.backends import OrtRunner, export_onnx_module, state_hash, synthetic_image
+        w, h = model.input_size
+        x = torch.from_numpy(model.preprocess(synthetic_image((w, h))))
+        full = _FullWithMaps(net, keys).eval()
+        with torch.inference_mode():
+            maps = full(x)[1:]
+        key = f'split{levels}_{state_hash(net)[:16]}_{w}x{h}'
+        p_full = export_onnx_module(full, {'input': x}, ('logits',) + tuple(keys), key + '_keyframe',
+                                    f'{model.name} (keyframe, cached maps)')
+        p_part = export_onnx_module(_CachedPart(net, levels, keys).eval(),
+                                    dict({'input': x}, **{k: m.clone() for k, m in zip(keys, maps)}), ('logits',),
+                                    key + '_cached', f'{model.name} (low-level part + decoder)')
+        self.keys = tuple(keys)
+        self.full, self.part = OrtRunner(p_full), OrtRunner(p_part)
+
+    def keyframe(self, x: np.ndarray):
+        out = self.full.run({'input': x})
+        return torch.from_numpy(out[0]), dict(zip(self.keys, out[1:]))
+
+    def cached(self, x: np.ndarray, maps: dict) -> torch.Tensor:
+        feeds = {'input': x}
+        feeds.update({k: np.ascontiguousarray(maps[k], np.float32)[None] for k in self.keys})
+        return torch.from_numpy(self.part.run(feeds)[0])
+
+
 class CachedFeatureRefresher:
     """Feature caching as a propagation module (see the module docstring; the ROS graph's cache1/cache2).
 
@@ -75,15 +128,25 @@ class CachedFeatureRefresher:
     the full network on a keyframe, exactly the keyframe network's labels and probabilities.
     ``refresh(image, warped, mask, prev=None, flow_bwd=None)`` -> Semantics: the network's output for
     the current image from its low-level part and the (already warped) cached maps of ``warped``.
+    ``backend``: 'auto' (onnxruntime when the model runs on it, on the CPU: both halves exported and
+    verified against torch within ``EXPORT_TOL``), 'torch' or 'onnxruntime'.
     """
 
-    def __init__(self, model, levels: int = 1):
+    def __init__(self, model, levels: int = 1, backend: str = 'auto'):
         self.model, self.net = model, split_network(model)
         self.levels = _check_levels(levels)
         self.keys = CACHE_KEYS[self.levels]
         self.device = torch.device(getattr(model, 'device', 'cpu'))
         self.class_map = np.asarray(model.output_to_class, np.uint8)
         self.calls = 0
+        if backend not in ('auto', 'torch', 'onnxruntime'):
+            raise ConfigError(f"caching backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
+        if backend == 'auto':
+            backend = 'onnxruntime' if getattr(model, 'backend', '') == 'onnxruntime' and \
+                self.device.type == 'cpu' else 'torch'
+        self.backend = backend
+        self.ort = _OrtSplit(model, self.net.cpu() if backend == 'onnxruntime' else self.net, self.levels,
+                             self.keys) if backend == 'onnxruntime' else None
 
     def _semantics(self, logits: torch.Tensor, size_wh):
         from .models.base import sanitize_segmentation, segmentation_from_logits
@@ -99,10 +162,15 @@ class CachedFeatureRefresher:
 
     def keyframe_semantics(self, rgb: np.ndarray, working_size_wh):
         x = self._input(rgb)
-        with torch.inference_mode():
-            logits, maps = self.net.forward_high(self.net.forward_low(x), return_features=True)
+        if self.ort is not None:
+            logits, maps = self.ort.keyframe(x.cpu().numpy())
+            feats = {k: np.ascontiguousarray(maps[k][0]) for k in self.keys}
+        else:
+            with torch.inference_mode():
+                logits, maps = self.net.forward_high(self.net.forward_low(x), return_features=True)
+            feats = {k: np.ascontiguousarray(maps[k][0].float().cpu().numpy()) for k in self.keys}
         sem, bad = self._semantics(logits, working_size_wh)
-        sem.features = {k: np.ascontiguousarray(maps[k][0].float().cpu().numpy()) for k in self.keys}
+        sem.features = feats
         return sem, bad
 
     def refresh(self, image, warped, mask=None, prev=None, flow_bwd=None):
@@ -116,11 +184,14 @@ class CachedFeatureRefresher:
             raise ConfigError('feature caching: the keyframe semantics have other class planes than the '
                               f'network {self.model.name}')
         x = self._input(image)
-        cached = {k: torch.from_numpy(np.ascontiguousarray(feats[k], np.float32))[None].to(self.device)
-                  for k in self.keys}
-        with torch.inference_mode():
-            low = self.net.forward_low(x, levels=3 if self.levels == 1 else 2)
-            logits = self.net.forward_high(low, cached=cached)
+        if self.ort is not None:
+            logits = self.ort.cached(x.cpu().numpy(), feats)
+        else:
+            cached = {k: torch.from_numpy(np.ascontiguousarray(feats[k], np.float32))[None].to(self.device)
+                      for k in self.keys}
+            with torch.inference_mode():
+                low = self.net.forward_low(x, levels=3 if self.levels == 1 else 2)
+                logits = self.net.forward_high(low, cached=cached)
         sem, _ = self._semantics(logits, warped.size)
         sem.features = feats        # the cache travels on: the next step warps it again
         self.calls += 1

@@ -335,12 +335,12 @@ def run(args) -> dict:
                 cm_all, cm_prop, cm_net = pooled[S][label]
                 costs, frame_costs = inloop[S][label]
                 base = model
-                if mode in CACHE_MODES + GRAPH_CACHE_MODES:   # splits the network: the torch one (same weights)
+                if mode in CACHE_MODES:   # splits the network: the torch one (same weights)
                     if torch_model is None:
                         torch_model = load_model(spec, backend='torch', input_size=size, device=args.device)
                     base = torch_model
                 w = weights_for(weights, seq)
-                if mode in GRAPH_CACHE_MODES:
+                if mode in GRAPH_CACHE_MODES:   # on the keyframe network's backend (onnxruntime: exported split)
                     from .caching import CachedFeatureRefresher
                     module = CachedFeatureRefresher(base, levels=int(mode[5]))
                 else:

@@ -121,6 +121,10 @@ class OrtRunner:
             y = y[None]
         return torch.from_numpy(np.ascontiguousarray(y, np.float32))
 
+    def run(self, feeds: dict) -> list:
+        """Every output (float32 numpy arrays, in the graph's order) for named inputs ``feeds``."""
+        return [np.ascontiguousarray(y, np.float32) for y in self.session.run(None, feeds)]
+
 
 # ---- the model class used by every backend -----------------------------------------------
 class NetworkModel(KeyframeModel):
@@ -179,8 +183,16 @@ def export_onnx(net: torch.nn.Module, preprocess, size_wh, key: str, name: str) 
     within EXPORT_TOL on a test image; raises ModelError when it does not match.
     ``net`` must be on the CPU."""
     w, h = size_wh
+    return export_onnx_module(net, {'input': torch.from_numpy(preprocess(synthetic_image(size_wh)))}, ['logits'],
+                              f'{key}_{w}x{h}', name)
+
+
+def export_onnx_module(module: torch.nn.Module, example: dict, output_names, key: str, name: str) -> Path:
+    """ONNX file of ``module(*example.values())`` (inputs named by ``example``'s keys, outputs by
+    ``output_names``; fixed shapes), cached on disk by ``key``, verified against eager torch on ``example``
+    within EXPORT_TOL on every output; ModelError when it does not match or the export fails."""
     d = cache_dir() / 'onnx'
-    path = d / f'{key}_{w}x{h}_op{ONNX_OPSET}_v{EXPORT_VERSION}.onnx'
+    path = d / f'{key}_op{ONNX_OPSET}_v{EXPORT_VERSION}.onnx'
     meta_path = path.with_suffix('.json')
     if path.is_file() and meta_path.is_file():
         try:
@@ -192,25 +204,26 @@ def export_onnx(net: torch.nn.Module, preprocess, size_wh, key: str, name: str) 
     d.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix='.onnx', dir=d)
     os.close(fd)
+    args = tuple(example.values())
     try:
-        x = torch.zeros(1, 3, h, w)
         import warnings
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            torch.onnx.export(net.eval(), (x,), tmp, dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=['input'], output_names=['logits'],
+            torch.onnx.export(module.eval(), args, tmp, dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=list(example), output_names=list(output_names),
                               do_constant_folding=True)
-        inp = preprocess(synthetic_image(size_wh))
-        ref = TorchRunner(net)(inp)
-        got = OrtRunner(tmp, num_threads=torch.get_num_threads())(inp)
-        diff = float((ref - got).abs().max())
+            ref = module(*args)
+        refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+        got = OrtRunner(tmp, num_threads=torch.get_num_threads()).run(
+            {k: v.detach().cpu().numpy() for k, v in example.items()})
+        diff = max(float(np.abs(r.detach().cpu().numpy() - g).max()) for r, g in zip(refs, got))
         if not diff <= EXPORT_TOL:
             raise ModelError(f'ONNX export of {name} differs from torch by {diff:.3g} '
                              f'(> {EXPORT_TOL}); use backend torch')
         os.replace(tmp, path)
-        meta_path.write_text(json.dumps({'name': name, 'size': [w, h], 'max_abs_diff': diff,
-                                         'verified': True, 'torch': torch.__version__,
-                                         'opset': ONNX_OPSET}))
+        meta_path.write_text(json.dumps({'name': name, 'inputs': {k: list(v.shape) for k, v in example.items()},
+                                         'outputs': list(output_names), 'max_abs_diff': diff,
+                                         'verified': True, 'torch': torch.__version__, 'opset': ONNX_OPSET}))
         log.info('exported %s to %s (max |diff| vs torch %.2e)', name, path, diff)
         return path
     except ModelError:
