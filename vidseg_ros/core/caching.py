@@ -144,9 +144,11 @@ class CachedFeatureRefresher:
         if backend == 'auto':
             backend = 'onnxruntime' if getattr(model, 'backend', '') == 'onnxruntime' and \
                 self.device.type == 'cpu' else 'torch'
+        if backend == 'onnxruntime' and self.device.type != 'cpu':
+            raise ConfigError('feature caching on onnxruntime runs on the CPU; use backend torch on '
+                              f'{self.device}')
         self.backend = backend
-        self.ort = _OrtSplit(model, self.net.cpu() if backend == 'onnxruntime' else self.net, self.levels,
-                             self.keys) if backend == 'onnxruntime' else None
+        self.ort = _OrtSplit(model, self.net, self.levels, self.keys) if backend == 'onnxruntime' else None
 
     def _semantics(self, logits: torch.Tensor, size_wh):
         from .models.base import sanitize_segmentation, segmentation_from_logits
