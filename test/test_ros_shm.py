@@ -44,9 +44,13 @@ def test_clean_removes_only_unlocked_files(shm_dir):
     shared = _hold(shm_dir / 'fastdds_port7415_sl', fcntl.LOCK_SH)   # a live shared listener on a port
     try:
         before = sorted(os.listdir(shm_dir))
-        dry = shm.clean_stale_fastdds_shm(str(shm_dir), min_age_s=10, dry_run=True)
+        dry = shm.clean_stale_fastdds_shm(str(shm_dir), min_age_s=10, dry_run=True, ports=True)
         assert sorted(os.listdir(shm_dir)) == before
-        rep = shm.clean_stale_fastdds_shm(str(shm_dir), min_age_s=10)
+        # by default (the runner's and launch file's passes) only participant segments, never ports
+        seg = shm.clean_stale_fastdds_shm(str(shm_dir), min_age_s=10, dry_run=True)
+        assert sorted(Path(p).name for p in seg.removed) == ['fastdds_0123456789abcdef',
+                                                             'fastdds_0123456789abcdef_el']
+        rep = shm.clean_stale_fastdds_shm(str(shm_dir), min_age_s=10, ports=True)
         assert sorted(dry.removed) == sorted(rep.removed)
         assert sorted(Path(p).name for p in rep.removed) == [
             'fastdds_0123456789abcdef', 'fastdds_0123456789abcdef_el',
@@ -60,7 +64,7 @@ def test_clean_removes_only_unlocked_files(shm_dir):
         os.close(live)
         os.close(shared)
     # once their owners are gone, they go too (the port without any lock file stays)
-    rep = shm.clean_stale_fastdds_shm(str(shm_dir), min_age_s=10)
+    rep = shm.clean_stale_fastdds_shm(str(shm_dir), min_age_s=10, ports=True)
     assert len(rep.removed) == 5 and rep.in_use == 0
     assert set(os.listdir(shm_dir)) == {'fastdds_port7417', 'other_file'}
 
@@ -85,9 +89,11 @@ def test_clean_errors_are_reported_not_raised(tmp_path, capsys):
 
 def test_cli_dry_run_lists_files(shm_dir, capsys):
     from vidseg_ros import cli
-    assert cli.main(['shm-clean', '--dir', str(shm_dir), '--dry-run', '-v']) == 0
+    assert cli.main(['shm-clean', '--dir', str(shm_dir), '--dry-run', '-v', '--ports']) == 0
     out = capsys.readouterr().out
     assert 'fastdds_0123456789abcdef_el' in out and 'would remove 10 stale' in out   # no lock held here
+    assert cli.main(['shm-clean', '--dir', str(shm_dir), '--dry-run']) == 0
+    assert 'would remove 4 stale' in capsys.readouterr().out       # the two segments and their locks only
     assert (shm_dir / 'fastdds_0123456789abcdef').exists()
 
 

@@ -23,6 +23,14 @@ clean.py``): a lock file that nobody holds means that its owner is gone. Two pre
 
 The lock is held while the files are removed. Port segments without any lock file (no listener left)
 are small (52 kB) and are left alone, as the Fast DDS tool does.
+
+Ports are only cleaned on request (``ports=True``, ``vidseg shm-clean --ports``), while no ROS 2 process
+runs: port numbers are reused (per domain and participant index), and a live writer may still have a
+dead listener's port mapped; Fast DDS resets such a zombie port in place when a new listener opens it,
+whereas a removed file would leave that writer sending into an orphan mapping. A participant's data
+segment has a fresh random name each time, so removing a dead one cannot affect a live process: the
+automatic passes (runner, launch file) remove segments only, and those are what hold the memory
+(0.5 MB, or 35 MB with the large-data profile, each).
 """
 from __future__ import annotations
 
@@ -80,12 +88,13 @@ def _try_lock(path: str):
 
 
 def clean_stale_fastdds_shm(shm_dir: str = SHM_DIR, min_age_s: float = MIN_AGE_S,
-                            dry_run: bool = False, only=None) -> CleanReport:
+                            dry_run: bool = False, only=None, ports: bool = False) -> CleanReport:
     """Remove the shared-memory files of Fast DDS participants that are gone (see the module doc).
 
     Never raises for a file it cannot read or remove (another cleaner, permissions): that goes to
     ``report.errors``. ``dry_run`` reports what would go without removing anything. ``only``: a set of
-    segment / port names (``fastdds_<id>``, ``fastdds_port<N>``) to restrict the pass to.
+    segment / port names (``fastdds_<id>``, ``fastdds_port<N>``) to restrict the pass to. ``ports``:
+    also the port files (only while no ROS 2 process runs, see the module doc).
     """
     rep = CleanReport()
     try:
@@ -98,7 +107,7 @@ def clean_stale_fastdds_shm(shm_dir: str = SHM_DIR, min_age_s: float = MIN_AGE_S
     for n in names:
         if _SEGMENT_LOCK.match(n):
             groups.setdefault(n[:-3], ([], []))[0].append(n)
-        else:
+        elif ports:
             m = _PORT_LOCK.match(n)
             if m:
                 base = n[:-3]
@@ -153,9 +162,12 @@ def main(argv=None) -> int:
     ap.add_argument('--min-age', type=float, default=MIN_AGE_S,
                     help='leave files younger than this many seconds (default %(default)s)')
     ap.add_argument('--dry-run', action='store_true', help='only list what would be removed')
+    ap.add_argument('--ports', action='store_true',
+                    help='also the port files of dead listeners: only while no ROS 2 process runs (a live '
+                         'writer may still map a dead listener\'s port)')
     ap.add_argument('-v', '--verbose', action='store_true', help='print every file removed')
     args = ap.parse_args(argv)
-    rep = clean_stale_fastdds_shm(args.dir, args.min_age, args.dry_run)
+    rep = clean_stale_fastdds_shm(args.dir, args.min_age, args.dry_run, ports=args.ports)
     if args.verbose:
         for p in rep.removed:
             print(p)
