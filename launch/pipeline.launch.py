@@ -46,7 +46,7 @@ def generate_launch_description():
     args.append(DeclareLaunchArgument('respawn', default_value='true',
                                       description='restart a node that exits (the manager re-activates it)'))
     args.append(DeclareLaunchArgument('shm_clean', default_value='true',
-                                      description='first remove the /dev/shm files of Fast DDS participants '
-                                                  'that were killed (vidseg shm-clean)'))
+                                      description='first remove the /dev/shm data segments of Fast DDS '
+                                                  'participants that were killed (vidseg shm-clean)'))
     args.append(DeclareLaunchArgument('log_level', default_value='info', description='ROS log level'))
     return LaunchDescription(args + [OpaqueFunction(function=launch_setup)])

@@ -62,6 +62,14 @@ def split_network(model):
     return net
 
 
+def network_input(model, rgb, device) -> torch.Tensor:
+    """(1, 3, h, w) network input of an RGB uint8 frame (InputError naming what came instead)."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f'expected an RGB uint8 image (H, W, 3), got '
+                         f'{getattr(rgb, "shape", type(rgb).__name__)}')
+    return torch.from_numpy(model.preprocess(rgb)).to(device)
+
+
 def _check_levels(levels) -> int:
     if int(levels) not in CACHE_KEYS:
         raise ConfigError(f'caching levels must be 1 or 2, got {levels}')
@@ -95,20 +103,19 @@ class _CachedPart(torch.nn.Module):
 class _OrtSplit:
     """The two halves as onnxruntime graphs (exported once, verified against torch, cached on disk)."""
 
-    def __init__(self, model, net, levels, keys):
+    def __init__(self, model, full: _FullWithMaps, part: _CachedPart):
         from .models.backends import OrtRunner, export_onnx_module, state_hash, synthetic_image
         w, h = model.input_size
+        keys = part.keys
         x = torch.from_numpy(model.preprocess(synthetic_image((w, h))))
-        full = _FullWithMaps(net, keys).eval()
         with torch.inference_mode():
             maps = full(x)[1:]
-        key = f'split{levels}_{state_hash(net)[:16]}_{w}x{h}'
-        p_full = export_onnx_module(full, {'input': x}, ('logits',) + tuple(keys), key + '_keyframe',
+        key = f'split{part.levels}_{state_hash(part.net)[:16]}_{w}x{h}'
+        p_full = export_onnx_module(full, {'input': x}, ('logits',) + keys, key + '_keyframe',
                                     f'{model.name} (keyframe, cached maps)')
-        p_part = export_onnx_module(_CachedPart(net, levels, keys).eval(),
-                                    dict({'input': x}, **{k: m.clone() for k, m in zip(keys, maps)}), ('logits',),
-                                    key + '_cached', f'{model.name} (low-level part + decoder)')
-        self.keys = tuple(keys)
+        p_part = export_onnx_module(part, dict({'input': x}, **{k: m.clone() for k, m in zip(keys, maps)}),
+                                    ('logits',), key + '_cached', f'{model.name} (low-level part + decoder)')
+        self.keys = keys
         self.full, self.part = OrtRunner(p_full), OrtRunner(p_part)
 
     def keyframe(self, x: np.ndarray):
@@ -148,7 +155,9 @@ class CachedFeatureRefresher:
             raise ConfigError('feature caching on onnxruntime runs on the CPU; use backend torch on '
                               f'{self.device}')
         self.backend = backend
-        self.ort = _OrtSplit(model, self.net, self.levels, self.keys) if backend == 'onnxruntime' else None
+        self.full = _FullWithMaps(self.net, self.keys).eval()          # the torch halves (also what is exported)
+        self.part = _CachedPart(self.net, self.levels, self.keys).eval()
+        self.ort = _OrtSplit(model, self.full, self.part) if backend == 'onnxruntime' else None
 
     def _semantics(self, logits: torch.Tensor, size_wh):
         from .models.base import sanitize_segmentation, segmentation_from_logits
@@ -156,21 +165,15 @@ class CachedFeatureRefresher:
         seg, bad = sanitize_segmentation(segmentation_from_logits(logits[0].float().cpu(), self.class_map))
         return semantics_from_segmentation(seg, self.class_map, size_wh), bad
 
-    def _input(self, rgb) -> torch.Tensor:
-        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise InputError(f'expected an RGB uint8 image (H, W, 3), got '
-                             f'{getattr(rgb, "shape", type(rgb).__name__)}')
-        return torch.from_numpy(self.model.preprocess(rgb)).to(self.device)
-
     def keyframe_semantics(self, rgb: np.ndarray, working_size_wh):
-        x = self._input(rgb)
+        x = network_input(self.model, rgb, self.device)
         if self.ort is not None:
             logits, maps = self.ort.keyframe(x.cpu().numpy())
             feats = {k: np.ascontiguousarray(maps[k][0]) for k in self.keys}
         else:
             with torch.inference_mode():
-                logits, maps = self.net.forward_high(self.net.forward_low(x), return_features=True)
-            feats = {k: np.ascontiguousarray(maps[k][0].float().cpu().numpy()) for k in self.keys}
+                logits, *maps = self.full(x)
+            feats = {k: np.ascontiguousarray(m[0].float().cpu().numpy()) for k, m in zip(self.keys, maps)}
         sem, bad = self._semantics(logits, working_size_wh)
         sem.features = feats
         return sem, bad
@@ -185,15 +188,14 @@ class CachedFeatureRefresher:
                                                                 self.class_map):
             raise ConfigError('feature caching: the keyframe semantics have other class planes than the '
                               f'network {self.model.name}')
-        x = self._input(image)
+        x = network_input(self.model, image, self.device)
         if self.ort is not None:
             logits = self.ort.cached(x.cpu().numpy(), feats)
         else:
-            cached = {k: torch.from_numpy(np.ascontiguousarray(feats[k], np.float32))[None].to(self.device)
-                      for k in self.keys}
+            cached = [torch.from_numpy(np.ascontiguousarray(feats[k], np.float32))[None].to(self.device)
+                      for k in self.keys]
             with torch.inference_mode():
-                low = self.net.forward_low(x, levels=3 if self.levels == 1 else 2)
-                logits = self.net.forward_high(low, cached=cached)
+                logits = self.part(x, *cached)
         sem, _ = self._semantics(logits, warped.size)
         sem.features = feats        # the cache travels on: the next step warps it again
         self.calls += 1
@@ -241,10 +243,7 @@ class FeatureCachingSegmenter:
             self.schedule.reset()
 
     def _input(self, rgb):
-        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise InputError(f'expected an RGB uint8 image (H, W, 3), got '
-                             f'{getattr(rgb, "shape", type(rgb).__name__)}')
-        x = torch.from_numpy(self.model.preprocess(rgb)).to(self.device)
+        x = network_input(self.model, rgb, self.device)
         w, h = self.model.input_size
         small = rgb if rgb.shape[:2] == (h, w) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
         return x, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)

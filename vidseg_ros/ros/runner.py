@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--no-respawn', action='store_true', help='do not restart nodes that exit')
     ap.add_argument('--log-dir', default='', help='write each process output to <dir>/<node>.log')
     ap.add_argument('--no-shm-clean', action='store_true',
-                    help='do not remove the /dev/shm files of killed Fast DDS participants (at start and '
-                         'after a node was respawned; a live participant\'s files are never touched)')
+                    help='do not remove the /dev/shm data segments of killed Fast DDS participants (at start '
+                         'and after a node was respawned; a live participant\'s files and port files are '
+                         'never touched)')
     ap.add_argument('--stop-timeout', type=float, default=10.0, help='seconds for a clean stop')
     return ap
 
@@ -148,7 +149,7 @@ class Graph:
         return p
 
     def clean_shm(self):
-        """Remove the Fast DDS shared memory of killed participants (``ros.shm``). A node that crashed
+        """Remove the Fast DDS data segments of killed participants (``ros.shm``). A node that crashed
         leaves its segment (35 MB with the large-data profile) until reboot; piled up, they coincided with
         new participants failing (RELIABILITY.md). Files younger than ``shm.MIN_AGE_S`` wait for a later pass."""
         self.shm_due = None
