@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                         'feature caching of 1 or 2 levels (ESPNetv2; cached maps warped with the state, as '
                         'in the ROS graph), or region refresh '
                         '(the keyframe network on the worst tile of each propagated frame)')
+    r.add_argument('--two-sided', action='store_true',
+                   help='delayed two-sided propagation: each propagated frame waits for the next keyframe, '
+                        'whose labels are carried back with the forward flow and fused with the forward '
+                        'ones (core/bidirectional.py; plain warping only; adds up to S-1 frames of latency)')
+    r.add_argument('--max-delay', type=positive_int, default=None,
+                   help='--two-sided: the most frames a frame waits for the next keyframe (default: no '
+                        'limit; frames that wait longer are written forward-only)')
     r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
     r.add_argument('--region-tile-area', type=float, default=None,
                    help='--temporal-mode region: share of the frame refreshed per propagated frame (default 0.19)')
@@ -138,6 +145,7 @@ def _auto_scale(size_wh, input_wh) -> int:
 
 
 def cmd_run(args) -> int:
+    import collections
     import itertools
 
     from tqdm import tqdm
@@ -182,7 +190,18 @@ def cmd_run(args) -> int:
         schedule = s
     if args.region_tile_area is not None and args.temporal_mode != 'region':
         raise ConfigError('--region-tile-area applies to --temporal-mode region only')
+    if args.max_delay is not None and not args.two_sided:
+        raise ConfigError('--max-delay applies to --two-sided only')
+    if args.two_sided and args.temporal_mode not in (None, 'warp'):
+        raise ConfigError('--two-sided fuses plain warping from both sides; it does not combine with '
+                          f'--temporal-mode {args.temporal_mode}')
+    if args.two_sided and not op.warp:
+        raise ConfigError('--two-sided needs warping (drop --no-warp or the hold preset)')
     seg = VideoSegmenter(model, op, flow=FlowEstimator('dis', preset=args.flow_preset), schedule=schedule)
+    runner = seg
+    if args.two_sided:
+        from .core.bidirectional import TwoSidedSegmenter
+        runner = TwoSidedSegmenter(seg, max_delay=args.max_delay)
     if args.temporal_mode and args.temporal_mode != 'warp':
         from .core import temporal
         if args.temporal_mode in ('cache1', 'cache2'):
@@ -211,19 +230,30 @@ def cmd_run(args) -> int:
     n = 0
     n_kf = 0
     degraded = 0
-    try:
-        for fr in tqdm(frames, total=total, unit='frame', disable=args.quiet, desc='vidseg run'):
-            out = seg.process(fr.rgb, stamp=fr.stamp_s)
+    waiting = collections.deque()   # frames whose output is not final yet (two-sided), in order
+
+    def emit(outs):
+        nonlocal n, n_kf, degraded
+        for out in outs:
+            fr = waiting.popleft()
             labels_w.write(fr.stem, out.labels)
             if overlay is not None:
                 overlay.write(fr.rgb, out.labels)
             n += 1
             n_kf += int(out.is_keyframe)
             degraded += int(out.degraded)
+
+    try:
+        for fr in tqdm(frames, total=total, unit='frame', disable=args.quiet, desc='vidseg run'):
+            waiting.append(fr)
+            emit(runner.process(fr.rgb, stamp=fr.stamp_s) if args.two_sided
+                 else [seg.process(fr.rgb, stamp=fr.stamp_s)])
+        if args.two_sided:
+            emit(runner.flush())
     finally:
         if overlay is not None:
             overlay.close()
-    s = seg.summary()
+    s = runner.summary()
     summary = {
         'source': src.describe(), 'frames': n, 'keyframes': n_kf, 'degraded_frames': degraded,
         'input_size': list(size), 'working_size': list(seg._work_size or size),
@@ -235,7 +265,7 @@ def cmd_run(args) -> int:
                   'device': model.device, 'class_set': model.class_set.name},
         'operating_point': op.to_dict(), 'temporal_mode': args.temporal_mode or 'warp',
         'schedule': s['schedule'], 'flow': seg.flow.describe(),
-        'propagator': s['propagator'],
+        'propagator': s['propagator'], 'two_sided': s.get('two_sided'),
         'outputs': {'labels': str(out_dir / 'labels'),
                     'overlay': None if overlay is None else str(overlay.path)},
     }

@@ -15,6 +15,11 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
   or with a temporal module of issue 4 (``--refiner refiner|grfp|davss``, packaged weights, or
   ``--refiner region``: the keyframe network on the worst tile, ``core/region.py``;
   run through ``temporal.TemporalPropagator`` with its own blend);
+* ``two_sided_sN``   -- as warp_sN, delayed two-sided propagation (``core/bidirectional.py``): each
+  propagated frame also gets the next keyframe carried back with the forward flows and fused in (not
+  causal: a frame's labels wait for the next keyframe; frames after a snippet's last keyframe stay
+  forward-only). Charged on top of warp_sN: the backward warps and the fusion (to the propagated
+  frames) and one forward flow field into each keyframe;
 * ``hold_s5``        -- keyframe every 5 frames, labels held (W off);
 * ``adaptive``       -- AdaptiveSchedule (max interval 10, keyframe when the IAM inconsistent
   fraction of the last propagated frame reaches the threshold).
@@ -110,6 +115,8 @@ def _rows(refine: bool, adaptive_threshold: float, scale: int):
     if refine:
         for s in (2, 3, 5, 10):
             rows.append(OperatingPoint(f'warp_iam_s{s}', scale, s, True, True))
+    for s in (2, 3, 5, 10):
+        rows.append(OperatingPoint(f'two_sided_s{s}', scale, s, True, False, two_sided=True))
     rows.append(OperatingPoint('hold_s5', scale, 5, False, False))
     rows.append(OperatingPoint('adaptive', scale, 10, True, False,
                                schedule={'type': 'adaptive', 'max_interval': 10, 'min_interval': 2,
@@ -247,15 +254,41 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
             if op.refine and learned is not None:
                 from .temporal import attach
                 attach(vs, learned)   # its cost is measured on every frame (nothing cached)
+            runner = None
+            if op.two_sided:
+                from .bidirectional import TwoSidedSegmenter
+                runner = TwoSidedSegmenter(vs)
             prev_lab = None
+            waiting = []    # frame indices whose (two-sided) output is not final yet
+
+            def score(outs):
+                nonlocal prev_lab
+                for out in outs:
+                    j = waiting.pop(0)
+                    a['cm'].update(out.labels, gts[j])
+                    a['dist'].update(out.distance, out.labels, gts[j])
+                    lab = out.semantics.labels if out.semantics is not None else out.labels
+                    if prev_lab is not None:
+                        a['tc'].update(warp_labels(lab, tc_flows[j - 1]), prev_lab)
+                    prev_lab = lab
+
             for i, im in enumerate(imgs):
                 if cref is not None:
                     cref.frame = (seq, i)
                     cref.charged = cref.spent = 0.0
-                out = vs.process(im)
+                waiting.append(i)
+                if runner is None:
+                    out = vs.process(im)
+                    released = [out]
+                else:
+                    released = runner.process(im)
+                    out = runner.last_forward
                 tm = out.timings
                 if out.is_keyframe:
                     cost = kf_cost[i] + tm.get('upsample', 0.0)
+                    if runner is not None and i > 0:
+                        # the forward field into the keyframe (one of the cached pair): carries it back
+                        cost += flow_cost[i] / 2
                     a['kf'] += 1
                     a['kf_cost'] += kf_cost[i]
                 else:
@@ -273,14 +306,17 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
                     a['stage']['flow'] = a['stage'].get('flow', 0.0) + fl
                     if out.mask is not None:
                         a['inconsistent'].append(out.inconsistent_fraction)
+                if runner is not None:
+                    # carrying the keyframe back and fusing: charged to the propagated frames it serves
+                    fuse = runner.buffer.last_fuse_s
+                    cost += fuse
+                    a['prop_cost'] += fuse
+                    a['stage']['two_sided'] = a['stage'].get('two_sided', 0.0) + fuse
                 a['charged'] += cost
                 a['frames'] += 1
-                a['cm'].update(out.labels, gts[i])
-                a['dist'].update(out.distance, out.labels, gts[i])
-                lab = out.semantics.labels if out.semantics is not None else out.labels
-                if prev_lab is not None:
-                    a['tc'].update(warp_labels(lab, tc_flows[i - 1]), prev_lab)
-                prev_lab = lab
+                score(released)
+            if runner is not None:
+                score(runner.flush())
             bar.update(1)
         if cref is not None:
             cache_cost['refine_net'] += [c for _, c in cref.cache.values()]
@@ -368,7 +404,7 @@ def _plots(result: dict, out_dir: Path) -> None:
     for r in result['rows']:
         if r['name'] in ('per_frame',) or not r['miou_by_distance']:
             continue
-        if not (r['name'].startswith('warp') or r['name'].startswith('hold')):
+        if not r['name'].startswith(('warp', 'hold', 'two_sided')):
             continue
         ds = sorted(r['miou_by_distance'])
         ax.plot(ds, [r['miou_by_distance'][x] for x in ds], marker='o', label=r['name'])

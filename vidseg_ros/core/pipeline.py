@@ -108,6 +108,9 @@ class VideoSegmenter:
         self.keyframe_fn = keyframe_fn
         self.flow_fn = flow_fn
         self.class_map = np.asarray(model.output_to_class, np.uint8)
+        # two-sided propagation (bidirectional.TwoSidedSegmenter) also needs flow(t-1, t) at keyframes
+        self.flows_at_keyframes = False
+        self.last_flows = (None, None)   # (flow_bwd, flow_fwd) between the previous frame and this one
         self.propagator = Propagator(warp=self.op.warp, refiner=self.refiner, use_iam=self.use_iam,
                                      history=history, confidence_decay=confidence_decay,
                                      iam_params=iam_params)
@@ -143,7 +146,7 @@ class VideoSegmenter:
             return self.flow_fn(idx, prev, cur)
         fn = self.flow.compute_native if self.native_flow else self.flow
         bwd = fn(cur, prev)
-        fwd = fn(prev, cur) if (self.use_iam and self.op.warp) else None
+        fwd = fn(prev, cur) if ((self.use_iam or self.flows_at_keyframes) and self.op.warp) else None
         return bwd, fwd
 
     def _keyframe_semantics(self, idx, rgb, ws) -> Semantics | None:
@@ -193,7 +196,16 @@ class VideoSegmenter:
             sem = self._keyframe_semantics(idx, rgb, ws)
             timings['keyframe'] = time.perf_counter() - t1
             is_kf = sem is not None
+        self.last_flows = (None, None)
         if is_kf:
+            if self.flows_at_keyframes and self._prev_work is not None:
+                t1 = time.perf_counter()
+                if self.flow_fn is not None:
+                    self.last_flows = (None, self.flow_fn(idx, self._prev_work, gray)[1])
+                else:
+                    fn = self.flow.compute_native if self.native_flow else self.flow
+                    self.last_flows = (None, fn(self._prev_work, gray))
+                timings['flow'] = time.perf_counter() - t1
             prop.set_keyframe(idx, sem)
             out = prop.step(idx, None, None, None)
             self._last_frac = None
@@ -203,6 +215,7 @@ class VideoSegmenter:
                 t1 = time.perf_counter()
                 bwd, fwd = self._flows(idx, self._prev_work, gray)
                 timings['flow'] = time.perf_counter() - t1
+                self.last_flows = (bwd, fwd)
             out = prop.step(idx, bwd, fwd, work if self.refiner is not None else None)
             self._last_frac = out.inconsistent_fraction if out.mask is not None else None
         timings.update(out.timings)

@@ -46,7 +46,7 @@ PROB_FACTOR = 4
 IAM_SCALE = 2   # the IAM's checks run at 1/2 of the working resolution (iam.inconsistency_mask ``scale``)
 
 __all__ = ['Semantics', 'FrameOutput', 'Propagator', 'LowResNetworkRefiner', 'Refiner',
-           'quantize_probs', 'dequantize_probs', 'prob_size', 'semantics_from_probs',
+           'quantize_probs', 'dequantize_probs', 'prob_size', 'semantics_from_probs', 'warp_semantics',
            'semantics_from_segmentation', 'PROB_FACTOR']
 
 
@@ -168,6 +168,32 @@ def semantics_from_segmentation(seg, class_map, working_size_wh, factor: int = P
                                 factor=factor)
 
 
+def warp_semantics(sem: Semantics, flow, fill_holes: bool = True) -> Semantics:
+    """Carry ``sem`` along one flow (EVS eq. 1-2): labels nearest, probabilities and feature maps
+    bilinear. ``flow`` is sampled on the *destination* grid and points into ``sem``'s frame (the backward
+    flow ``flow(t, t-1)`` to go forward in time; the forward flow ``flow(t, t+1)`` of frame t to carry
+    frame t+1's semantics back to t), at any resolution (resized, values rescaled). ``fill_holes``: pixels
+    that came from outside the frame take the warped probabilities' argmax instead of void."""
+    from .warp import make_remap, warp_labels, warp_probs
+    w, h = sem.size
+    labels = warp_labels(sem.labels, make_remap(flow, (w, h)))
+    probs = None
+    if sem.probs is not None:
+        probs = warp_probs(sem.probs, make_remap(flow, sem.probs.shape[:0:-1]))
+    feats = None
+    if sem.features:
+        from .warp import warp_features
+        feats = {k: warp_features(v, make_remap(flow, (v.shape[2], v.shape[1])))
+                 for k, v in sem.features.items()}
+    if fill_holes and probs is not None:
+        holes = labels == IGNORE
+        if holes.any():
+            lp = sem.class_map[np.argmax(probs, axis=0)]
+            lp = cv2.resize(lp, (w, h), interpolation=cv2.INTER_NEAREST)
+            labels[holes] = lp[holes]
+    return Semantics(labels, probs, sem.class_map, features=feats)
+
+
 @dataclass
 class FrameOutput:
     """Result for one frame (labels/confidence at working resolution unless a caller upsampled them).
@@ -175,6 +201,8 @@ class FrameOutput:
     ``distance``: frames since the keyframe the labels derive from (0 = keyframe, -1 = none yet).
     ``inconsistent_fraction``: fraction of IAM mask > 0.5 (0.0 when the IAM was not computed).
     ``semantics``: the propagated state (quantised) at this frame. ``timings``: seconds per stage.
+    ``lookahead``: two-sided propagation only (``bidirectional.TwoSidedBuffer``): frames to the *later*
+    keyframe whose semantics were carried back and fused in (0 = forward propagation only).
     """
 
     frame_id: object
@@ -188,6 +216,7 @@ class FrameOutput:
     mask: Optional[np.ndarray] = None
     semantics: Optional[Semantics] = None
     timings: dict = field(default_factory=dict)
+    lookahead: int = 0
 
 
 Refiner = Callable[[np.ndarray, Semantics, np.ndarray], np.ndarray]
@@ -514,38 +543,20 @@ class Propagator:
             return sem, None, 0.0, False
         if e.flow_bwd is None:
             return sem, None, 0.0, True
-        from .warp import make_remap, warp_labels, warp_probs
         tm = self.last_timings = {}
         t0 = time.perf_counter()
+        new = warp_semantics(sem, e.flow_bwd, fill_holes=self.fill_holes)
         w, h = sem.size
-        labels = warp_labels(sem.labels, make_remap(e.flow_bwd, (w, h)))
-        probs = None
-        if sem.probs is not None:
-            probs = warp_probs(sem.probs, make_remap(e.flow_bwd, sem.probs.shape[:0:-1]))
-        feats = None
-        if sem.features:
-            from .warp import warp_features
-            feats = {k: warp_features(v, make_remap(e.flow_bwd, (v.shape[2], v.shape[1])))
-                     for k, v in sem.features.items()}
-        t1 = time.perf_counter()
-        tm['warp'] = t1 - t0
+        tm['warp'] = time.perf_counter() - t0
         mask, frac = None, 0.0
         if self.use_iam and e.flow_fwd is not None and not self._skip_iam:
+            t1 = time.perf_counter()
             from .iam import inconsistency_mask
             mask = inconsistency_mask(sem.labels, flow_bwd=e.flow_bwd, flow_fwd=e.flow_fwd,
                                       size_wh=(w, h), **self.iam_params)
             frac = float((mask > 0.5).mean())
             tm['iam'] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        if self.fill_holes and probs is not None:
-            holes = labels == IGNORE
-            if holes.any():
-                lp = sem.class_map[np.argmax(probs, axis=0)]
-                lp = cv2.resize(lp, (w, h), interpolation=cv2.INTER_NEAREST)
-                labels[holes] = lp[holes]
-        new = Semantics(labels, probs, sem.class_map, features=feats)
-        tm['warp'] += time.perf_counter() - t2
-        if self.refiner is not None and mask is not None and probs is not None and e.image is not None \
+        if self.refiner is not None and mask is not None and new.probs is not None and e.image is not None \
                 and frac > 0.0:
             t3 = time.perf_counter()
             new = self._refine(new, mask, e.image)

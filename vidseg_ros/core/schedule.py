@@ -72,7 +72,8 @@ class OperatingPoint:
     """EVS operating point: working-resolution downscale D, keyframe interval S, warp W, refine R.
 
     ``schedule`` optionally overrides the keyframe schedule (a spec for :func:`make_schedule`);
-    None means ``FixedSchedule(interval)``.
+    None means ``FixedSchedule(interval)``. ``two_sided``: delayed two-sided propagation
+    (``bidirectional.py``: the next keyframe carried back and fused in; offline / latency-tolerant).
     """
 
     name: str = 'custom'
@@ -81,6 +82,7 @@ class OperatingPoint:
     warp: bool = True
     refine: bool = False
     schedule: Any = None
+    two_sided: bool = False
 
     def __post_init__(self):
         self.scale = _check_num('scale', self.scale, 1, 16, integer=True)
@@ -89,6 +91,10 @@ class OperatingPoint:
         self.refine = _to_bool('refine', self.refine)
         if self.refine and not self.warp:
             raise ConfigError('refine=True needs warp=True (refinement repairs warped labels)')
+        self.two_sided = _to_bool('two_sided', self.two_sided)
+        if self.two_sided and (self.refine or not self.warp):
+            raise ConfigError('two_sided=True fuses plain warping from both sides: it needs warp=True and '
+                              'refine=False')
         self.name = str(self.name)
         if self.schedule is not None:
             make_schedule(self.schedule)  # validate early
@@ -104,7 +110,7 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> 'OperatingPoint':
-        known = {'name', 'scale', 'interval', 'warp', 'refine', 'schedule'}
+        known = {'name', 'scale', 'interval', 'warp', 'refine', 'schedule', 'two_sided'}
         extra = set(d) - known
         if extra:
             raise ConfigError(f'unknown operating point key(s) {sorted(extra)} (known: {sorted(known)})')
@@ -112,7 +118,8 @@ class OperatingPoint:
 
     def label(self) -> str:
         """Short human label, e.g. ``D2 S5 W+ R-``."""
-        return f'D{self.scale} S{self.interval} W{"+" if self.warp else "-"} R{"+" if self.refine else "-"}'
+        return (f'D{self.scale} S{self.interval} W{"+" if self.warp else "-"} R{"+" if self.refine else "-"}'
+                + (' 2-sided' if self.two_sided else ''))
 
 
 def _presets() -> dict:

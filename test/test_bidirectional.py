@@ -1,0 +1,138 @@
+"""Two-sided (delayed) propagation: the fusion rule, the buffer's release order and chain handling."""
+import cv2
+import numpy as np
+import pytest
+
+from vidseg_ros.core.bidirectional import TwoSidedBuffer, _sample, fuse_two_sided
+from vidseg_ros.core.errors import ConfigError, InputError
+from vidseg_ros.core.propagation import FrameOutput, Semantics, quantize_probs
+
+W, H = 32, 16          # working resolution; probabilities at (8, 4)
+CM = np.arange(3, dtype=np.uint8)
+
+
+def onehot(cls_map, conf=1.0):
+    """Semantics whose probabilities put ``conf`` on the label of each probability cell."""
+    lab = np.asarray(cls_map, np.uint8)
+    small = cv2.resize(lab, (W // 4, H // 4), interpolation=cv2.INTER_NEAREST)
+    p = np.full((3,) + small.shape, (1 - conf) / 2, np.float32)
+    for c in range(3):
+        p[c][small == c] = conf
+    return Semantics(lab, quantize_probs(p), CM)
+
+
+def uniform(c, conf=1.0):
+    return onehot(np.full((H, W), c, np.uint8), conf)
+
+
+def test_fuse_agreement_distance_and_confidence():
+    a = uniform(0)
+    same = fuse_two_sided(a, 1, uniform(0), 3)
+    assert (same.labels == 0).all()
+    # equal confidence: the nearer keyframe wins, either way round
+    assert (fuse_two_sided(uniform(0), 1, uniform(1), 4).labels == 0).all()
+    assert (fuse_two_sided(uniform(0), 4, uniform(1), 1).labels == 1).all()
+    # equal distance: the more confident side wins
+    assert (fuse_two_sided(uniform(0, 0.5), 2, uniform(1, 0.9), 2).labels == 1).all()
+    assert (fuse_two_sided(uniform(0, 0.9), 2, uniform(1, 0.5), 2).labels == 0).all()
+    # fused probabilities: the distance-weighted mean (1/d weights), quantised
+    f = fuse_two_sided(uniform(0), 1, uniform(1), 3)
+    assert abs(int(f.probs[0, 0, 0]) - round(255 * 0.75)) <= 1
+    assert abs(int(f.probs[1, 0, 0]) - round(255 * 0.25)) <= 1
+    # label detail below the probability grid survives where both sides agree
+    lab = np.zeros((H, W), np.uint8)
+    lab[:, 5] = 2                                  # a 1-px pole the 4x coarser probabilities miss
+    g = fuse_two_sided(Semantics(lab, uniform(0).probs, CM), 1, Semantics(lab.copy(), uniform(0).probs, CM), 1)
+    assert (g.labels[:, 5] == 2).all()
+
+
+def test_fuse_errors():
+    with pytest.raises(InputError, match='sizes'):
+        fuse_two_sided(uniform(0), 1, Semantics(np.zeros((8, 8), np.uint8)), 1)
+    with pytest.raises(ConfigError, match='>= 1'):
+        fuse_two_sided(uniform(0), 0, uniform(1), 1)
+    # labels only: the nearer side
+    lo = fuse_two_sided(Semantics(np.zeros((H, W), np.uint8)), 3, Semantics(np.ones((H, W), np.uint8)), 1)
+    assert (lo.labels == 1).all()
+
+
+def test_sample_matches_bilinear_upsampling():
+    rng = np.random.default_rng(1)
+    p = rng.integers(0, 256, (3, 4, 8)).astype(np.uint8)
+    ys, xs = np.meshgrid(np.arange(H), np.arange(W), indexing='ij')
+    ys, xs = ys.ravel(), xs.ravel()
+    planes = rng.integers(-1, 3, ys.size)
+    got = _sample(p, planes, ys, xs, (W, H))
+    up = np.stack([cv2.resize(p[c].astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) for c in range(3)])
+    want = np.where(planes < 0, -1.0, up[np.maximum(planes, 0), ys, xs])
+    assert np.abs(got - want).max() < 1e-3
+
+
+def _out(fid, sem, dist, kf=False):
+    return FrameOutput(fid, sem.labels if sem is not None else np.full((H, W), 255, np.uint8),
+                       np.ones((H, W), np.float32), kf, dist, False, semantics=sem)
+
+
+ZERO = np.zeros((H // 4, W // 4, 2), np.float32)
+
+
+def test_buffer_releases_in_order_with_distance_weighting():
+    buf = TwoSidedBuffer()
+    assert [o.frame_id for o in buf.push(_out(0, uniform(0), 0, kf=True))] == [0]
+    for t in range(1, 5):                       # forward outputs: keyframe 0's class 0 carried along
+        assert buf.push(_out(t, uniform(0), t), ZERO) == []
+    assert len(buf) == 4
+    rel = buf.push(_out(5, uniform(1), 0, kf=True), ZERO)   # next keyframe says class 1
+    assert [o.frame_id for o in rel] == [1, 2, 3, 4, 5]
+    assert [o.lookahead for o in rel] == [4, 3, 2, 1, 0]
+    # nearer side wins: frames 1, 2 keep class 0, frames 3, 4 take keyframe 5's class 1
+    assert [int(np.bincount(o.labels.ravel()).argmax()) for o in rel] == [0, 0, 1, 1, 1]
+    assert rel[2].semantics.probs.shape == (3, H // 4, W // 4)
+    assert buf.stats == dict(frames=6, fused=4, forward_only=0, backward_only=0)
+    assert len(buf) == 0
+
+
+def test_buffer_carries_the_next_keyframe_back_along_the_forward_flow():
+    """flow(t, t+1) = +2 px in x (content moves right): going back, the stripe moves left 2 px a frame."""
+    lab = np.zeros((H, W), np.uint8)
+    lab[:, 20:22] = 2
+    kf = Semantics(lab, uniform(0).probs, CM)
+    right = np.zeros((H, W, 2), np.float32)
+    right[..., 0] = 2.0
+    buf = TwoSidedBuffer()
+    buf.push(_out(0, uniform(0), 0, kf=True))
+    buf.push(_out(1, None, -1), right)          # no forward semantics: backward only
+    buf.push(_out(2, None, -1), right)
+    rel = buf.push(_out(3, kf, 0, kf=True), right)
+    cols = [np.nonzero(o.labels[0] == 2)[0].tolist() for o in rel]
+    assert cols == [[16, 17], [18, 19], [20, 21]]
+    assert buf.stats['backward_only'] == 2 and not rel[0].degraded
+
+
+def test_buffer_max_delay_and_broken_chain_and_flush():
+    buf = TwoSidedBuffer(max_delay=2)
+    buf.push(_out(0, uniform(0), 0, kf=True))
+    assert buf.push(_out(1, uniform(0), 1), ZERO) == []
+    assert buf.push(_out(2, uniform(0), 2), ZERO) == []
+    rel = buf.push(_out(3, uniform(0), 3), ZERO)         # waited too long: out forward-only
+    assert [(o.frame_id, o.lookahead) for o in rel] == [(1, 0)]
+    buf.push(_out(4, uniform(0), 4), ZERO)
+    rel = buf.push(_out(5, uniform(1), 0, kf=True), ZERO)
+    assert [(o.frame_id, o.lookahead) for o in rel] == [(3, 2), (4, 1), (5, 0)]
+    # a frame without its flow ends the backward chain: the frames before it stay forward-only
+    buf = TwoSidedBuffer()
+    buf.push(_out(0, uniform(0), 0, kf=True))
+    buf.push(_out(1, uniform(0), 1), ZERO)
+    buf.push(_out(2, uniform(0), 2), None)
+    buf.push(_out(3, uniform(0), 3), ZERO)
+    rel = buf.push(_out(4, uniform(1), 0, kf=True), ZERO)
+    assert [(o.frame_id, o.lookahead) for o in rel] == [(1, 0), (2, 2), (3, 1), (4, 0)]
+    assert buf.stats['forward_only'] == 1
+    buf.push(_out(5, uniform(1), 1), ZERO)
+    assert [o.frame_id for o in buf.flush()] == [5] and len(buf) == 0
+    with pytest.raises(ConfigError):
+        TwoSidedBuffer(max_delay=-1)
+    with pytest.raises(InputError, match='flow_fwd'):
+        buf.push(_out(6, uniform(1), 2), np.zeros((4, 4), np.float32))
+    with pytest.raises(InputError, match='FrameOutput'):
+        buf.push('frame')

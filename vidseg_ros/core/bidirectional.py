@@ -1,0 +1,247 @@
+"""Two-sided (delayed) propagation: carry the *next* keyframe back as well, and fuse both sides.
+
+Forward propagation (``propagation.Propagator``, EVS eq. 1-2) gives frame t the semantics of the last
+keyframe k0 <= t carried forward through t - k0 flows. Its errors are what the flow cannot know going
+forward: content that becomes visible after k0 (disocclusions, objects entering the view) and the
+drift that grows with t - k0. A consumer that can wait for the next keyframe k1 > t (offline labelling,
+``vidseg run``, a mapping back end; not a controller that needs the label now) can also carry k1's
+semantics *back* to t through the forward flows ``flow(t, t+1)`` that the IAM's forward-backward check
+computes anyway, and fuse the two (this module). Then no frame is further than S/2 from a keyframe, and
+what became visible after k0 is seen by k1.
+
+Fusion (:func:`fuse_two_sided`, per pixel, distances d_f = t - k0 and d_b = k1 - t):
+
+* probabilities: ``P = (P_f / d_f + P_b / d_b) / (1 / d_f + 1 / d_b)`` (the nearer side counts more);
+* labels (working resolution): where the two carried label maps agree, that label; where they differ,
+  the candidate with the higher fused probability at that pixel (bilinear on the probability grid), so
+  full-resolution label detail is kept and only disagreements are decided by the coarser probabilities.
+
+Cost per propagated frame on top of forward propagation: one more warp (labels nearest, probabilities
+bilinear) and the fusion; the flow is the forward field the IAM already needs (at a keyframe, one
+forward field that forward propagation would not compute). Latency: a frame's fused output exists
+when the next keyframe's result does, i.e. up to S - 1 frames plus one keyframe pass later.
+
+:class:`TwoSidedBuffer` holds the forward outputs until the next keyframe and releases them in frame
+order (``max_delay`` bounds the wait: older frames go out forward-only). :class:`TwoSidedSegmenter`
+wraps a ``pipeline.VideoSegmenter`` (``vidseg run --two-sided``, the ``two_sided_sN`` rows of
+``vidseg bench``).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .propagation import IGNORE, FrameOutput, Semantics, warp_semantics
+
+__all__ = ['fuse_two_sided', 'TwoSidedBuffer', 'TwoSidedSegmenter']
+
+
+def _plane_index(class_map: np.ndarray) -> np.ndarray:
+    """(256,) int: class id -> probability plane (-1: no plane, e.g. void)."""
+    inv = np.full(256, -1, np.int64)
+    for plane, c in enumerate(np.asarray(class_map, np.uint8)):
+        if c != IGNORE and inv[c] < 0:
+            inv[c] = plane
+    return inv
+
+
+def _sample(p: np.ndarray, planes: np.ndarray, ys: np.ndarray, xs: np.ndarray, size_wh) -> np.ndarray:
+    """Bilinear value (float32) of plane ``planes[i]`` of ``p`` (K, hp, wp) at working-resolution pixel
+    (ys[i], xs[i]) of a (w, h) grid (pixel centres aligned as cv2.resize does). planes < 0 give -1."""
+    k, hp, wp = p.shape
+    w, h = size_wh
+    sx = np.clip((xs + 0.5) * np.float32(wp / w) - 0.5, 0, wp - 1).astype(np.float32)
+    sy = np.clip((ys + 0.5) * np.float32(hp / h) - 0.5, 0, hp - 1).astype(np.float32)
+    x0 = sx.astype(np.int64)
+    y0 = sy.astype(np.int64)
+    ax = sx - x0
+    ay = sy - y0
+    dx = (x0 < wp - 1).astype(np.int64)
+    dy = (y0 < hp - 1).astype(np.int64) * wp
+    i00 = np.maximum(planes, 0) * (hp * wp) + y0 * wp + x0
+    flat = p.reshape(-1)
+    top = flat[i00] * (1 - ax) + flat[i00 + dx] * ax
+    bot = flat[i00 + dy] * (1 - ax) + flat[i00 + dy + dx] * ax
+    v = top * (1 - ay) + bot * ay
+    v[planes < 0] = -1.0
+    return v
+
+
+def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int) -> Semantics:
+    """Fuse the semantics carried forward from the previous keyframe (``d_fwd`` frames away) with those
+    carried back from the next one (``d_bwd`` frames away); see the module docstring."""
+    if not isinstance(fwd, Semantics) or not isinstance(bwd, Semantics):
+        raise InputError('fuse_two_sided expects two Semantics')
+    if fwd.size != bwd.size:
+        raise InputError(f'cannot fuse semantics of sizes {fwd.size} and {bwd.size}')
+    d_fwd, d_bwd = int(d_fwd), int(d_bwd)
+    if d_fwd < 1 or d_bwd < 1:
+        raise ConfigError(f'distances to the keyframes must be >= 1, got {d_fwd} and {d_bwd}')
+    lf, lb = fwd.labels, bwd.labels
+    if fwd.probs is None or bwd.probs is None:
+        # labels only: the nearer side wins where they differ (ties: forward)
+        return Semantics(lf.copy() if d_fwd <= d_bwd else lb.copy())
+    if fwd.probs.shape != bwd.probs.shape or not np.array_equal(fwd.class_map, bwd.class_map):
+        raise InputError(f'cannot fuse probabilities of shapes {fwd.probs.shape} and {bwd.probs.shape} '
+                         'or with different class maps')
+    wf, wb = 1.0 / d_fwd, 1.0 / d_bwd
+    k, hp, wp = fwd.probs.shape
+    # fused probabilities, quantised like the state (uint8, rounded): one OpenCV pass
+    probs = cv2.addWeighted(fwd.probs.reshape(k * hp, wp), wf / (wf + wb),
+                            bwd.probs.reshape(k * hp, wp), wb / (wf + wb), 0.0).reshape(k, hp, wp)
+    labels = lf.copy()
+    nz = cv2.findNonZero(cv2.compare(lf, lb, cv2.CMP_NE))
+    if nz is not None:
+        nz = nz.reshape(-1, 2)
+        xs, ys = nz[:, 0].astype(np.int64), nz[:, 1].astype(np.int64)
+        inv = _plane_index(fwd.class_map)
+        cf, cb = lf[ys, xs], lb[ys, xs]
+        sf = _sample(probs, inv[cf], ys, xs, fwd.size)
+        sb = _sample(probs, inv[cb], ys, xs, fwd.size)
+        take_b = sb > sf
+        labels[ys[take_b], xs[take_b]] = cb[take_b]
+    return Semantics(labels, probs, fwd.class_map)
+
+
+def _confidence(sem: Semantics) -> np.ndarray:
+    w, h = sem.size
+    mp = sem.max_prob()
+    conf = np.ones((h, w), np.float32) if mp is None else cv2.resize(mp, (w, h), interpolation=cv2.INTER_LINEAR)
+    conf[sem.labels == IGNORE] = 0.0
+    return conf
+
+
+class TwoSidedBuffer:
+    """Hold forward outputs until the next keyframe, then release them fused (module docstring).
+
+    :meth:`push` takes every frame's forward :class:`FrameOutput` in frame order (its ``semantics`` at
+    working resolution) with ``flow_fwd`` = the forward flow from the previous frame to this one, on
+    the previous frame's grid (``flow(t-1, t)``, what ``Propagator.step`` gets as ``flow_fwd``; any
+    resolution), and returns the outputs that are now final, in frame order. At a keyframe the frames
+    held since the previous one come out fused; a broken link (a frame without ``flow_fwd``) ends the
+    backward chain, and the frames before it come out forward-only. ``max_delay`` (frames; None =
+    unbounded) releases the oldest held frame forward-only when more are held. Frames before the
+    first keyframe (no forward semantics) take the backward-carried semantics alone.
+    ``stats``: frames, fused, forward_only (released without the later keyframe), backward_only.
+    """
+
+    def __init__(self, max_delay: Optional[int] = None, fill_holes: bool = True):
+        if max_delay is not None and int(max_delay) < 0:
+            raise ConfigError(f'max_delay must be >= 0 frames or None, got {max_delay}')
+        self.max_delay = None if max_delay is None else int(max_delay)
+        self.fill_holes = bool(fill_holes)
+        self._held: deque = deque()
+        self.stats = dict(frames=0, fused=0, forward_only=0, backward_only=0)
+        self.last_fuse_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def reset(self) -> list:
+        """Release everything held (forward-only) and start over."""
+        return self.flush()
+
+    def push(self, out: FrameOutput, flow_fwd=None) -> list:
+        if not isinstance(out, FrameOutput):
+            raise InputError(f'TwoSidedBuffer.push expects a FrameOutput, got {type(out).__name__}')
+        if flow_fwd is not None:
+            flow_fwd = np.asarray(flow_fwd, np.float32)
+            if flow_fwd.ndim != 3 or flow_fwd.shape[2] != 2:
+                raise InputError(f'flow_fwd must be (h, w, 2), got shape {flow_fwd.shape}')
+        self.stats['frames'] += 1
+        self.last_fuse_s = 0.0
+        if out.is_keyframe and out.semantics is not None:
+            released = self._resolve(out.semantics, flow_fwd)
+            released.append(out)
+            return released
+        self._held.append((out, flow_fwd))
+        released = []
+        while self.max_delay is not None and len(self._held) > self.max_delay:
+            released.append(self._forward_only(self._held.popleft()[0]))
+        return released
+
+    def flush(self) -> list:
+        """End of the stream: release every held frame forward-only."""
+        out = [self._forward_only(o) for o, _ in self._held]
+        self._held.clear()
+        return out
+
+    def _forward_only(self, o: FrameOutput) -> FrameOutput:
+        self.stats['forward_only'] += 1
+        return o
+
+    def _resolve(self, kf_sem: Semantics, kf_flow) -> list:
+        t0 = time.perf_counter()
+        held = list(self._held)
+        self._held.clear()
+        fused = [None] * len(held)
+        sem_b, link, d_b = kf_sem, kf_flow, 0
+        for i in range(len(held) - 1, -1, -1):
+            o, f = held[i]
+            if link is None:
+                break
+            sem_b = warp_semantics(sem_b, link, fill_holes=self.fill_holes)
+            d_b += 1
+            fwd = o.semantics
+            if fwd is not None and fwd.size != sem_b.size:
+                break   # resolution changed between the frames: nothing to fuse across
+            if fwd is None:
+                sem = sem_b
+                self.stats['backward_only'] += 1
+            else:
+                sem = fuse_two_sided(fwd, max(o.distance, 1), sem_b, d_b)
+                self.stats['fused'] += 1
+            fused[i] = replace(o, labels=sem.labels, confidence=_confidence(sem), semantics=sem,
+                               lookahead=d_b, degraded=o.degraded if fwd is not None else False)
+            link = f
+        res = [fused[i] if fused[i] is not None else self._forward_only(held[i][0]) for i in range(len(held))]
+        self.last_fuse_s = time.perf_counter() - t0
+        return res
+
+
+class TwoSidedSegmenter:
+    """A ``pipeline.VideoSegmenter`` whose propagated frames are fused with the next keyframe carried
+    back (module docstring). :meth:`process` returns the outputs that became final (a list, frame order,
+    labels at the input resolution); :meth:`flush` the rest at the end of the stream. The keyframe
+    schedule, the flows and the forward state are the segmenter's own."""
+
+    def __init__(self, segmenter, max_delay: Optional[int] = None):
+        if not segmenter.op.warp:
+            raise ConfigError('two-sided propagation needs warping (W+)')
+        self.segmenter = segmenter
+        segmenter.flows_at_keyframes = True
+        self.buffer = TwoSidedBuffer(max_delay, fill_holes=segmenter.propagator.fill_holes)
+        self._size = None
+        self.fuse_s = 0.0
+        self.last_forward = None   # the forward (causal) output of the frame processed last
+
+    def process(self, rgb: np.ndarray, stamp: float | None = None) -> list:
+        seg = self.segmenter
+        resets = seg.resets
+        out = seg.process(rgb, stamp=stamp)
+        self.last_forward = out
+        released = self.buffer.flush() if seg.resets != resets else []
+        self._size = (rgb.shape[1], rgb.shape[0])
+        released += self.buffer.push(out, seg.last_flows[1])
+        self.fuse_s += self.buffer.last_fuse_s
+        return [self._finish(o) for o in released]
+
+    def flush(self) -> list:
+        return [self._finish(o) for o in self.buffer.flush()]
+
+    def _finish(self, o: FrameOutput) -> FrameOutput:
+        if self._size is not None and o.lookahead and o.labels.shape[::-1] != self._size:
+            o.labels = cv2.resize(o.labels, self._size, interpolation=cv2.INTER_NEAREST)
+        return o
+
+    def summary(self) -> dict:
+        s = self.segmenter.summary()
+        s['two_sided'] = {'max_delay': self.buffer.max_delay, **self.buffer.stats,
+                          'fuse_s_total': self.fuse_s}
+        return s
