@@ -62,7 +62,7 @@ def test_sample_matches_bilinear_upsampling():
     ys, xs = np.meshgrid(np.arange(H), np.arange(W), indexing='ij')
     ys, xs = ys.ravel(), xs.ravel()
     planes = rng.integers(-1, 3, ys.size)
-    got = _sample(p, planes, ys, xs, (W, H))
+    got, = _sample(p, (planes,), ys, xs, (W, H))
     up = np.stack([cv2.resize(p[c].astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR) for c in range(3)])
     want = np.where(planes < 0, -1.0, up[np.maximum(planes, 0), ys, xs])
     assert np.abs(got - want).max() < 1e-3

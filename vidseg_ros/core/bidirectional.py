@@ -51,9 +51,10 @@ def _plane_index(class_map: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _sample(p: np.ndarray, planes: np.ndarray, ys: np.ndarray, xs: np.ndarray, size_wh) -> np.ndarray:
-    """Bilinear value (float32) of plane ``planes[i]`` of ``p`` (K, hp, wp) at working-resolution pixel
-    (ys[i], xs[i]) of a (w, h) grid (pixel centres aligned as cv2.resize does). planes < 0 give -1."""
+def _sample(p: np.ndarray, plane_sets, ys: np.ndarray, xs: np.ndarray, size_wh) -> list:
+    """Bilinear values (float32) of ``p`` (K, hp, wp) at working-resolution pixels (ys[i], xs[i]) of a
+    (w, h) grid (pixel centres aligned as cv2.resize does), one array per entry of ``plane_sets``: the
+    value of plane ``planes[i]`` at pixel i (planes < 0 give -1)."""
     k, hp, wp = p.shape
     w, h = size_wh
     sx = np.clip((xs + 0.5) * np.float32(wp / w) - 0.5, 0, wp - 1).astype(np.float32)
@@ -64,13 +65,17 @@ def _sample(p: np.ndarray, planes: np.ndarray, ys: np.ndarray, xs: np.ndarray, s
     ay = sy - y0
     dx = (x0 < wp - 1).astype(np.int64)
     dy = (y0 < hp - 1).astype(np.int64) * wp
-    i00 = np.maximum(planes, 0) * (hp * wp) + y0 * wp + x0
+    w00, w01 = (1 - ax) * (1 - ay), ax * (1 - ay)
+    w10, w11 = (1 - ax) * ay, ax * ay
+    pix = y0 * wp + x0
     flat = p.reshape(-1)
-    top = flat[i00] * (1 - ax) + flat[i00 + dx] * ax
-    bot = flat[i00 + dy] * (1 - ax) + flat[i00 + dy + dx] * ax
-    v = top * (1 - ay) + bot * ay
-    v[planes < 0] = -1.0
-    return v
+    out = []
+    for planes in plane_sets:
+        i00 = np.maximum(planes, 0) * (hp * wp) + pix
+        v = flat[i00] * w00 + flat[i00 + dx] * w01 + flat[i00 + dy] * w10 + flat[i00 + dy + dx] * w11
+        v[planes < 0] = -1.0
+        out.append(v)
+    return out
 
 
 def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int) -> Semantics:
@@ -102,8 +107,7 @@ def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int) -> Se
         xs, ys = nz[:, 0].astype(np.int64), nz[:, 1].astype(np.int64)
         inv = _plane_index(fwd.class_map)
         cf, cb = lf[ys, xs], lb[ys, xs]
-        sf = _sample(probs, inv[cf], ys, xs, fwd.size)
-        sb = _sample(probs, inv[cb], ys, xs, fwd.size)
+        sf, sb = _sample(probs, (inv[cf], inv[cb]), ys, xs, fwd.size)
         take_b = sb > sf
         labels[ys[take_b], xs[take_b]] = cb[take_b]
     return Semantics(labels, probs, fwd.class_map)

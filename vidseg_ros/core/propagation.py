@@ -186,11 +186,15 @@ def warp_semantics(sem: Semantics, flow, fill_holes: bool = True) -> Semantics:
         feats = {k: warp_features(v, make_remap(flow, (v.shape[2], v.shape[1])))
                  for k, v in sem.features.items()}
     if fill_holes and probs is not None:
-        holes = labels == IGNORE
-        if holes.any():
-            lp = sem.class_map[np.argmax(probs, axis=0)]
-            lp = cv2.resize(lp, (w, h), interpolation=cv2.INTER_NEAREST)
-            labels[holes] = lp[holes]
+        holes = cv2.findNonZero((labels == IGNORE).view(np.uint8))
+        if holes is not None:
+            # the argmax of the probability cell each hole pixel falls in (nearest), at those cells only
+            holes = holes.reshape(-1, 2)
+            xs, ys = holes[:, 0].astype(np.int64), holes[:, 1].astype(np.int64)
+            hp, wp = probs.shape[1:]
+            px = np.minimum(xs * wp // w, wp - 1)
+            py = np.minimum(ys * hp // h, hp - 1)
+            labels[ys, xs] = sem.class_map[np.argmax(probs[:, py, px], axis=0)]
     return Semantics(labels, probs, sem.class_map, features=feats)
 
 
