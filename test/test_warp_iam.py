@@ -56,6 +56,20 @@ def test_remap_reuse_and_size_mismatch():
         warp_probs(np.zeros((2, 3, H, W), np.float32), f)
 
 
+@pytest.mark.parametrize('shape,size', [((128, 256), (1024, 512)), ((17, 23), (100, 61)), ((8, 8), (9, 30)),
+                                        ((32, 64), (256, 128)), ((128, 256), (256, 128)), ((10, 10), None)])
+def test_make_remap_equals_resized_flow_plus_grid(shape, size):
+    """make_remap's upsampling shortcut (coordinates resized once, borders corrected) builds the same
+    maps as resizing the flow and adding the grid, borders included; downsampling takes the latter."""
+    from vidseg_ros.core.flow import flow_to_map, resize_flow
+    f = (np.random.default_rng(3).standard_normal(shape + (2,)) * 7).astype(np.float32)
+    rm = make_remap(f, size)
+    mx, my = flow_to_map(resize_flow(f, size or shape[::-1]))
+    assert rm.map_x.shape == mx.shape and rm.map_x.dtype == np.float32 and rm.map_x.flags['C_CONTIGUOUS']
+    np.testing.assert_allclose(rm.map_x, mx, atol=5e-4)
+    np.testing.assert_allclose(rm.map_y, my, atol=5e-4)
+
+
 def test_warp_features_matches_remap():
     rng = np.random.default_rng(1)
     feat = rng.random((2, 5, H // 4, W // 4)).astype(np.float32)

@@ -32,14 +32,47 @@ class Remap:
 
 
 def make_remap(flow: np.ndarray, size_wh=None) -> Remap:
-    """Sampling maps for ``flow`` on an output grid of ``size_wh`` (default: the flow's size)."""
+    """Sampling maps for ``flow`` on an output grid of ``size_wh`` (default: the flow's size).
+
+    Upsampling (DIS's native field to the working resolution, every propagated frame): the absolute
+    coordinates are formed at the flow's resolution and resized once. Bilinear resizing reproduces the
+    linear grid exactly except where it clamps at the borders, which is corrected per border column /
+    row, so the maps equal ``flow_to_map(resize_flow(flow, size_wh))`` (to float rounding) at a
+    fraction of the cost (measured 0.5 against 1.5-6 ms at 1024x512: no full-size arithmetic)."""
     flow = np.asarray(flow)
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise InputError(f'flow must be (h, w, 2), got shape {flow.shape}')
-    if size_wh is not None:
-        flow = resize_flow(flow, size_wh)
-    mx, my = flow_to_map(np.asarray(flow, dtype=np.float32))
+    flow = np.asarray(flow, dtype=np.float32)
+    fh, fw = flow.shape[:2]
+    w, h = (fw, fh) if size_wh is None else (int(size_wh[0]), int(size_wh[1]))
+    if (w, h) == (fw, fh) or w < fw or h < fh:
+        mx, my = flow_to_map(resize_flow(flow, (w, h)))
+        return Remap(mx, my)
+    sx, sy = w / fw, h / fh
+    gx, gy = flow_to_map(flow)
+    # cv2.resize maps source u to destination x = s * u + (s - 1) / 2; one plane at a time (cv2.split of
+    # a resized 2-channel map measured 7 ms here)
+    mx = cv2.resize(gx * np.float32(sx) + np.float32((sx - 1) / 2), (w, h), interpolation=cv2.INTER_LINEAR)
+    my = cv2.resize(gy * np.float32(sy) + np.float32((sy - 1) / 2), (w, h), interpolation=cv2.INTER_LINEAR)
+    ex, ey = _border_error(w, fw), _border_error(h, fh)
+    for i in ex:
+        mx[:, i] -= ex[i]
+    for j in ey:
+        my[j, :] -= ey[j]
     return Remap(mx, my)
+
+
+def _border_error(n: int, m: int) -> dict:
+    """{index: error} of the linear grid resized from m to n samples, where cv2.resize clamps the source
+    coordinate (first / last few output pixels); empty when nothing clamps."""
+    s = n / m
+    out = {}
+    for i in list(range(min(n, int(np.ceil(s)) + 1))) + list(range(max(0, n - int(np.ceil(s)) - 1), n)):
+        u = (i + 0.5) / s - 0.5
+        uc = min(max(u, 0.0), m - 1.0)
+        if uc != u:
+            out[i] = np.float32(s * uc + (s - 1) / 2 - i)
+    return out
 
 
 def _border(name: str) -> int:
