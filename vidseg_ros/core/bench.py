@@ -401,13 +401,20 @@ def _plots(result: dict, out_dir: Path) -> None:
     from .io import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # colour = keyframe interval, line style = family (plain warp, warp + IAM refine, two-sided, hold)
+    styles = (('warp_iam', ':'), ('two_sided', '--'), ('hold', '-.'), ('warp', '-'))
+    colours = {}
     for r in result['rows']:
         if r['name'] in ('per_frame',) or not r['miou_by_distance']:
             continue
-        if not r['name'].startswith(('warp', 'hold', 'two_sided')):
+        fam = next((f for f, _ in styles if r['name'].startswith(f)), None)
+        if fam is None:
             continue
-        ds = sorted(r['miou_by_distance'])
-        ax.plot(ds, [r['miou_by_distance'][x] for x in ds], marker='o', label=r['name'])
+        interval = r['operating_point'].get('interval')
+        c = colours.setdefault(interval, f'C{len(colours)}')
+        ds = sorted(r['miou_by_distance'], key=int)
+        ax.plot([int(x) for x in ds], [r['miou_by_distance'][x] for x in ds], marker='o', ms=3, color=c,
+                ls=dict(styles)[fam], label=r['name'])
     base = next(r for r in result['rows'] if r['name'] == 'per_frame')
     ax.axhline(base['miou'], color='k', ls='--', label='per-frame')
     ax.set_xlabel('frames since keyframe')
