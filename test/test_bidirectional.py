@@ -136,3 +136,21 @@ def test_buffer_max_delay_and_broken_chain_and_flush():
         buf.push(_out(6, uniform(1), 2), np.zeros((4, 4), np.float32))
     with pytest.raises(InputError, match='FrameOutput'):
         buf.push('frame')
+
+
+def test_buffer_late_keyframe_result():
+    """In the ROS graph a keyframe's result can come after its frame was pushed as a propagated frame:
+    keyframe() releases the frames before it fused, then the frame with the keyframe's semantics; the
+    frames after it stay held for the next keyframe."""
+    buf = TwoSidedBuffer()
+    buf.push(_out(0, uniform(0), 0, kf=True))
+    for t in range(1, 6):                   # frame 3's result is late: 3, 4, 5 pushed as propagated
+        buf.push(_out(t, uniform(0), t), ZERO)
+    rel = buf.keyframe(3, uniform(1))
+    assert [(o.frame_id, o.lookahead, o.is_keyframe) for o in rel] == [(1, 2, False), (2, 1, False), (3, 0, True)]
+    assert [int(np.bincount(o.labels.ravel()).argmax()) for o in rel] == [0, 1, 1]   # nearer side wins
+    assert rel[2].distance == 0 and (rel[2].labels == 1).all()
+    assert [o.frame_id for o, _ in buf._held] == [4, 5]
+    assert buf.keyframe(2, uniform(1)) == [] and buf.stats['keyframe_not_held'] == 1
+    rel = buf.push(_out(6, uniform(1), 0, kf=True), ZERO)
+    assert [(o.frame_id, o.lookahead) for o in rel] == [(4, 2), (5, 1), (6, 0)]

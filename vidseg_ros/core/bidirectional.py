@@ -161,6 +161,26 @@ class TwoSidedBuffer:
             released.append(self._forward_only(self._held.popleft()[0]))
         return released
 
+    def keyframe(self, frame_id, sem: Semantics) -> list:
+        """The keyframe result for a frame that was pushed as a propagated frame because the result came
+        later (a late keyframe in the ROS graph). The held frames before it come out fused with ``sem``
+        carried back, then the frame itself with the keyframe's semantics; frames held after it stay (their
+        forward semantics came from the older keyframe). A frame no longer held: nothing (counted in
+        ``stats['keyframe_not_held']``)."""
+        ids = [o.frame_id for o, _ in self._held]
+        if frame_id not in ids:
+            self.stats['keyframe_not_held'] = self.stats.get('keyframe_not_held', 0) + 1
+            return []
+        i = ids.index(frame_id)
+        held = list(self._held)
+        o, f = held[i]
+        self._held = deque(held[:i])
+        released = self._resolve(sem, f)
+        released.append(replace(o, labels=sem.labels, confidence=_confidence(sem), semantics=sem,
+                                is_keyframe=True, distance=0, degraded=False, lookahead=0))
+        self._held = deque(held[i + 1:])
+        return released
+
     def flush(self) -> list:
         """End of the stream: release every held frame forward-only."""
         out = [self._forward_only(o) for o, _ in self._held]

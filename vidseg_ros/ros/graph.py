@@ -26,6 +26,7 @@ SCHEDULE_CMD_TOPIC = '/vidseg/schedule_cmd'
 SCHEDULE_STATUS_TOPIC = '/vidseg/schedule_status'
 STATS_TOPIC = '/vidseg/propagation/stats'
 LABELS_TOPIC = '/semantic/labels'
+LABELS_TWO_SIDED_TOPIC = '/semantic/labels_two_sided'   # delayed: fused with the next keyframe (two_sided)
 LABELS_COLOR_TOPIC = '/semantic/labels_color'
 CONFIDENCE_TOPIC = '/semantic/confidence'
 STATUS_TOPIC = '/semantic/status'          # per-frame JSON: degraded + reasons (also for unpublished frames)
@@ -63,6 +64,8 @@ LAUNCH_ARGUMENTS = (
     ('operating_point', '', 'EVS operating point preset (sets scale, schedule, warp, refine)'),
     ('temporal_mode', '', 'propagation mode of the propagation node: warp, iam-lowres, refiner, grfp, '
                           'davss, region, cache1 or cache2 (default: from the config)'),
+    ('two_sided', '', 'true: also publish ' + LABELS_TWO_SIDED_TOPIC + ', each frame delayed until the next '
+                      'keyframe and fused with it carried back (plain warp only; default: from the config)'),
 )
 
 #: temporal modes the propagation node runs (cache1/cache2: with the keyframe node's cached maps)
@@ -123,7 +126,7 @@ def _truthy(v) -> bool:
 
 def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time=False,
                 model: str = '', weights: str = '', device: str = '', schedule: str = '',
-                operating_point: str = '', temporal_mode: str = '') -> list:
+                operating_point: str = '', temporal_mode: str = '', two_sided='') -> list:
     """The processes of the graph (managed nodes in activation order, then the manager)."""
     config = config or default_config_path()
     if not Path(config).is_file():
@@ -155,6 +158,8 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
         per_node['propagation_node']['temporal_mode'] = temporal_mode
         if temporal_mode in CACHE_LEVELS:   # the keyframe node must send its cached maps
             per_node['keyframe_node']['cache_levels'] = CACHE_LEVELS[temporal_mode]
+    if str(two_sided).strip():
+        per_node['propagation_node']['two_sided'] = _truthy(two_sided)
     for key, val in (('model', model), ('weights', weights), ('device', device)):
         if val:  # the propagation node's refiner (refine:=true) uses the same network
             per_node['keyframe_node'][key] = val

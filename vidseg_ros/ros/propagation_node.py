@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from dataclasses import replace
+
 from vidseg_ros.core.errors import InputError, VidsegError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, latched_qos,
@@ -134,6 +136,10 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('temporal_weights', '', 'weights of the learned temporal module (empty = packaged)')
         self.declare('region_tile_area', 0.19, 'temporal_mode region: share of the frame refreshed per '
                      'propagated frame (its cost ~ this share of a keyframe)', float_range=(0.01, 1.0))
+        self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
+                     'keyframe is in, fused with it carried back (delayed; plain warp only; core/bidirectional.py)')
+        self.declare('two_sided_max_delay', 10, 'two_sided: frames a frame waits for the next keyframe before '
+                     'it is published forward-only', int_range=(0, 1000))
         self.declare('model', 'default', 'model for the refiner (refine:=true)')
         self.declare('weights', '', 'refiner weights (empty = from the model spec)')
         self.declare('device', 'cpu', 'refiner device')
@@ -164,7 +170,7 @@ class PropagationNode(VidsegLifecycleNode):
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
                         'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
-                        'source_timeout',
+                        'source_timeout', 'two_sided', 'two_sided_max_delay',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
         qos = input_qos(p['input_qos'], p['queue_depth'])
         check(p['confidence_decay'] > 0, f'confidence_decay must be in (0, 1], got {p["confidence_decay"]}')
@@ -193,6 +199,9 @@ class PropagationNode(VidsegLifecycleNode):
                                                **({'tile_area': p['region_tile_area']} if mode == 'region' else {}))
             if mode != 'iam-lowres':
                 prop_cls = TemporalPropagator
+        check(not p['two_sided'] or mode == 'warp',
+              f'two_sided:=true fuses plain warping from both sides; it does not combine with temporal_mode {mode}')
+        check(not p['two_sided'] or p['warp'], 'two_sided:=true needs warp:=true')
         self.temporal_mode = mode
         self.prop = prop_cls(warp=p['warp'], refiner=refiner, use_iam=p['use_iam'], history=p['history'],
                              confidence_decay=p['confidence_decay'],
@@ -210,6 +219,12 @@ class PropagationNode(VidsegLifecycleNode):
             if p['publish_color'] else None
         self.conf_pub = self.pub(Image, graph.CONFIDENCE_TOPIC, reliable_qos(10)) \
             if p['publish_confidence'] else None
+        self.two = self.two_pub = None
+        self.two_frames = {}   # ns -> (camera header, (w, h)) of frames waiting on the two-sided topic
+        if p['two_sided']:
+            from vidseg_ros.core.bidirectional import TwoSidedBuffer
+            self.two = TwoSidedBuffer(max_delay=p['two_sided_max_delay'])
+            self.two_pub = self.pub(Image, graph.LABELS_TWO_SIDED_TOPIC, reliable_qos(10))
         self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
         self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
         self.status_pub = self.pub(String, STATUS_TOPIC, reliable_qos(30))
@@ -271,6 +286,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.status_pub.publish(String(data=json.dumps(st)))
 
     def deactivate(self):
+        self._two_sided_flush()
         self.prop.reset()
         self._reset_join()
 
@@ -501,6 +517,9 @@ class PropagationNode(VidsegLifecycleNode):
                 self.get_logger().error(f'keyframe rejected: {e}', throttle_duration_sec=5.0)
                 continue
             self.counts[f'keyframes_{res}'] += 1
+            if self.two is not None and res in ('applied', 'late', 'partial'):
+                # the frame went out (and into the two-sided buffer) before its keyframe result came
+                self._two_sided_publish(self.two.keyframe(ns, sem))
             self.decisions[ns] = 'received'
 
     # -------------------------------------------------------------- join / processing
@@ -546,6 +565,7 @@ class PropagationNode(VidsegLifecycleNode):
                 self.counts['resets'] += 1
                 self.counts['size_changes'] += 1
                 keep = {f: sem for f, sem in self.prop._pending.items() if f >= s.ns}  # new-size keyframes
+                self._two_sided_flush()
                 self.prop.reset()
                 for f, sem in keep.items():
                     self.prop.set_keyframe(f, sem)
@@ -563,6 +583,9 @@ class PropagationNode(VidsegLifecycleNode):
             # own the pixels (the message's bytes are read-only and the refiner's history keeps them)
             image = rgb.copy() if ws == self.size else cv2.resize(rgb, ws, interpolation=cv2.INTER_AREA)
         bwd, fwd = flow if flow is not None else (None, None)
+        # the forward flow carries this frame's state back to the previous frame (two-sided) only when
+        # it starts there (not across held frames)
+        fwd_link = fwd if s.flow_ref is None or s.flow_ref == self.done_ns else None
         reasons = []
         try:
             out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref)
@@ -571,6 +594,13 @@ class PropagationNode(VidsegLifecycleNode):
             self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)
             out = self._fallback_output(s.ns)
             reasons.append('step_error')
+        if self.two is not None and s.image is not None:
+            self.two_frames[s.ns] = (s.image.header, (int(s.image.width), int(s.image.height)))
+            if reasons:   # no state for this frame: what is held goes out as it is, then this frame
+                self._two_sided_flush()
+                self._two_sided_publish([replace(out, frame_id=s.ns)])
+            else:
+                self._two_sided_publish(self.two.push(out, fwd_link))
         self.done_ns = s.ns if self.done_ns is None else max(self.done_ns, s.ns)
         if s.image is None:
             self.counts['flows_without_image'] += 1
@@ -589,6 +619,27 @@ class PropagationNode(VidsegLifecycleNode):
             reasons.append('labels_held')
         self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0, reasons)
 
+    def _two_sided_publish(self, outs):
+        """Publish released two-sided outputs on their camera headers (labels resized to the image)."""
+        import cv2
+        for o in outs:
+            hdr_size = self.two_frames.pop(o.frame_id, None)
+            if hdr_size is None:   # a flow without its image: nothing to publish it on
+                self.counts['two_sided_no_image'] += 1
+                continue
+            hdr, size = hdr_size
+            labels = o.labels
+            if (labels.shape[1], labels.shape[0]) != size:
+                labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+            self.two_pub.publish(ndarray_to_image(labels, 'mono8', hdr))
+            self.counts['two_sided_out'] += 1
+            self.counts['two_sided_fused' if o.lookahead else 'two_sided_forward_only'] += 1
+
+    def _two_sided_flush(self):
+        """Publish every frame still waiting for its next keyframe, forward-only (nothing is lost)."""
+        if self.two is not None:
+            self._two_sided_publish(self.two.flush())
+
     def _fallback_output(self, ns):
         from vidseg_ros.core.propagation import FrameOutput
         out = self.prop.current_output()
@@ -600,7 +651,11 @@ class PropagationNode(VidsegLifecycleNode):
     def _out_of_order(self, msg, ns):
         """An image older than the newest processed frame: labels from the current state (degraded)."""
         self.counts['out_of_order'] += 1
-        self._publish(msg, self._fallback_output(ns), time.monotonic(), time.perf_counter(), ['out_of_order'])
+        out = self._fallback_output(ns)
+        self._publish(msg, out, time.monotonic(), time.perf_counter(), ['out_of_order'])
+        if self.two is not None:   # on the two-sided topic as well, as it is (its place has passed)
+            self.two_frames[ns] = (msg.header, (int(msg.width), int(msg.height)))
+            self._two_sided_publish([replace(out, frame_id=ns)])
 
     def _publish(self, img_msg, out, t_recv, t0, reasons=()):
         import cv2
@@ -673,6 +728,8 @@ class PropagationNode(VidsegLifecycleNode):
         vals.update({f'cost_{k}': v for k, v in self.cost.summary().items()})
         vals.update(dict(c))
         vals.update({f'propagator_{k}': v for k, v in self.prop.stats.items()})
+        if self.two is not None:   # frames waiting for their next keyframe on the two-sided topic
+            vals['two_sided_waiting'] = len(self.two)
         return [('', level, msg, vals)]
 
 

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--operating-point', default='', help='EVS operating point preset')
     ap.add_argument('--temporal-mode', default='', choices=('',) + graph.NODE_TEMPORAL_MODES,
                     help='propagation mode of the propagation node (default: from the config)')
+    ap.add_argument('--two-sided', action='store_true',
+                    help=f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame delayed until the next keyframe '
+                         'and fused with it carried back (core/bidirectional.py)')
     ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
                     help='extra parameter override (repeatable), e.g. keyframe_node:input_size=512x256')
     ap.add_argument('--executables', action='store_true',
@@ -81,7 +84,7 @@ def commands(args) -> list:
     invs = graph.invocations(camera_topic=args.camera_topic, config=args.config, use_sim_time=args.use_sim_time,
                              model=args.model, weights=args.weights, device=args.device,
                              schedule=args.schedule, operating_point=args.operating_point,
-                             temporal_mode=args.temporal_mode)
+                             temporal_mode=args.temporal_mode, two_sided='true' if args.two_sided else '')
     by_name = {i.name: i for i in invs}
     for text in args.param:
         node, name, val = parse_param(text)
