@@ -144,10 +144,15 @@ class VideoSegmenter:
     def _flows(self, idx, prev, cur):
         if self.flow_fn is not None:
             return self.flow_fn(idx, prev, cur)
-        fn = self.flow.compute_native if self.native_flow else self.flow
+        fn = self._flow_field
         bwd = fn(cur, prev)
         fwd = fn(prev, cur) if ((self.use_iam or self.flows_at_keyframes) and self.op.warp) else None
         return bwd, fwd
+
+    @property
+    def _flow_field(self):
+        """flow(a, b) -> one field: DIS at its native resolution (as the ROS flow node) or upsampled."""
+        return self.flow.compute_native if self.native_flow else self.flow
 
     def _keyframe_semantics(self, idx, rgb, ws) -> Semantics | None:
         """The keyframe network's semantics for this frame, NaN/Inf outputs sanitised (void, counted);
@@ -203,8 +208,7 @@ class VideoSegmenter:
                 if self.flow_fn is not None:
                     self.last_flows = (None, self.flow_fn(idx, self._prev_work, gray)[1])
                 else:
-                    fn = self.flow.compute_native if self.native_flow else self.flow
-                    self.last_flows = (None, fn(self._prev_work, gray))
+                    self.last_flows = (None, self._flow_field(self._prev_work, gray))
                 timings['flow'] = time.perf_counter() - t1
             prop.set_keyframe(idx, sem)
             out = prop.step(idx, None, None, None)

@@ -71,6 +71,28 @@ def stop_processes(procs, grace: float = 5.0):
         kill_process_group(p)   # the group, including anything it spawned
 
 
+def start_deterministic_graph(tmp_path, model: str, scale: int, schedule: str, extra_args=()):
+    """The runner (``vidseg_graph``) set up to give the offline pipeline's labels frame for frame:
+    reliable inputs, one keyframe-network thread, frames that wait for their flow and keyframe result.
+    Returns (runner process, logs_text() -> the runner's and the nodes' logs, for assertion messages)."""
+    tmp_path = Path(tmp_path)
+    cmd = [sys.executable, '-m', 'vidseg_ros.ros.runner', '--model', model, '--schedule', schedule,
+           *extra_args, '--log-dir', str(tmp_path / 'logs'), '--stop-timeout', '20',
+           '--param', 'keyframe_node:num_threads=1',
+           '--param', 'propagation_node:keyframe_wait=30.0', '--param', 'propagation_node:flow_timeout=30.0']
+    for spec in graph.MANAGED_NODES:
+        cmd += ['--param', f'{spec.name}:input_qos=reliable', '--param', f'{spec.name}:scale={scale}']
+    runner = start_process(cmd, str(tmp_path / 'runner.log'))
+
+    def logs_text():
+        out = [(tmp_path / 'runner.log').read_text(errors='replace')]
+        logs = tmp_path / 'logs'
+        for f in sorted(logs.glob('*.log')) if logs.is_dir() else []:
+            out.append(f'--- {f.name}\n' + f.read_text(errors='replace')[-3000:])
+        return '\n'.join(out)
+    return runner, logs_text
+
+
 def read_log(p) -> str:
     path = getattr(p, 'log_path', None)
     if not path or not os.path.exists(path):
