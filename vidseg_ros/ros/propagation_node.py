@@ -41,10 +41,9 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
-
-from dataclasses import replace
 
 from vidseg_ros.core.errors import InputError, VidsegError
 from vidseg_ros.ros import graph
@@ -221,6 +220,7 @@ class PropagationNode(VidsegLifecycleNode):
             if p['publish_confidence'] else None
         self.two = self.two_pub = None
         self.two_frames = {}   # ns -> (camera header, (w, h)) of frames waiting on the two-sided topic
+        self.two_chain_broken = False   # a frame was stepped that the two-sided buffer did not see
         if p['two_sided']:
             from vidseg_ros.core.bidirectional import TwoSidedBuffer
             self.two = TwoSidedBuffer(max_delay=p['two_sided_max_delay'])
@@ -585,7 +585,7 @@ class PropagationNode(VidsegLifecycleNode):
         bwd, fwd = flow if flow is not None else (None, None)
         # the forward flow carries this frame's state back to the previous frame (two-sided) only when
         # it starts there (not across held frames)
-        fwd_link = fwd if s.flow_ref is None or s.flow_ref == self.done_ns else None
+        fwd_link = fwd if (s.flow_ref is None or s.flow_ref == self.done_ns) and not self.two_chain_broken else None
         reasons = []
         try:
             out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref)
@@ -601,6 +601,9 @@ class PropagationNode(VidsegLifecycleNode):
                 self._two_sided_publish([replace(out, frame_id=s.ns)])
             else:
                 self._two_sided_publish(self.two.push(out, fwd_link))
+            self.two_chain_broken = False
+        elif self.two is not None:   # a flow without its image was stepped: no link across it
+            self.two_chain_broken = True
         self.done_ns = s.ns if self.done_ns is None else max(self.done_ns, s.ns)
         if s.image is None:
             self.counts['flows_without_image'] += 1
