@@ -907,3 +907,58 @@ def test_caching_node_sorts_the_cached_maps_it_gets(ros_domain, shared):
         assert set(node.kf_parts[10**9]) == {'feat:d1'}
     finally:
         _close(node)
+
+
+def test_propagation_node_two_sided_topic(ros_domain):
+    """two_sided:=true: every camera frame reaches /semantic/labels_two_sided once, in stamp order, on its
+    own header. A late keyframe result fuses the frames before it; a flow stepped without its image
+    breaks the backward chain; what is held goes out forward-only on deactivation."""
+    from vidseg_ros.ros.conversions import image_to_ndarray, stamp_to_ns
+    W, H = 64, 48
+    node = _prop({'two_sided': True, 'two_sided_max_delay': 10, 'flow_timeout': 5.0})
+    node.two_pub = two = Rec()
+    try:
+        T = [10**10 + i * 33_000_000 for i in range(12)]
+        out = lambda: [stamp_to_ns(m.header.stamp) for m in two.msgs]  # noqa: E731
+        major = lambda m: int(np.bincount(image_to_ndarray(m).ravel()).argmax())  # noqa: E731
+
+        _first_frame(node, T[0], W, H, keyframe=lambda n, ns, w, h: _keyframe(n, ns, w, h, cls=3))
+        assert out() == [T[0]] and major(two.msgs[0]) == 3          # a keyframe is final at once
+        for i in (1, 2, 3):      # frame 3 is a keyframe whose result comes after the frame
+            _decision(node, T[i], kf=i == 3)
+            node.on_image(_img(W, H, T[i]))
+            node.on_flow(_flow(W, H, T[i]))
+        assert out() == [T[0]] and len(node.labels_pub.msgs) == 4   # causal labels out, two-sided held
+        _keyframe(node, T[3], W, H, cls=5)                           # the late result
+        assert out() == T[:4]
+        assert [major(m) for m in two.msgs] == [3, 3, 5, 5]          # frame 1 nearer keyframe 0, frame 2 nearer 3
+        assert node.counts['two_sided_fused'] == 2
+
+        _decision(node, T[4])
+        node.on_image(_img(W, H, T[4]))
+        node.on_flow(_flow(W, H, T[4]))
+        node.on_flow(_flow(W, H, T[5]))                              # a flow whose image never comes
+        _decision(node, T[6])
+        node.on_image(_img(W, H, T[6]))
+        node.on_flow(_flow(W, H, T[6]))
+        node.pump()
+        assert node.counts['flows_without_image'] == 1
+        _keyframe(node, T[7], W, H, cls=5)
+        node.on_image(_img(W, H, T[7]))
+        node.on_flow(_flow(W, H, T[7]))
+        assert out() == T[:5] + T[6:8]                               # no output for the imageless stamp
+        # frame 6 fused with keyframe 7; frame 4 forward-only: the chain back to it crossed frame 5
+        assert node.counts['two_sided_fused'] == 3 and node.counts['two_sided_forward_only'] == 1
+        assert node.counts['two_sided_keyframes'] == 3
+
+        for i in (8, 9):
+            _decision(node, T[i])
+            node.on_image(_img(W, H, T[i]))
+            node.on_flow(_flow(W, H, T[i]))
+        assert out() == T[:5] + T[6:8]
+        node.trigger_deactivate()                                    # nothing held is lost
+        assert out() == T[:5] + T[6:10] and node.counts['two_sided_out'] == 9
+        assert all(m.header.frame_id == 'cam' and m.encoding == 'mono8' for m in two.msgs)
+        assert all(image_to_ndarray(m).shape == (H, W) for m in two.msgs)
+    finally:
+        _close(node)

@@ -636,7 +636,8 @@ class PropagationNode(VidsegLifecycleNode):
                 labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
             self.two_pub.publish(ndarray_to_image(labels, 'mono8', hdr))
             self.counts['two_sided_out'] += 1
-            self.counts['two_sided_fused' if o.lookahead else 'two_sided_forward_only'] += 1
+            kind = 'keyframes' if o.is_keyframe else 'fused' if o.lookahead else 'forward_only'
+            self.counts[f'two_sided_{kind}'] += 1
 
     def _two_sided_flush(self):
         """Publish every frame still waiting for its next keyframe, forward-only (nothing is lost)."""
