@@ -46,7 +46,7 @@ PROB_FACTOR = 4
 IAM_SCALE = 2   # the IAM's checks run at 1/2 of the working resolution (iam.inconsistency_mask ``scale``)
 
 __all__ = ['Semantics', 'FrameOutput', 'Propagator', 'LowResNetworkRefiner', 'Refiner',
-           'quantize_probs', 'dequantize_probs', 'prob_size', 'semantics_from_probs', 'warp_semantics',
+           'quantize_probs', 'dequantize_probs', 'prob_size', 'semantics_from_probs', 'warp_semantics', 'confidence_map',
            'semantics_from_segmentation', 'PROB_FACTOR']
 
 
@@ -196,6 +196,21 @@ def warp_semantics(sem: Semantics, flow, fill_holes: bool = True) -> Semantics:
             py = np.minimum(ys * hp // h, hp - 1)
             labels[ys, xs] = sem.class_map[np.argmax(probs[:, py, px], axis=0)]
     return Semantics(labels, probs, sem.class_map, features=feats)
+
+
+def confidence_map(sem: Semantics, scale: float = 1.0, mask=None) -> np.ndarray:
+    """Per-pixel confidence at working resolution: the max class probability (bilinearly upsampled; 1
+    without probabilities) times ``scale`` (the Propagator's decay with the distance from the keyframe),
+    times ``1 - mask`` where an IAM mask is given; 0 on void labels."""
+    w, h = sem.size
+    mp = sem.max_prob()
+    conf = np.ones((h, w), np.float32) if mp is None else cv2.resize(mp, (w, h), interpolation=cv2.INTER_LINEAR)
+    if scale != 1.0:
+        conf *= scale
+    if mask is not None:
+        conf *= (1.0 - mask)
+    conf[sem.labels == IGNORE] = 0.0
+    return conf
 
 
 @dataclass
@@ -515,17 +530,7 @@ class Propagator:
                            self._last_mask, sem)
 
     def _confidence(self, sem: Semantics, mask) -> np.ndarray:
-        w, h = sem.size
-        mp = sem.max_prob()
-        if mp is None:
-            conf = np.ones((h, w), np.float32)
-        else:
-            conf = cv2.resize(mp, (w, h), interpolation=cv2.INTER_LINEAR)
-        conf *= self.confidence_decay ** max(self._dist, 0)
-        if mask is not None:
-            conf *= (1.0 - mask)
-        conf[sem.labels == IGNORE] = 0.0
-        return conf
+        return confidence_map(sem, self.confidence_decay ** max(self._dist, 0), mask)
 
     def _carry(self, sem, degraded, anchor, e: _Entry):
         """Apply entry ``e`` to the state (sem, degraded, anchor) -> (sem, degraded, anchor, mask, frac).
