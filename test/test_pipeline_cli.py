@@ -386,6 +386,42 @@ def test_schedule_study_scores_schedules_like_the_bench(tmp_path):
     assert len(b['rows']['oracle']['iou']) == study.num_classes
     assert 'budget of fixed S=4: 4 keyframes' in sb.format_table(out)
     assert sb.plot(out, tmp_path / 's.png').stat().st_size > 1000
+    # the thin-object oracle: same pairs; keyframes unchanged; its fixed-S row and box area are reported
+    assert set(study.cm_thin['seqA']) == set(study.cm['seqA'])
+    assert all(np.array_equal(study.cm_thin[s][(t, t)][0], study.cm[s][(t, t)][0]) for s in study.seqs for t in range(8))
+    th = out['thin_oracle']['4']
+    assert th['keyframes'] == 4 and 0.0 <= th['box_area'] <= 1.0
+    assert 100 * th['miou'] == pytest.approx(100 * study.score(sb.fixed(study, 4), thin_oracle=True)[0])
+    assert th['fixed_drop'] == pytest.approx(b['rows']['fixed']['drop'])
+    assert 'where the loss sits' in sb.format_table(out)
+
+
+def test_thin_object_oracle_pastes_only_thin_pixels_in_boxes():
+    """`paste_thin_oracle`: inside the boxes around the warped thin objects, pixels that either map calls thin
+    take the frame's own labels; everything else (outside the boxes, or thin in neither map) stays warped."""
+    from vidseg_ros.core import schedule_bench as sb
+    from vidseg_ros.core.errors import InputError
+    thin = sb.THIN_CLASSES['cityscapes']
+    warped = np.zeros((40, 60), np.uint8)          # road
+    warped[5:35, 20:23] = 5                        # a pole, drawn 3 px too far right
+    warped[:, 50:] = 13                            # a car far away from it
+    frame = np.zeros_like(warped)
+    frame[5:35, 17:20] = 5                         # where the pole really is
+    frame[:, 50:] = 2                              # the frame's network disagrees about the car: not thin
+    frame[0:3, 0:3] = 11                           # a person outside any box: not pasted
+    box = sb.thin_box_mask(warped, thin, dilate=1, margin=2)
+    assert box[5:35, 17:23].all() and not box[:, 45:].any() and box.mean() < 0.25
+    out, area = sb.paste_thin_oracle(warped, frame, thin, dilate=1, margin=2)
+    assert area == pytest.approx(box.mean())
+    assert (out[5:35, 17:20] == 5).all() and (out[5:35, 20:23] == 0).all()   # the pole moved to the frame's place
+    assert (out[:, 50:] == 13).all() and (out[0:3, 0:3] == 0).all()
+    assert not sb.thin_box_mask(np.zeros((8, 8), np.uint8), thin).any()
+    assert not sb.thin_box_mask(warped, ()).any()
+    tiny = np.zeros((20, 20), np.uint8)
+    tiny[3, 3] = 5                                 # 1 px (9 px dilated by 1): under min_area
+    assert not sb.thin_box_mask(tiny, thin, dilate=1).any()
+    with pytest.raises(InputError, match='differ in size'):
+        sb.paste_thin_oracle(warped, frame[:20], thin)
 
 
 @pytest.mark.shared

@@ -22,6 +22,13 @@ budget of a fixed interval S (the same number of keyframes over all snippets):
   IAM flags *and* the warped labels call an object -- pole, light, sign, person, rider and vehicles, the
   small classes that dominate the mIoU loss -- summed).
 
+**Where the loss of a fixed interval sits** (``thin_oracle``, an analysis, not a schedule): the same
+propagated labels, but inside boxes around the warped *thin* objects (pole, light, sign, person, rider,
+motorcycle, bicycle; :data:`THIN_CLASSES`) the pixels that either map calls thin take the keyframe network's
+own labels *of that frame* (:func:`paste_thin_oracle`). It uses the network on every frame, so it is an
+upper bound for any propagation module that repairs thin objects inside such boxes; the mean box area
+says how much of the frame such a module would have to look at.
+
 Writes JSON, a text table and a plot (mIoU drop vs keyframes for every schedule family).
 """
 from __future__ import annotations
@@ -42,6 +49,44 @@ from .metrics import ConfusionMatrix
 SIGNALS = ('iam', 'iam_sum', 'iam_objects', 'motion', 'photo', 'fb', 'entered')
 # 'object' classes per class set (Cityscapes categories object / human / vehicle; CamVid's counterparts)
 OBJECT_CLASSES = {'cityscapes': (5, 6, 7, 11, 12, 13, 14, 15, 16, 17, 18), 'camvid': (2, 6, 8, 9, 10)}
+# thin objects (a few pixels wide at the working resolution): pole, light, sign, person, rider, motorcycle,
+# bicycle; CamVid pole, sign, pedestrian, bicyclist
+THIN_CLASSES = {'cityscapes': (5, 6, 7, 11, 12, 17, 18), 'camvid': (2, 6, 9, 10)}
+THIN_DILATE, THIN_MARGIN, THIN_MIN_AREA = 4, 8, 10   # px at the working resolution
+
+
+def thin_box_mask(labels: np.ndarray, classes, dilate: int = THIN_DILATE, margin: int = THIN_MARGIN,
+                  min_area: int = THIN_MIN_AREA) -> np.ndarray:
+    """Boolean mask of the boxes around the thin objects of ``labels``: the thin-class pixels dilated by
+    ``dilate`` px, one bounding box per connected component of at least ``min_area`` px, grown by
+    ``margin`` px and clipped to the frame."""
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    out = np.zeros((h, w), bool)
+    thin = np.isin(labels, np.asarray(classes, labels.dtype)).view(np.uint8) if len(classes) else None
+    if thin is None or not thin.any():
+        return out
+    if dilate > 0:
+        thin = cv2.dilate(thin, np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(thin, connectivity=8)
+    for x, y, bw, bh, area in stats[1:]:
+        if area >= min_area:
+            out[max(0, y - margin):min(h, y + bh + margin), max(0, x - margin):min(w, x + bw + margin)] = True
+    return out
+
+
+def paste_thin_oracle(warped: np.ndarray, frame_labels: np.ndarray, classes, **box) -> tuple:
+    """(labels, box area fraction): ``warped`` with the pixels inside :func:`thin_box_mask` (boxes around
+    the warped thin objects) that either map calls thin replaced by ``frame_labels`` (the network's own
+    labels of this frame, same size)."""
+    if warped.shape != frame_labels.shape:
+        raise InputError(f'label maps differ in size: {warped.shape} and {frame_labels.shape}')
+    mask = thin_box_mask(warped, classes, **box)
+    cls = np.asarray(classes, warped.dtype)
+    sel = mask & (np.isin(warped, cls) | np.isin(frame_labels, cls))
+    out = warped.copy()
+    out[sel] = frame_labels[sel]
+    return out, float(mask.mean())
 
 
 @dataclass
@@ -56,20 +101,29 @@ class PairStudy:
     iam: dict = field(default_factory=dict)
     iam_objects: dict = field(default_factory=dict)   # seq -> {(k, t): IAM-flagged object pixels / pixels}
     frame_signals: dict = field(default_factory=dict)
+    cm_thin: dict = field(default_factory=dict)       # seq -> {(k, t): (mat, missed)} with paste_thin_oracle
+    thin_area: dict = field(default_factory=dict)     # seq -> {(k, t): box area fraction}
 
-    def score(self, keyframes: dict) -> tuple:
+    def score(self, keyframes: dict, thin_oracle: bool = False) -> tuple:
         """(pooled mIoU, keyframe count) of a schedule {seq: keyframe indices (0 is always one)}."""
-        mat, missed = self._sum(keyframes)
+        mat, missed = self._sum(keyframes, thin_oracle)
         return _miou(mat, missed, self.num_classes), sum(len(set(keyframes[s]) | {0}) for s in self.seqs)
 
-    def metrics(self, keyframes: dict) -> dict:
+    def metrics(self, keyframes: dict, thin_oracle: bool = False) -> dict:
         """mIoU, pixel accuracy and per-class IoU (NaN: class absent) of a schedule."""
         cm = ConfusionMatrix(self.num_classes)
-        cm.mat, cm.missed = self._sum(keyframes)
+        cm.mat, cm.missed = self._sum(keyframes, thin_oracle)
         return {'miou': cm.miou(), 'pixel_accuracy': cm.pixel_accuracy(),
                 'iou': [None if np.isnan(v) else float(v) for v in cm.iou()]}
 
-    def _seq_sum(self, seq, kfs):
+    def thin_box_area(self, keyframes: dict) -> float:
+        """Mean box area fraction of :func:`paste_thin_oracle` over a schedule's propagated frames."""
+        vals = [self.thin_area[s][(_newest(keyframes[s], t), t)] for s in self.seqs
+                for t in range(self.frames[s]) if t not in set(keyframes[s]) | {0}]
+        return float(np.mean(vals)) if vals else 0.0
+
+    def _seq_sum(self, seq, kfs, thin_oracle: bool = False):
+        table = (self.cm_thin if thin_oracle else self.cm)[seq]
         kfs = sorted(set(kfs) | {0})
         mat = np.zeros((self.num_classes, self.num_classes), np.int64)
         missed = np.zeros(self.num_classes, np.int64)
@@ -77,13 +131,13 @@ class PairStudy:
         for t in range(self.frames[seq]):
             while j + 1 < len(kfs) and kfs[j + 1] <= t:
                 j += 1
-            m, x = self.cm[seq][(kfs[j], t)]
+            m, x = table[(kfs[j], t)]
             mat += m
             missed += x
         return mat, missed
 
-    def _sum(self, keyframes):
-        parts = [self._seq_sum(s, keyframes[s]) for s in self.seqs]
+    def _sum(self, keyframes, thin_oracle: bool = False):
+        parts = [self._seq_sum(s, keyframes[s], thin_oracle) for s in self.seqs]
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
     def evidence(self, name: str, seq: str, k: int, t: int) -> float:
@@ -97,6 +151,11 @@ class PairStudy:
             raise ConfigError(f'unknown trigger signal {name!r} (known: {", ".join(SIGNALS)})')
         sig = self.frame_signals[seq][name]
         return float(sum(sig[u] for u in range(k + 1, t + 1)))
+
+
+def _newest(kfs, t) -> int:
+    """The newest keyframe <= t of a schedule (frame 0 is always one)."""
+    return max(k for k in set(kfs) | {0} if k <= t)
 
 
 def _miou(mat, missed, k):
@@ -146,6 +205,7 @@ def pair_study(net, root: Path, seqs, frames: int = 30, scale: int = 2, flow=Non
     k = net.class_set.num_classes
     class_map = np.asarray(net.output_to_class, np.uint8)
     objects = np.asarray(OBJECT_CLASSES.get(net.class_set.name, ()), np.uint8)
+    thin = THIN_CLASSES.get(net.class_set.name, ())
     study = PairStudy(k, list(seqs), {})
     for seq in seqs:
         _, imgs, gts = _load_seq(Path(root) / seq, int(frames))
@@ -165,21 +225,31 @@ def pair_study(net, root: Path, seqs, frames: int = 30, scale: int = 2, flow=Non
             for name, v in frame_signals(flows[t][0], flows[t][1], grays[t - 1], grays[t]).items():
                 sig[name][t] = v
         study.frames[seq], study.frame_signals[seq] = n, sig
-        cms, iams, objs = {}, {}, {}
+        cms, iams, objs, cms_thin, areas = {}, {}, {}, {}, {}
         for kf in tqdm(range(n), desc=f'{seq}: keyframe -> later frames', disable=not progress, leave=False):
             prop = Propagator(warp=True, refiner=None, use_iam=True)
             prop.set_keyframe(kf, sems[kf])
             for t in range(kf, n):
                 out = prop.step(t, None, None) if t == kf else prop.step(t, *flows[t])
-                lab = out.labels
-                if lab.shape != gts[t].shape:
-                    lab = cv2.resize(lab, (gts[t].shape[1], gts[t].shape[0]), interpolation=cv2.INTER_NEAREST)
-                cm = ConfusionMatrix(k).update(lab, gts[t])
+                full = (gts[t].shape[1], gts[t].shape[0])
+                cm = ConfusionMatrix(k).update(_at(out.labels, full), gts[t])
                 cms[(kf, t)] = (cm.mat, cm.missed)
+                if t == kf:
+                    cms_thin[(kf, t)], areas[(kf, t)] = cms[(kf, t)], 0.0
+                else:
+                    lab, areas[(kf, t)] = paste_thin_oracle(out.labels, sems[t].labels, thin)
+                    cm = ConfusionMatrix(k).update(_at(lab, full), gts[t])
+                    cms_thin[(kf, t)] = (cm.mat, cm.missed)
                 iams[(kf, t)] = float(out.inconsistent_fraction)
                 objs[(kf, t)] = _flagged_objects(out.mask, out.labels, objects)
         study.cm[seq], study.iam[seq], study.iam_objects[seq] = cms, iams, objs
+        study.cm_thin[seq], study.thin_area[seq] = cms_thin, areas
     return study
+
+
+def _at(labels, size_wh):
+    return labels if labels.shape[::-1] == tuple(size_wh) else \
+        cv2.resize(labels, size_wh, interpolation=cv2.INTER_NEAREST)
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -321,6 +391,15 @@ def run(study: PairStudy, intervals=(5, 10), fixed_intervals=(2, 3, 4, 5, 6, 8, 
                 met = study.metrics(scheds[name])
                 r['pixel_accuracy'], r['iou'] = met['pixel_accuracy'], met['iou']
         res['budgets'][str(S)] = {'budget': budget, 'rows': rows}
+    if study.cm_thin:
+        res['thin_oracle'] = {}
+        for S in intervals:
+            fx = fixed(study, S)
+            met = study.metrics(fx, thin_oracle=True)
+            res['thin_oracle'][str(S)] = {'miou': met['miou'], 'drop': per_frame - met['miou'],
+                                          'keyframes': study.score(fx)[1], 'box_area': study.thin_box_area(fx),
+                                          'pixel_accuracy': met['pixel_accuracy'], 'iou': met['iou'],
+                                          'fixed_drop': res['fixed'][str(S)]['drop']}
     return res
 
 
@@ -345,6 +424,14 @@ def format_table(res: dict) -> str:
             lines.append(f"{name:<22}{r['keyframes']:>10}{100 * r['miou']:>8.2f}{100 * r['drop']:>7.2f}  {note}")
     lines += ['', 'fixed intervals: ' + ', '.join(f"S={S} {100 * r['drop']:.2f} ({r['keyframes']} kf)"
                                                    for S, r in res['fixed'].items())]
+    if res.get('thin_oracle'):
+        lines += ['', 'where the loss sits: fixed S with the network\'s own thin-object labels of each frame pasted in '
+                  'boxes around the warped thin objects (an upper bound, uses the network on every frame)',
+                  f"{'S':<4}{'mIoU':>8}{'drop':>7}{'plain drop':>12}{'share won':>11}{'box area':>10}"]
+        for S, r in res['thin_oracle'].items():
+            share = (r['fixed_drop'] - r['drop']) / r['fixed_drop'] if r['fixed_drop'] > 0 else float('nan')
+            lines.append(f"{S:<4}{100 * r['miou']:>8.2f}{100 * r['drop']:>7.2f}{100 * r['fixed_drop']:>12.2f}"
+                         f"{100 * share:>10.0f}%{100 * r['box_area']:>9.1f}%")
     return '\n'.join(lines)
 
 
