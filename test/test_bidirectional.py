@@ -109,6 +109,24 @@ def test_buffer_carries_the_next_keyframe_back_along_the_forward_flow():
     assert buf.stats['backward_only'] == 2 and not rel[0].degraded
 
 
+def test_buffer_backward_holes_go_to_the_forward_side():
+    """Content that leaves the view going forward (flow(t, t+1) points outside frame t+1) is unknown to the
+    next keyframe: the carried-back chain keeps it void and the forward side wins there, at every step back;
+    everywhere else the surer / nearer next keyframe wins."""
+    right = np.zeros((H, W, 2), np.float32)
+    right[..., 0] = 2.0                          # content moves 2 px right per frame
+    buf = TwoSidedBuffer()
+    buf.push(_out(0, uniform(0), 0, kf=True))
+    buf.push(_out(1, uniform(0, 0.5), 1), right)
+    buf.push(_out(2, uniform(0, 0.5), 2), right)
+    rel = buf.push(_out(3, uniform(1), 0, kf=True), right)
+    assert [o.frame_id for o in rel] == [1, 2, 3] and buf.stats['fused'] == 2
+    f1, f2 = rel[0].labels, rel[1].labels
+    assert (f2[:, 30:] == 0).all() and (f2[:, :30] == 1).all()      # 2 px left the view after frame 2
+    assert (f1[:, 28:] == 0).all() and (f1[:, :28] == 1).all()      # 4 px after frame 1
+    assert not (rel[0].semantics.labels == 255).any()
+
+
 def test_buffer_max_delay_and_broken_chain_and_flush():
     buf = TwoSidedBuffer(max_delay=2)
     buf.push(_out(0, uniform(0), 0, kf=True))

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .propagation import IGNORE, FrameOutput, Semantics, confidence_map, warp_semantics
+from .propagation import IGNORE, FrameOutput, Semantics, confidence_map, fill_warp_holes, warp_semantics
 
 __all__ = ['fuse_two_sided', 'TwoSidedBuffer', 'TwoSidedSegmenter']
 
@@ -114,7 +114,9 @@ class TwoSidedBuffer:
     held since the previous one come out fused; a broken link (a frame without ``flow_fwd``) ends the
     backward chain, and the frames before it come out forward-only. ``max_delay`` (frames; None =
     unbounded) releases the oldest held frame forward-only when more are held. Frames before the
-    first keyframe (no forward semantics) take the backward-carried semantics alone.
+    first keyframe (no forward semantics) take the backward-carried semantics alone, their warp holes
+    filled when ``fill_holes`` (the Propagator's setting). Elsewhere the carried-back chain keeps its
+    holes void, so that the forward side wins there (it saw the content that left the view).
     ``stats``: frames, fused, forward_only (released without the later keyframe), backward_only.
     """
 
@@ -189,13 +191,17 @@ class TwoSidedBuffer:
             o, f = held[i]
             if link is None:
                 break
-            sem_b = warp_semantics(sem_b, link, fill_holes=self.fill_holes)
+            # the carried-back chain keeps its holes void (content that left the view going forward):
+            # there the forward side, which saw that content, wins the fusion (a void label has no plane)
+            sem_b = warp_semantics(sem_b, link, fill_holes=False)
             d_b += 1
             fwd = o.semantics
             if fwd is not None and fwd.size != sem_b.size:
                 break   # resolution changed between the frames: nothing to fuse across
-            if fwd is None:
+            if fwd is None:   # no forward side: the carried-back semantics alone, holes filled
                 sem = sem_b
+                if self.fill_holes and sem.probs is not None:
+                    sem = replace(sem, labels=fill_warp_holes(sem.labels.copy(), sem.probs, sem.class_map))
                 self.stats['backward_only'] += 1
             else:
                 sem = fuse_two_sided(fwd, max(o.distance, 1), sem_b, d_b)

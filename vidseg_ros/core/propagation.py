@@ -186,16 +186,24 @@ def warp_semantics(sem: Semantics, flow, fill_holes: bool = True) -> Semantics:
         feats = {k: warp_features(v, make_remap(flow, (v.shape[2], v.shape[1])))
                  for k, v in sem.features.items()}
     if fill_holes and probs is not None:
-        holes = cv2.findNonZero((labels == IGNORE).view(np.uint8))
-        if holes is not None:
-            # the argmax of the probability cell each hole pixel falls in (nearest), at those cells only
-            holes = holes.reshape(-1, 2)
-            xs, ys = holes[:, 0].astype(np.int64), holes[:, 1].astype(np.int64)
-            hp, wp = probs.shape[1:]
-            px = np.minimum(xs * wp // w, wp - 1)
-            py = np.minimum(ys * hp // h, hp - 1)
-            labels[ys, xs] = sem.class_map[np.argmax(probs[:, py, px], axis=0)]
+        fill_warp_holes(labels, probs, sem.class_map)
     return Semantics(labels, probs, sem.class_map, features=feats)
+
+
+def fill_warp_holes(labels: np.ndarray, probs: np.ndarray, class_map) -> np.ndarray:
+    """In place: pixels of ``labels`` (h, w) that are void (255, a warp sample from outside the frame)
+    take the argmax of the probability cell (``probs`` (K, hp, wp), nearest) they fall in, computed at
+    those cells only. Returns ``labels``."""
+    holes = cv2.findNonZero((labels == IGNORE).view(np.uint8))
+    if holes is not None:
+        h, w = labels.shape
+        holes = holes.reshape(-1, 2)
+        xs, ys = holes[:, 0].astype(np.int64), holes[:, 1].astype(np.int64)
+        hp, wp = probs.shape[1:]
+        px = np.minimum(xs * wp // w, wp - 1)
+        py = np.minimum(ys * hp // h, hp - 1)
+        labels[ys, xs] = np.asarray(class_map)[np.argmax(probs[:, py, px], axis=0)]
+    return labels
 
 
 def confidence_map(sem: Semantics, scale: float = 1.0, mask=None) -> np.ndarray:
