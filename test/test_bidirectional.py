@@ -172,3 +172,30 @@ def test_buffer_late_keyframe_result():
     assert buf.keyframe(2, uniform(1)) == [] and buf.stats['keyframe_not_held'] == 1
     rel = buf.push(_out(6, uniform(1), 0, kf=True), ZERO)
     assert [(o.frame_id, o.lookahead) for o in rel] == [(4, 2), (5, 1), (6, 0)]
+
+
+def test_graph_bench_reports_the_delayed_topic():
+    """graph_bench's per-phase summary: the delayed topic's labels of the phase, how many still wait, their
+    latency (stamp -> received) and whether they came in stamp order; no section without delayed labels."""
+    import threading
+    from types import SimpleNamespace
+    from vidseg_ros.ros.graph_bench import format_table, summarize
+    ms = 1_000_000
+    sent = [(s * 40 * ms, s * 40 * ms) for s in range(1, 7)]            # 6 frames, 40 ms apart
+    rec = SimpleNamespace(cv=threading.Condition(), stats={}, kf={},
+                          labels={s: s + 30 * ms for s, _ in sent},    # causal: 30 ms each
+                          labels_two_sided={}, two_sided_order=[])
+    assert 'two_sided' not in summarize(rec, sent)
+    stamps = [s for s, _ in sent]
+    for s in (stamps[1], stamps[0], stamps[2]):                          # 3 delayed labels, one out of order
+        rec.labels_two_sided[s] = s + 200 * ms
+        rec.two_sided_order.append(s)
+    rec.labels_two_sided[999] = 0                                        # another phase's stamp: ignored
+    t = summarize(rec, sent)['two_sided']
+    assert t['frames_out'] == 3 and t['pending'] == 3 and t['in_stamp_order'] is False
+    assert t['latency_median_ms'] == pytest.approx(200.0) and t['latency_max_ms'] == pytest.approx(200.0)
+    rec.two_sided_order = sorted(rec.two_sided_order)
+    r = {'mode': 'video', 'source': 'x', 'rate_hz': 25, 'model': 'm', 'schedule': 'fixed:5', 'scale': 1,
+         'paced': summarize(rec, sent)}
+    assert r['paced']['two_sided']['in_stamp_order'] is True
+    assert 'delayed topic (two-sided): 3 labels (3 still waiting' in format_table(r)

@@ -26,6 +26,10 @@ frames (centre crop to the KITTI aspect, resized, looped), ESPNetv2 s2.0 keyfram
 schedule (``parallel=true``: the network runs on the keyframe node's own worker; utilisation 0.8), the
 network on one thread and D=2 (flow and propagation at 621x188, labels at 1242x375); reports the sustained keyframe rate and the lag of the first vs the last 20% of the frames.
 
+With ``--param propagation_node:two_sided=true`` the propagation node also publishes the delayed
+two-sided topic (``/semantic/labels_two_sided``); each phase then also reports its labels, their
+latency (image stamp -> delayed label received) and whether they came in stamp order.
+
 ``--external-graph``: do not start the graph (it runs elsewhere, e.g. in another network namespace);
 only publish, record and report the paced phase.
 """
@@ -103,6 +107,8 @@ class Recorder:
         node = self.probe.node
         self.cv = threading.Condition()
         self.labels = {}      # stamp_ns -> wall ns received
+        self.labels_two_sided = {}   # the delayed topic (two_sided:=true): stamp_ns -> wall ns received
+        self.two_sided_order = []    # its stamps in arrival order
         self.stats = {}       # stamp_ns -> dict
         self.kf = {}          # stamp_ns -> wall ns received
         self.diag = {}        # status name -> {key: value} (latest)
@@ -110,6 +116,7 @@ class Recorder:
         self.label_classes = set()
         node.create_subscription(Image, graph.LABELS_TOPIC, self._on_labels, reliable_qos(200))
         node.create_subscription(Image, graph.KEYFRAME_LABELS_TOPIC, self._on_kf, reliable_qos(50))
+        node.create_subscription(Image, graph.LABELS_TWO_SIDED_TOPIC, self._on_two_sided, reliable_qos(200))
         node.create_subscription(String, graph.STATS_TOPIC, self._on_stats, reliable_qos(200))
         node.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, self._on_diag, reliable_qos(50))
         self.cam = node.create_publisher(Image, graph.CAMERA_TOPIC, reliable_qos(10))
@@ -127,6 +134,15 @@ class Recorder:
                 arr = np.frombuffer(msg.data, np.uint8)
                 self.label_classes.update(int(v) for v in np.unique(arr[::97]))
             self.cv.notify_all()
+
+    def _on_two_sided(self, msg):
+        from vidseg_ros.ros.conversions import stamp_to_ns
+        now = time.time_ns()
+        ns = stamp_to_ns(msg.header.stamp)
+        with self.cv:
+            if ns not in self.labels_two_sided:
+                self.labels_two_sided[ns] = now
+                self.two_sided_order.append(ns)
 
     def _on_kf(self, msg):
         from vidseg_ros.ros.conversions import stamp_to_ns
@@ -294,6 +310,16 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
         res['keyframe_rate_hz'] = (len(kf) - 1) / max((kf[-1] - kf[0]) * 1e-9, 1e-9)
         gaps = np.diff(res['keyframe_indices'])
         res['keyframe_interval_frames'] = {'median': float(np.median(gaps)), 'max': int(gaps.max())}
+    with rec.cv:
+        two = {s: rec.labels_two_sided[s] for s in stamps if s in rec.labels_two_sided}
+        order = [s for s in rec.two_sided_order if s in two]
+    if two:   # the delayed topic (two_sided:=true): how late its labels come, and whether in stamp order
+        lat2 = np.array([(two[s] - s) * 1e-6 for s in stamps if s in two])
+        res['two_sided'] = {'frames_out': len(two), 'pending': n_in - len(two),
+                            'in_stamp_order': order == sorted(order),
+                            'latency_median_ms': float(np.median(lat2)),
+                            'latency_p99_ms': float(np.percentile(lat2, 99)),
+                            'latency_max_ms': float(lat2.max())}
     if diag_before is not None and diag_after is not None:
         res['diagnostics'] = {
             'propagation_node': _diag_delta(diag_before, diag_after, 'vidseg: propagation_node',
@@ -612,6 +638,12 @@ def format_table(r: dict) -> str:
         out.append(f"keyframe rate sustained: {f(p.get('keyframe_rate_hz'), '{:.2f}')} Hz "
                    f"(interval median {p.get('keyframe_interval_frames', {}).get('median', '-')} frames); "
                    f"schedule at end: {r['paced'].get('schedule_at_end', '-')}")
+    for ph in ('paced', 'max'):
+        t = r.get(ph, {}).get('two_sided')
+        if t:
+            out.append(f"{ph}: delayed topic (two-sided): {t['frames_out']} labels ({t['pending']} still waiting "
+                       f"for their next keyframe at the end), latency median {t['latency_median_ms']:.0f} ms, "
+                       f"p99 {t['latency_p99_ms']:.0f} ms, in stamp order: {t['in_stamp_order']}")
     for ph in ('paced', 'max'):
         if r.get(ph, {}).get('node_cost_mean_ms'):
             out.append(f"{ph}: mean cost per call (ms, last 100): " + ', '.join(
