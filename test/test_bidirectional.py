@@ -198,4 +198,4 @@ def test_graph_bench_reports_the_delayed_topic():
     r = {'mode': 'video', 'source': 'x', 'rate_hz': 25, 'model': 'm', 'schedule': 'fixed:5', 'scale': 1,
          'paced': summarize(rec, sent)}
     assert r['paced']['two_sided']['in_stamp_order'] is True
-    assert 'delayed topic (two-sided): 3 labels (3 still waiting' in format_table(r)
+    assert 'delayed topic (two-sided): 3 labels (3 not out at the end' in format_table(r)

@@ -315,6 +315,8 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
         order = [s for s in rec.two_sided_order if s in two]
     if two:   # the delayed topic (two_sided:=true): how late its labels come, and whether in stamp order
         lat2 = np.array([(two[s] - s) * 1e-6 for s in stamps if s in two])
+        # pending: frames of the phase without a delayed label at its end (the frames after the last keyframe,
+        # which wait for the next one, and any frame the graph dropped)
         res['two_sided'] = {'frames_out': len(two), 'pending': n_in - len(two),
                             'in_stamp_order': order == sorted(order),
                             'latency_median_ms': float(np.median(lat2)),
@@ -641,8 +643,8 @@ def format_table(r: dict) -> str:
     for ph in ('paced', 'max'):
         t = r.get(ph, {}).get('two_sided')
         if t:
-            out.append(f"{ph}: delayed topic (two-sided): {t['frames_out']} labels ({t['pending']} still waiting "
-                       f"for their next keyframe at the end), latency median {t['latency_median_ms']:.0f} ms, "
+            out.append(f"{ph}: delayed topic (two-sided): {t['frames_out']} labels ({t['pending']} not out at the end: "
+                       f"waiting for a next keyframe, or dropped), latency median {t['latency_median_ms']:.0f} ms, "
                        f"p99 {t['latency_p99_ms']:.0f} ms, in stamp order: {t['in_stamp_order']}")
     for ph in ('paced', 'max'):
         if r.get(ph, {}).get('node_cost_mean_ms'):
