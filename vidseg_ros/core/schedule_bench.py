@@ -118,8 +118,11 @@ class PairStudy:
 
     def thin_box_area(self, keyframes: dict) -> float:
         """Mean box area fraction of :func:`paste_thin_oracle` over a schedule's propagated frames."""
-        vals = [self.thin_area[s][(_newest(keyframes[s], t), t)] for s in self.seqs
-                for t in range(self.frames[s]) if t not in set(keyframes[s]) | {0}]
+        vals = []
+        for s in self.seqs:
+            kfs = set(keyframes[s]) | {0}
+            vals += [self.thin_area[s][(max(k for k in kfs if k <= t), t)] for t in range(self.frames[s])
+                     if t not in kfs]
         return float(np.mean(vals)) if vals else 0.0
 
     def _seq_sum(self, seq, kfs, thin_oracle: bool = False):
@@ -151,11 +154,6 @@ class PairStudy:
             raise ConfigError(f'unknown trigger signal {name!r} (known: {", ".join(SIGNALS)})')
         sig = self.frame_signals[seq][name]
         return float(sum(sig[u] for u in range(k + 1, t + 1)))
-
-
-def _newest(kfs, t) -> int:
-    """The newest keyframe <= t of a schedule (frame 0 is always one)."""
-    return max(k for k in set(kfs) | {0} if k <= t)
 
 
 def _miou(mat, missed, k):
