@@ -46,7 +46,8 @@ PROB_FACTOR = 4
 IAM_SCALE = 2   # the IAM's checks run at 1/2 of the working resolution (iam.inconsistency_mask ``scale``)
 
 __all__ = ['Semantics', 'FrameOutput', 'Propagator', 'LowResNetworkRefiner', 'Refiner',
-           'quantize_probs', 'dequantize_probs', 'prob_size', 'semantics_from_probs', 'warp_semantics', 'confidence_map',
+           'quantize_probs', 'dequantize_probs', 'prob_size', 'semantics_from_probs',
+           'warp_semantics', 'fill_warp_holes', 'confidence_map',
            'semantics_from_segmentation', 'PROB_FACTOR']
 
 
