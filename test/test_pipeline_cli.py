@@ -308,6 +308,46 @@ def test_bench_on_tiny_synthetic_snippets(tmp_path):
     assert '| warp_s5 |' in (tmp_path / 'b' / 'bench.md').read_text()
 
 
+def test_flow_limits_on_snippets(tmp_path, capsys):
+    """`vidseg flow-limits`: pseudo labels (and a network's labels) carried along the backward DIS field
+    follow the moving bands: better than holding them, worse with distance; JSON, table, plot, errors."""
+    from vidseg_ros.core import synth_analysis as sa
+    from vidseg_ros.core.errors import ConfigError, InputError
+    from vidseg_ros.core.metrics import ConfusionMatrix
+    data = _bench_snippets(tmp_path / 'seqdata', frames=6)
+    res = sa.real_limits(data, frames=6, scale=1, flows=('ultrafast', 'fast:patch_stride=2'), max_distance=3,
+                         model=ColourNet(), progress=False)
+    assert res['columns'] == ['pseudo/ultrafast', 'pseudo/fast:patch_stride=2',
+                              'network/ultrafast', 'network/fast:patch_stride=2']
+    held = {1: ConfusionMatrix(19), 3: ConfusionMatrix(19)}   # the pseudo labels held instead of carried
+    for j in range(2):
+        for t in range(6):
+            for d in held:
+                if t + d < 6:
+                    held[d].update(scene(t + 3 * j)[1], scene(t + d + 3 * j)[1])
+    for c in res['columns']:
+        m = res['miou_by_distance'][c]
+        assert sorted(m) == [0, 1, 2, 3]
+        assert m[0] > 0.99, (c, m)                       # scale 1: the labels themselves
+        assert m[1] > held[1].miou() + 0.1, (c, m, held[1].miou())
+        assert m[3] > held[3].miou() + 0.1 and m[3] <= m[1] + 1e-9, (c, m)
+    assert res['class_iou_by_distance']['pseudo/ultrafast'][1]['road'] > 0.8
+    assert res['flow_ms_per_field']['ultrafast'] > 0
+    assert sa.real_main(['--data', str(data), '--frames', '4', '--scale', '1', '--max-distance', '1',
+                         '--flows', 'ultrafast', '--out', str(tmp_path / 'o'), '--quiet']) == 0
+    js = json.loads((tmp_path / 'o' / 'flow_limits.json').read_text())
+    assert js['columns'] == ['pseudo/ultrafast'] and set(js['miou_by_distance']['pseudo/ultrafast']) == {'0', '1'}
+    assert (tmp_path / 'o' / 'flow_limits.png').stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert 'loss at distance 1' in out and 'pseudo/ultrafast' in out
+    with pytest.raises(ConfigError, match='preset'):
+        sa.real_limits(data, frames=4, flows=('slowest',), progress=False)
+    with pytest.raises(ConfigError, match='KEY=VALUE'):
+        sa.real_limits(data, frames=4, flows=('ultrafast:finest_scale',), progress=False)
+    with pytest.raises(InputError, match='cityscapes_seq not found'):
+        sa.real_limits(tmp_path / 'nowhere', progress=False)
+
+
 def test_bench_flow_params(tmp_path):
     """`vidseg bench --flow-param`: explicit DIS parameters reach the flow estimator and the JSON;
     malformed or unknown ones are refused with a clear error."""

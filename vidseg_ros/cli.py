@@ -10,6 +10,7 @@
     vidseg eval-model ...       (a keyframe model against the teacher, pseudo and human labels, speed)
     vidseg bench-temporal ...   (EVS Table 1: per-class IoU of each temporal module)
     vidseg synth-analysis ...   (limits of flow propagation on the synthetic drive: GT flow vs DIS)
+    vidseg flow-limits ...      (the same on the real snippets: pseudo / network labels carried along DIS)
 
 Errors on bad input are printed as ``error: <message>`` and exit with status 2.
 """
@@ -35,6 +36,8 @@ DELEGATES = {'synth': ('vidseg_ros.core.synth', 'cli_main', 'generate a syntheti
                                 'ESPNetv2 cost per stage: what feature caching can save (see -h)'),
              'synth-analysis': ('vidseg_ros.core.synth_analysis', 'main',
                                 'propagation with ground-truth flow vs DIS on the synthetic drive'),
+             'flow-limits': ('vidseg_ros.core.synth_analysis', 'real_main',
+                             'labels carried along DIS flow on the real snippets, against pseudo labels'),
              'shm-clean': ('vidseg_ros.ros.shm', 'main',
                            'remove /dev/shm files left by killed Fast DDS participants (see -h)')}
 

@@ -1,4 +1,5 @@
-"""Limits of the flow approach (after Lup & Nedevschi) on a synthetic drive with exact labels and flow.
+"""Limits of the flow approach (after Lup & Nedevschi) on a synthetic drive with exact labels and flow,
+and on real frames with pseudo labels (:func:`real_limits`, ``vidseg flow-limits``).
 
 The keyframe's *true* labels (100% mIoU at distance 0) are propagated to the next ``max_distance`` frames
 with (a) the exact flow and (b) OpenCV DIS presets, and mIoU against the true labels is measured per
@@ -22,11 +23,11 @@ import math
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-
 from .classes import CITYSCAPES
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .flow import FlowEstimator, compose_flows
 from .metrics import AccuracyByDistance
 from .synth import SyntheticDrive
@@ -196,6 +197,194 @@ def main(argv=None) -> int:
     print('flow ms/pair: ' + ', '.join(f'{m} {v:.1f}' for m, v in res['flow_ms_per_pair'].items())
           + f'; render ms/frame {res["render_ms_per_frame"]:.0f}')
     print(f'wrote {out / "limits.json"} and {out / "limits.png"}')
+    return 0
+
+
+# ------------------------------------------------------------------------------------ real frames
+REAL_FLOWS = ('ultrafast', 'fast', 'medium', 'ultrafast:finest_scale=0')
+
+
+def parse_flow_spec(spec: str):
+    """``PRESET[:KEY=VALUE[:...]]`` (e.g. ``ultrafast:finest_scale=0``) -> (preset, DIS parameters)."""
+    from .bench import parse_flow_params
+    preset, *params = [t.strip() for t in str(spec).split(':')]
+    if not preset:
+        raise ConfigError(f'flow setting must be PRESET[:KEY=VALUE...], got {spec!r}')
+    return preset, parse_flow_params(params)
+
+
+def real_limits(data=None, seqs=None, frames=30, scale=2, flows=REAL_FLOWS, max_distance=5, model=None,
+                progress=True) -> dict:
+    """Limits of flow propagation on *real* frames: the Cityscapes snippets, whose pseudo labels (a strong
+    network's, not human labels; there is no exact flow) stand in for the true labels.
+
+    Every frame's pseudo labels, at the working resolution (``1/scale``, nearest), are carried
+    1..``max_distance`` frames forward, chained frame to frame with the backward DIS field
+    ``flow(t, t-1)`` at its native resolution (what the pipeline does; nearest warp; samples from outside
+    the frame take the nearest border label) and scored against the pseudo labels of the frame they land
+    on, at full resolution. Distance 0 is the pseudo labels' own round trip through the working
+    resolution (the ceiling). With ``model`` (a ``load_model`` spec or instance), the keyframe network's
+    own labels of every frame are carried the same way, next to it ('network/...' columns; distance 0 =
+    its per-frame mIoU). One column per flow setting (``PRESET[:KEY=VALUE...]``, :func:`parse_flow_spec`).
+    """
+    from .bench import _load_seq
+    from .metrics import ConfusionMatrix
+    from .paths import shared_dir
+    from .pipeline import working_size
+    from .warp import make_remap
+
+    root = Path(data) if data else shared_dir() / 'data' / 'cityscapes_seq'
+    if not root.is_dir():
+        raise InputError(f'cityscapes_seq not found: {root} (set VIDSEG_SHARED or --data)')
+    seqs = list(seqs) if seqs else sorted(p.name for p in root.iterdir() if (p / 'pseudo_labels').is_dir())
+    if not seqs:
+        raise InputError(f'no snippet folders with pseudo_labels/ in {root}')
+    if int(frames) < 2 or int(max_distance) < 1:
+        raise ConfigError(f'frames must be >= 2 and max_distance >= 1, got {frames}, {max_distance}')
+    specs = [str(f) for f in flows]
+    if not specs:
+        raise ConfigError('at least one flow setting is needed')
+    estimators = {}
+    for spec in specs:
+        preset, params = parse_flow_spec(spec)
+        estimators[spec] = FlowEstimator('dis', preset=preset, **params)   # validates names and values
+    net = None
+    if model is not None:
+        from .models import load_model
+        from .propagation import semantics_from_segmentation
+        net = model if hasattr(model, 'segment') else load_model(model)
+        if net.class_set.num_classes != CITYSCAPES.num_classes:
+            raise ConfigError(f'--model must predict the {CITYSCAPES.num_classes} Cityscapes classes of the pseudo '
+                              f'labels, got {net.class_set.num_classes} classes')
+        class_map = np.asarray(net.output_to_class, np.uint8)
+    sources = ['pseudo'] + (['network'] if net is not None else [])
+    cols = [f'{src}/{spec}' for src in sources for spec in specs]
+    k = CITYSCAPES.num_classes
+    cms = {c: {} for c in cols}
+    flow_s = {spec: [] for spec in specs}
+    D = int(max_distance)
+    from tqdm import tqdm
+    bar = tqdm(total=len(seqs) * (1 + len(specs)), disable=not progress, desc='flow limits', unit='step')
+    for seq in seqs:
+        if not (root / seq).is_dir():
+            raise InputError(f'snippet folder not found: {root / seq}')
+        _, imgs, gts = _load_seq(root / seq, int(frames))
+        n = len(imgs)
+        size = (imgs[0].shape[1], imgs[0].shape[0])
+        ws = working_size(size, scale)
+        up = (lambda lab: cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)) if ws != size else (lambda lab: lab)
+        grays = [cv2.cvtColor(cv2.resize(im, ws, interpolation=cv2.INTER_AREA) if ws != size else im,
+                              cv2.COLOR_RGB2GRAY) for im in imgs]
+        start = {'pseudo': [cv2.resize(g, ws, interpolation=cv2.INTER_NEAREST) for g in gts]}
+        if net is not None:
+            bar.set_postfix_str(f'{seq}: keyframe network on {n} frames')
+            start['network'] = [semantics_from_segmentation(net.segment(im), class_map, ws).labels
+                                for im in imgs]
+        for src in sources:
+            for spec in specs:
+                cm0 = cms[f'{src}/{spec}'].setdefault(0, ConfusionMatrix(k))
+                for t in range(n):
+                    cm0.update(up(start[src][t]), gts[t])
+        bar.update(1)
+        for spec in specs:
+            bar.set_postfix_str(f'{seq}: {spec}')
+            maps = [None]
+            for t in range(1, n):
+                t0 = time.perf_counter()
+                fb = estimators[spec].compute_native(grays[t], grays[t - 1])      # flow(t, t-1)
+                flow_s[spec].append(time.perf_counter() - t0)
+                maps.append(make_remap(fb, ws))
+            for src in sources:
+                c = cms[f'{src}/{spec}']
+                for s0 in range(n - 1):
+                    lab = start[src][s0]
+                    for d in range(1, min(D, n - 1 - s0) + 1):
+                        rm = maps[s0 + d]
+                        lab = cv2.remap(lab, rm.map_x, rm.map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+                        c.setdefault(d, ConfusionMatrix(k)).update(up(lab), gts[s0 + d])
+            bar.update(1)
+    bar.close()
+    names = CITYSCAPES.names
+    return {
+        'data': str(root), 'seqs': seqs, 'frames': int(frames), 'scale': scale,
+        'working_size': list(ws), 'max_distance': D, 'flows': specs, 'columns': cols,
+        'miou_by_distance': {c: {d: float(m.miou()) for d, m in sorted(cms[c].items())} for c in cols},
+        'pixel_accuracy_by_distance': {c: {d: float(m.pixel_accuracy()) for d, m in sorted(cms[c].items())}
+                                       for c in cols},
+        'class_iou_by_distance': {c: {d: {names[i]: float(v) for i, v in enumerate(m.iou()) if np.isfinite(v)}
+                                      for d, m in sorted(cms[c].items())} for c in cols},
+        'flow_ms_per_field': {spec: 1000 * float(np.median(v)) if v else None for spec, v in flow_s.items()},
+        'flow_native_size': {spec: list(e.native_size(ws)) for spec, e in estimators.items()},
+    }
+
+
+THIN = ('pole', 'traffic light', 'traffic sign', 'person')
+
+
+def format_real_table(res: dict) -> str:
+    """mIoU by distance per column, then the thin classes' IoU at distance 0 and 1, then flow costs."""
+    cols = res['columns']
+    w = max(12, max(len(c) for c in cols) + 2)
+    lines = ['mIoU (%) against the pseudo labels, by distance (frames) from the frame whose labels are carried '
+             '(0 = its own labels at the working resolution)',
+             'dist' + ''.join(f'{c:>{w}}' for c in cols)]
+    for d in range(res['max_distance'] + 1):
+        vals = [res['miou_by_distance'][c].get(d) for c in cols]
+        lines.append(f'{d:4d}' + ''.join(f'{100 * v:{w}.2f}' if v is not None else f'{"-":>{w}}' for v in vals))
+    lines.append('loss at distance 1 (points): '
+                 + ', '.join(f'{c} {100 * (res["miou_by_distance"][c][0] - res["miou_by_distance"][c][1]):.2f}'
+                             for c in cols if 1 in res['miou_by_distance'][c]))
+    for d in (0, 1):
+        lines.append(f'thin-class IoU % at distance {d}: ' + '; '.join(
+            c + ' ' + ' / '.join(f'{100 * res["class_iou_by_distance"][c][d].get(n, float("nan")):.1f}' for n in THIN)
+            for c in cols if d in res['class_iou_by_distance'][c]) + f'  ({" / ".join(THIN)})')
+    lines.append('flow ms per field (median): ' + ', '.join(
+        f'{s} {v:.1f} (native {res["flow_native_size"][s][0]}x{res["flow_native_size"][s][1]})'
+        for s, v in res['flow_ms_per_field'].items() if v is not None))
+    return '\n'.join(lines)
+
+
+def plot_real(res: dict, path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, c in enumerate(res['columns']):
+        curve = res['miou_by_distance'][c]
+        ds = sorted(curve)
+        ax.plot(ds, [100 * curve[d] for d in ds], marker='o', ms=3, ls='--' if c.startswith('network') else '-',
+                color=f'C{res["flows"].index(c.split("/", 1)[1])}', label=c)
+    ax.set_xlabel('distance (frames)')
+    ax.set_ylabel('mIoU (%) vs pseudo labels')
+    ax.set_title(f'Carrying labels along DIS flow on real frames ({res["working_size"][0]}x{res["working_size"][1]})',
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path, dpi=120)
+
+
+def real_main(argv=None) -> int:
+    """``vidseg flow-limits``: :func:`real_limits` on the Cityscapes snippets; JSON, table and plot."""
+    p = argparse.ArgumentParser(prog='vidseg flow-limits', description=real_limits.__doc__.split('\n')[0])
+    p.add_argument('--data', default=None, help='folder of snippet folders (default ../shared cityscapes_seq)')
+    p.add_argument('--seqs', nargs='+', default=None)
+    p.add_argument('--frames', type=int, default=30)
+    p.add_argument('--scale', type=int, default=2, help='working resolution = input / scale (default 2)')
+    p.add_argument('--max-distance', type=int, default=5)
+    p.add_argument('--flows', nargs='+', default=list(REAL_FLOWS), metavar='PRESET[:KEY=VALUE...]')
+    p.add_argument('--model', default=None, help='also carry this keyframe network\'s own labels')
+    p.add_argument('--out', default='flow_limits', help='output folder for JSON and plot')
+    p.add_argument('--quiet', action='store_true')
+    a = p.parse_args(argv)
+    res = real_limits(a.data, a.seqs, a.frames, a.scale, a.flows, a.max_distance, a.model, progress=not a.quiet)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'flow_limits.json').write_text(json.dumps(res, indent=1))
+    plot_real(res, out / 'flow_limits.png')
+    print(format_real_table(res))
+    print(f'wrote {out / "flow_limits.json"} and {out / "flow_limits.png"}')
     return 0
 
 
