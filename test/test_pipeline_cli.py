@@ -308,6 +308,34 @@ def test_bench_on_tiny_synthetic_snippets(tmp_path):
     assert '| warp_s5 |' in (tmp_path / 'b' / 'bench.md').read_text()
 
 
+def test_bench_two_sided_delay_rows(tmp_path):
+    """`vidseg bench --two-sided-delays`: two-sided S=5 with a bounded wait. Delay 0 releases every frame
+    forward-only, so it is causal warp_s5 exactly; a delay of 2 fuses only the last two frames before
+    each keyframe."""
+    from vidseg_ros.core.bench import run_bench
+    from vidseg_ros.core.errors import ConfigError
+    data = _bench_snippets(tmp_path / 'seqdata', frames=6)
+    res = run_bench(model=ColourNet(), data=data, frames=6, scale=2, out=tmp_path / 'b', progress=False,
+                    refine=False, two_sided_delays=(2, 0, 2))
+    rows = {r['name']: r for r in res['rows']}
+    assert [n for n in rows if '_d' in n] == ['two_sided_s5_d0', 'two_sided_s5_d2']
+    d0, d2, warp, two = (rows[n] for n in ('two_sided_s5_d0', 'two_sided_s5_d2', 'warp_s5', 'two_sided_s5'))
+    assert d2['operating_point']['max_delay'] == 2 and d2['label'].endswith('2-sided max-delay 2')
+    assert d0['keyframes'] == d2['keyframes'] == warp['keyframes'] == 4
+    assert d0['miou'] == warp['miou'] and d0['iou'] == warp['iou']
+    assert warp['miou'] < d2['miou'] <= two['miou'] + 1e-9, (warp['miou'], d2['miou'], two['miou'])
+    # by distance: frames 1 and 2 after a keyframe are causal in d2, frames 3 and 4 fused
+    for d in (1, 2):
+        assert d2['miou_by_distance'][d] == warp['miou_by_distance'][d]
+    assert d2['miou_by_distance'][4] == two['miou_by_distance'][4]
+    with pytest.raises(ConfigError, match='max_delay'):
+        run_bench(model=ColourNet(), data=data, frames=6, out=tmp_path / 'c', progress=False, refine=False,
+                  two_sided_delays=(-1,))
+    with pytest.raises(ConfigError, match='two_sided=True'):
+        OperatingPoint('x', 2, 5, True, False, max_delay=2)
+    assert OperatingPoint.from_dict(d2['operating_point']).max_delay == 2
+
+
 def test_flow_limits_on_snippets(tmp_path, capsys):
     """`vidseg flow-limits`: pseudo labels (and a network's labels) carried along the backward DIS field
     follow the moving bands: better than holding them, worse with distance; JSON, table, plot, errors."""

@@ -20,6 +20,9 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
   causal: a frame's labels wait for the next keyframe; frames after a snippet's last keyframe stay
   forward-only). Charged on top of warp_sN: the backward warps and the fusion (to the propagated
   frames) and one forward flow field into each keyframe;
+* ``two_sided_s5_dN`` -- (``--two-sided-delays N ...``) as two_sided_s5 with at most N frames waiting for
+  the next keyframe (``max_delay``): a frame more than N frames before it goes out forward-only. N = 0
+  is causal warp_s5; N >= 4 is two_sided_s5;
 * ``hold_s5``        -- keyframe every 5 frames, labels held (W off);
 * ``adaptive``       -- AdaptiveSchedule (max interval 10, keyframe when the IAM inconsistent
   fraction of the last propagated frame reaches the threshold).
@@ -68,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--refiner', default='lowres', choices=REFINERS,
                    help="what the warp_iam rows refine with: 'lowres' (the stand-in: the network at 1/F of "
                         "its input size, default) or a learned temporal module of issue 4 (packaged weights)")
+    p.add_argument('--two-sided-delays', nargs='+', type=int, default=None, metavar='N',
+                   help='add two_sided_s5_dN rows: two-sided S=5 with at most N frames waiting for the next '
+                        'keyframe (the latency / accuracy trade-off of the delayed output)')
     p.add_argument('--out', default='bench_out', help='output folder (bench.json, bench.md, plots)')
     p.add_argument('-q', '--quiet', action='store_true')
 
@@ -78,7 +84,7 @@ def run_from_args(args) -> int:
                     flow_params=parse_flow_params(args.flow_param),
                     adaptive_threshold=args.adaptive_threshold, backend=args.backend, device=args.device,
                     refine=not args.no_refine, refine_factor=args.refine_factor, refiner=args.refiner,
-                    out=args.out, progress=not args.quiet)
+                    two_sided_delays=args.two_sided_delays, out=args.out, progress=not args.quiet)
     print(res['table_md'])
     print(f'\nwrote {Path(args.out) / "bench.json"}, bench.md, accuracy_vs_distance.png, speed_vs_accuracy.png')
     return 0
@@ -107,7 +113,7 @@ def parse_flow_params(items) -> dict:
     return out
 
 
-def _rows(refine: bool, adaptive_threshold: float, scale: int):
+def _rows(refine: bool, adaptive_threshold: float, scale: int, two_sided_delays=()):
     from .schedule import OperatingPoint
     rows = [OperatingPoint('per_frame', scale, 1, True, False)]
     for s in (2, 3, 5, 10):
@@ -117,6 +123,8 @@ def _rows(refine: bool, adaptive_threshold: float, scale: int):
             rows.append(OperatingPoint(f'warp_iam_s{s}', scale, s, True, True))
     for s in (2, 3, 5, 10):
         rows.append(OperatingPoint(f'two_sided_s{s}', scale, s, True, False, two_sided=True))
+    for d in sorted(set(int(d) for d in two_sided_delays or ())):
+        rows.append(OperatingPoint(f'two_sided_s5_d{int(d)}', scale, 5, True, False, two_sided=True, max_delay=d))
     rows.append(OperatingPoint('hold_s5', scale, 5, False, False))
     rows.append(OperatingPoint('adaptive', scale, 10, True, False,
                                schedule={'type': 'adaptive', 'max_interval': 10, 'min_interval': 2,
@@ -166,7 +174,8 @@ def _load_seq(folder: Path, n: int):
 
 def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=30, scale=2,
               flow_preset='ultrafast', adaptive_threshold=0.1, backend='auto', device='cpu', flow_params=None,
-              refine=True, refine_factor=2, refiner='lowres', out='bench_out', progress=True) -> dict:
+              refine=True, refine_factor=2, refiner='lowres', two_sided_delays=None, out='bench_out',
+              progress=True) -> dict:
     """Run the benchmark (see module docstring); writes bench.json, bench.md and two plots to ``out``.
 
     ``model``: a spec for ``load_model`` or a KeyframeModel instance. ``data``: a folder of snippet
@@ -209,7 +218,7 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
     refiner_base = make_low_res_refiner(net, refine_factor) if (refine and learned is None) else None
     prop_flow = FlowEstimator('dis', preset=flow_preset, **(flow_params or {}))
     tc_flow = FlowEstimator('dis', preset='medium')
-    rows = _rows(refine, adaptive_threshold, scale)
+    rows = _rows(refine, adaptive_threshold, scale, two_sided_delays)
 
     acc = {op.name: {'cm': ConfusionMatrix(k), 'tc': ConfusionMatrix(k), 'dist': AccuracyByDistance(k),
                      'charged': 0.0, 'frames': 0, 'kf': 0, 'kf_cost': 0.0, 'prop_cost': 0.0, 'prop_n': 0,
@@ -257,7 +266,7 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
             runner = None
             if op.two_sided:
                 from .bidirectional import TwoSidedSegmenter
-                runner = TwoSidedSegmenter(vs)
+                runner = TwoSidedSegmenter(vs, max_delay=op.max_delay)
             prev_lab = None
             waiting = []    # frame indices whose (two-sided) output is not final yet
 
@@ -405,7 +414,7 @@ def _plots(result: dict, out_dir: Path) -> None:
     styles = (('warp_iam', ':'), ('two_sided', '--'), ('hold', '-.'), ('warp', '-'))
     colours = {}
     for r in result['rows']:
-        if r['name'] in ('per_frame',) or not r['miou_by_distance']:
+        if r['name'] in ('per_frame',) or not r['miou_by_distance'] or r['operating_point'].get('max_delay') is not None:
             continue
         fam = next((f for f, _ in styles if r['name'].startswith(f)), None)
         if fam is None:

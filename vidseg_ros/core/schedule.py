@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from .errors import ConfigError, InputError
 
@@ -73,7 +73,9 @@ class OperatingPoint:
 
     ``schedule`` optionally overrides the keyframe schedule (a spec for :func:`make_schedule`);
     None means ``FixedSchedule(interval)``. ``two_sided``: delayed two-sided propagation
-    (``bidirectional.py``: the next keyframe carried back and fused in; offline / latency-tolerant).
+    (``bidirectional.py``: the next keyframe carried back and fused in; offline / latency-tolerant);
+    ``max_delay`` (frames, two-sided only; None = until the next keyframe) bounds how many frames wait
+    for it: older ones go out forward-only (``TwoSidedBuffer``).
     """
 
     name: str = 'custom'
@@ -83,6 +85,7 @@ class OperatingPoint:
     refine: bool = False
     schedule: Any = None
     two_sided: bool = False
+    max_delay: Optional[int] = None
 
     def __post_init__(self):
         self.scale = _check_num('scale', self.scale, 1, 16, integer=True)
@@ -95,6 +98,10 @@ class OperatingPoint:
         if self.two_sided and (self.refine or not self.warp):
             raise ConfigError('two_sided=True fuses plain warping from both sides: it needs warp=True and '
                               'refine=False')
+        if self.max_delay is not None:
+            if not self.two_sided:
+                raise ConfigError('max_delay bounds the wait of two-sided propagation: it needs two_sided=True')
+            self.max_delay = _check_num('max_delay', self.max_delay, 0, 10000, integer=True)
         self.name = str(self.name)
         if self.schedule is not None:
             make_schedule(self.schedule)  # validate early
@@ -110,7 +117,7 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> 'OperatingPoint':
-        known = {'name', 'scale', 'interval', 'warp', 'refine', 'schedule', 'two_sided'}
+        known = {'name', 'scale', 'interval', 'warp', 'refine', 'schedule', 'two_sided', 'max_delay'}
         extra = set(d) - known
         if extra:
             raise ConfigError(f'unknown operating point key(s) {sorted(extra)} (known: {sorted(known)})')
@@ -119,7 +126,8 @@ class OperatingPoint:
     def label(self) -> str:
         """Short human label, e.g. ``D2 S5 W+ R-``."""
         return (f'D{self.scale} S{self.interval} W{"+" if self.warp else "-"} R{"+" if self.refine else "-"}'
-                + (' 2-sided' if self.two_sided else ''))
+                + (' 2-sided' if self.two_sided else '')
+                + (f' max-delay {self.max_delay}' if self.max_delay is not None else ''))
 
 
 def _presets() -> dict:
