@@ -199,3 +199,11 @@ def test_graph_bench_reports_the_delayed_topic():
          'paced': summarize(rec, sent)}
     assert r['paced']['two_sided']['in_stamp_order'] is True
     assert 'delayed topic (two-sided): 3 labels (3 not out at the end' in format_table(r)
+    assert 'fused' not in format_table(r)
+    # the propagation node's counters over the phase: how many delayed labels were actually fused
+    before = {'vidseg: propagation_node': {'two_sided_fused': '4', 'two_sided_forward_only': '1'}}
+    after = {'vidseg: propagation_node': {'two_sided_fused': '6', 'two_sided_forward_only': '2',
+                                          'two_sided_keyframes': '1'}}
+    r['paced'] = summarize(rec, sent, before, after)
+    assert r['paced']['diagnostics']['propagation_node']['two_sided_fused'] == 2
+    assert 'in stamp order: True; fused 2, forward-only 1, keyframes 1' in format_table(r)

@@ -327,7 +327,8 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
             'propagation_node': _diag_delta(diag_before, diag_after, 'vidseg: propagation_node',
                                             ('frames_in', 'frames_out', 'degraded', 'drops', 'dropped_overflow',
                                              'flow_timeouts', 'out_of_order', 'late_flows', 'keyframes_late',
-                                             'keyframes_on_time', 'keyframe_wait_expired')),
+                                             'keyframes_on_time', 'keyframe_wait_expired', 'two_sided_fused',
+                                             'two_sided_forward_only', 'two_sided_keyframes')),
             'keyframe_node': _diag_delta(diag_before, diag_after, 'vidseg: keyframe_node',
                                          ('frames', 'keyframes', 'skipped_busy', 'errors')),
             'flow_node': _diag_delta(diag_before, diag_after, 'vidseg: flow_node', ('frames', 'flows')),
@@ -645,12 +646,22 @@ def format_table(r: dict) -> str:
         if t:
             out.append(f"{ph}: delayed topic (two-sided): {t['frames_out']} labels ({t['pending']} not out at the end: "
                        f"waiting for a next keyframe, or dropped), latency median {t['latency_median_ms']:.0f} ms, "
-                       f"p99 {t['latency_p99_ms']:.0f} ms, in stamp order: {t['in_stamp_order']}")
+                       f"p99 {t['latency_p99_ms']:.0f} ms, in stamp order: {t['in_stamp_order']}"
+                       + _two_sided_kinds(r[ph]))
     for ph in ('paced', 'max'):
         if r.get(ph, {}).get('node_cost_mean_ms'):
             out.append(f"{ph}: mean cost per call (ms, last 100): " + ', '.join(
                 f'{k} {f(v)}' for k, v in r[ph]['node_cost_mean_ms'].items()))
     return '\n'.join(out)
+
+
+def _two_sided_kinds(phase: dict) -> str:
+    """'; fused N, forward-only M, keyframes K' from the propagation node's counters over the phase."""
+    d = phase.get('diagnostics', {}).get('propagation_node', {})
+    kinds = [(k, d.get(f'two_sided_{k}')) for k in ('fused', 'forward_only', 'keyframes')]
+    if all(v is None for _, v in kinds):
+        return ''
+    return '; ' + ', '.join(f"{k.replace('_', '-')} {int(v) if v is not None else '-'}" for k, v in kinds)
 
 
 def build_parser() -> argparse.ArgumentParser:
