@@ -168,10 +168,30 @@ def test_buffer_late_keyframe_result():
     assert [(o.frame_id, o.lookahead, o.is_keyframe) for o in rel] == [(1, 2, False), (2, 1, False), (3, 0, True)]
     assert [int(np.bincount(o.labels.ravel()).argmax()) for o in rel] == [0, 1, 1]   # nearer side wins
     assert rel[2].distance == 0 and (rel[2].labels == 1).all()
-    assert [o.frame_id for o, _ in buf._held] == [4, 5]
+    assert [h[0].frame_id for h in buf._held] == [4, 5]
     assert buf.keyframe(2, uniform(1)) == [] and buf.stats['keyframe_not_held'] == 1
     rel = buf.push(_out(6, uniform(1), 0, kf=True), ZERO)
     assert [(o.frame_id, o.lookahead) for o in rel] == [(4, 2), (5, 1), (6, 0)]
+
+
+def test_buffer_time_bound():
+    """max_wait_s: a frame held longer than the bound goes out forward-only, in frame order, on the next
+    push or expire() (a node calls it from a timer); younger frames keep waiting for the keyframe."""
+    buf = TwoSidedBuffer(max_wait_s=0.1)
+    assert buf.push(_out(0, uniform(0), 0, kf=True), now=0.0)[0].frame_id == 0
+    assert buf.push(_out(1, uniform(0), 1), ZERO, now=0.0) == []
+    assert buf.push(_out(2, uniform(0), 2), ZERO, now=0.05) == []
+    rel = buf.push(_out(3, uniform(0), 3), ZERO, now=0.12)          # frame 1 waited 0.12 s
+    assert [(o.frame_id, o.lookahead) for o in rel] == [(1, 0)]
+    assert buf.expire(now=0.14) == []                                # frame 2: 0.09 s
+    assert [o.frame_id for o in buf.expire(now=0.2)] == [2] and len(buf) == 1
+    rel = buf.push(_out(4, uniform(1), 0, kf=True), ZERO, now=0.21)  # frame 3 (0.09 s) is fused
+    assert [(o.frame_id, o.lookahead) for o in rel] == [(3, 1), (4, 0)]
+    assert buf.stats['forward_only'] == 2 and buf.stats['fused'] == 1
+    assert TwoSidedBuffer().expire(now=1e9) == []                    # no bound: nothing expires
+    for bad in (-0.1, float('nan')):
+        with pytest.raises(ConfigError, match='max_wait_s'):
+            TwoSidedBuffer(max_wait_s=bad)
 
 
 def test_graph_bench_reports_the_delayed_topic():

@@ -909,6 +909,31 @@ def test_caching_node_sorts_the_cached_maps_it_gets(ros_domain, shared):
         _close(node)
 
 
+def test_propagation_node_two_sided_time_bound(ros_domain):
+    """two_sided_max_wait_s: the node's timer releases frames that waited longer than the bound
+    forward-only, even when no new frame comes; the causal topic is unaffected."""
+    from vidseg_ros.ros.conversions import stamp_to_ns
+    W, H = 64, 48
+    node = _prop({'two_sided': True, 'two_sided_max_wait_s': 0.2, 'flow_timeout': 5.0})
+    node.two_pub = two = Rec()
+    try:
+        assert node.two.max_wait_s == 0.2
+        T = [10**10 + i * 33_000_000 for i in range(4)]
+        out = lambda: [stamp_to_ns(m.header.stamp) for m in two.msgs]  # noqa: E731
+        _first_frame(node, T[0], W, H, keyframe=lambda n, ns, w, h: _keyframe(n, ns, w, h, cls=3))
+        for i in (1, 2):
+            _decision(node, T[i])
+            node.on_image(_img(W, H, T[i]))
+            node.on_flow(_flow(W, H, T[i]))
+        node.pump()
+        assert out() == [T[0]] and len(node.labels_pub.msgs) == 3    # held: younger than 0.2 s
+        time.sleep(0.3)
+        node.pump()                                                  # what the node's timer does
+        assert out() == T[:3] and node.counts['two_sided_forward_only'] == 2
+    finally:
+        _close(node)
+
+
 def test_propagation_node_two_sided_topic(ros_domain):
     """two_sided:=true: every camera frame reaches /semantic/labels_two_sided once, in stamp order, on its
     own header. A late keyframe result fuses the frames before it; a flow stepped without its image

@@ -22,7 +22,8 @@ forward field that forward propagation would not compute). Latency: a frame's fu
 when the next keyframe's result does, i.e. up to S - 1 frames plus one keyframe pass later.
 
 :class:`TwoSidedBuffer` holds the forward outputs until the next keyframe and releases them in frame
-order (``max_delay`` bounds the wait: older frames go out forward-only). :class:`TwoSidedSegmenter`
+order (``max_delay`` bounds the wait in frames, ``max_wait_s`` in seconds: older frames go out
+forward-only). :class:`TwoSidedSegmenter`
 wraps a ``pipeline.VideoSegmenter`` (``vidseg run --two-sided``, the ``two_sided_sN`` rows of
 ``vidseg bench``).
 """
@@ -113,17 +114,24 @@ class TwoSidedBuffer:
     resolution), and returns the outputs that are now final, in frame order. At a keyframe the frames
     held since the previous one come out fused; a broken link (a frame without ``flow_fwd``) ends the
     backward chain, and the frames before it come out forward-only. ``max_delay`` (frames; None =
-    unbounded) releases the oldest held frame forward-only when more are held. Frames before the
+    unbounded) releases the oldest held frame forward-only when more are held; ``max_wait_s`` (seconds;
+    None = unbounded) releases every frame held longer than that (by the ``now`` given to :meth:`push`
+    and :meth:`expire`, default ``time.monotonic()``; a live node calls :meth:`expire` from a timer, so
+    the bound holds when no new frame comes). Frames before the
     first keyframe (no forward semantics) take the backward-carried semantics alone, their warp holes
     filled when ``fill_holes`` (the Propagator's setting). Elsewhere the carried-back chain keeps its
     holes void, so that the forward side wins there (it saw the content that left the view).
     ``stats``: frames, fused, forward_only (released without the later keyframe), backward_only.
     """
 
-    def __init__(self, max_delay: Optional[int] = None, fill_holes: bool = True):
+    def __init__(self, max_delay: Optional[int] = None, fill_holes: bool = True,
+                 max_wait_s: Optional[float] = None):
         if max_delay is not None and int(max_delay) < 0:
             raise ConfigError(f'max_delay must be >= 0 frames or None, got {max_delay}')
         self.max_delay = None if max_delay is None else int(max_delay)
+        if max_wait_s is not None and not float(max_wait_s) >= 0:
+            raise ConfigError(f'max_wait_s must be >= 0 seconds or None, got {max_wait_s}')
+        self.max_wait_s = None if max_wait_s is None else float(max_wait_s)
         self.fill_holes = bool(fill_holes)
         self._held: deque = deque()
         self.stats = dict(frames=0, fused=0, forward_only=0, backward_only=0)
@@ -132,7 +140,7 @@ class TwoSidedBuffer:
     def __len__(self) -> int:
         return len(self._held)
 
-    def push(self, out: FrameOutput, flow_fwd=None) -> list:
+    def push(self, out: FrameOutput, flow_fwd=None, now: Optional[float] = None) -> list:
         if not isinstance(out, FrameOutput):
             raise InputError(f'TwoSidedBuffer.push expects a FrameOutput, got {type(out).__name__}')
         if flow_fwd is not None:
@@ -145,9 +153,20 @@ class TwoSidedBuffer:
             released = self._resolve(out.semantics, flow_fwd)
             released.append(out)
             return released
-        self._held.append((out, flow_fwd))
+        now = time.monotonic() if now is None else float(now)
+        self._held.append((out, flow_fwd, now))
         released = []
         while self.max_delay is not None and len(self._held) > self.max_delay:
+            released.append(self._forward_only(self._held.popleft()[0]))
+        return released + self.expire(now)
+
+    def expire(self, now: Optional[float] = None) -> list:
+        """Release (forward-only, in frame order) the frames held longer than ``max_wait_s``."""
+        if self.max_wait_s is None:
+            return []
+        now = time.monotonic() if now is None else float(now)
+        released = []
+        while self._held and now - self._held[0][2] > self.max_wait_s:
             released.append(self._forward_only(self._held.popleft()[0]))
         return released
 
@@ -157,13 +176,13 @@ class TwoSidedBuffer:
         carried back, then the frame itself with the keyframe's semantics; frames held after it stay (their
         forward semantics came from the older keyframe). A frame no longer held: nothing (counted in
         ``stats['keyframe_not_held']``)."""
-        ids = [o.frame_id for o, _ in self._held]
+        ids = [h[0].frame_id for h in self._held]
         if frame_id not in ids:
             self.stats['keyframe_not_held'] = self.stats.get('keyframe_not_held', 0) + 1
             return []
         i = ids.index(frame_id)
         held = list(self._held)
-        o, f = held[i]
+        o, f, _ = held[i]
         self._held = deque(held[:i])
         released = self._resolve(sem, f)
         released.append(replace(o, labels=sem.labels, confidence=confidence_map(sem), semantics=sem,
@@ -173,7 +192,7 @@ class TwoSidedBuffer:
 
     def flush(self) -> list:
         """End of the stream: release every held frame forward-only."""
-        out = [self._forward_only(o) for o, _ in self._held]
+        out = [self._forward_only(h[0]) for h in self._held]
         self._held.clear()
         return out
 
@@ -188,7 +207,7 @@ class TwoSidedBuffer:
         fused = [None] * len(held)
         sem_b, link, d_b = kf_sem, kf_flow, 0
         for i in range(len(held) - 1, -1, -1):
-            o, f = held[i]
+            o, f, _ = held[i]
             if link is None:
                 break
             # the carried-back chain keeps its holes void (content that left the view going forward):

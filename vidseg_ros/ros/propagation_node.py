@@ -138,7 +138,11 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
                      'keyframe is in, fused with it carried back (delayed; plain warp only; core/bidirectional.py)')
         self.declare('two_sided_max_delay', 10, 'two_sided: frames a frame waits for the next keyframe before '
-                     'it is published forward-only', int_range=(0, 1000))
+                     'it is published forward-only (the frames that arrive during the keyframe pass count)',
+                     int_range=(0, 1000))
+        self.declare('two_sided_max_wait_s', 0.0, 'two_sided: seconds a frame waits (from its processing) for '
+                     'the next keyframe before it is published forward-only; 0 = no time bound',
+                     float_range=(0.0, 3600.0))
         self.declare('model', 'default', 'model for the refiner (refine:=true)')
         self.declare('weights', '', 'refiner weights (empty = from the model spec)')
         self.declare('device', 'cpu', 'refiner device')
@@ -169,7 +173,7 @@ class PropagationNode(VidsegLifecycleNode):
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
                         'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
-                        'source_timeout', 'two_sided', 'two_sided_max_delay',
+                        'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
         qos = input_qos(p['input_qos'], p['queue_depth'])
         check(p['confidence_decay'] > 0, f'confidence_decay must be in (0, 1], got {p["confidence_decay"]}')
@@ -223,7 +227,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.two_chain_broken = False   # a frame was stepped that the two-sided buffer did not see
         if p['two_sided']:
             from vidseg_ros.core.bidirectional import TwoSidedBuffer
-            self.two = TwoSidedBuffer(max_delay=p['two_sided_max_delay'])
+            self.two = TwoSidedBuffer(max_delay=p['two_sided_max_delay'],
+                                      max_wait_s=p['two_sided_max_wait_s'] or None)
             self.two_pub = self.pub(Image, graph.LABELS_TWO_SIDED_TOPIC, reliable_qos(10))
         self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
         self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
@@ -528,6 +533,8 @@ class PropagationNode(VidsegLifecycleNode):
             return
         now = time.monotonic()
         p = self.cfg
+        if self.two is not None and self.two.max_wait_s is not None:   # the two-sided topic's time bound
+            self._two_sided_publish(self.two.expire(now))
         flow_silent = self._silent(self.flow_owed_since, now)
         while self.slots:
             ns, s = next(iter(self.slots.items()))
