@@ -155,6 +155,22 @@ class _CachedRefiner:
         return p
 
 
+def resolve_snippets(data=None, seqs=None):
+    """(root, snippet names) of a cityscapes_seq-like folder (default ``../shared``'s): every sub-folder
+    with ``pseudo_labels/`` unless ``seqs`` names them; InputError naming what is missing."""
+    from .paths import shared_dir
+    root = Path(data) if data else shared_dir() / 'data' / 'cityscapes_seq'
+    if not root.is_dir():
+        raise InputError(f'cityscapes_seq not found: {root} (set VIDSEG_SHARED or --data)')
+    seqs = list(seqs) if seqs else sorted(p.name for p in root.iterdir() if (p / 'pseudo_labels').is_dir())
+    if not seqs:
+        raise InputError(f'no snippet folders with pseudo_labels/ in {root}')
+    for s in seqs:
+        if not (root / s).is_dir():
+            raise InputError(f'snippet folder not found: {root / s}')
+    return root, seqs
+
+
 def _load_seq(folder: Path, n: int):
     from .io import read_image, read_label_png
     imgs = sorted(p for p in folder.iterdir() if p.suffix.lower() in ('.jpg', '.png') and p.is_file())
@@ -186,22 +202,13 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
     from .io import write_json
     from .metrics import AccuracyByDistance, ConfusionMatrix
     from .models import load_model
-    from .paths import shared_dir
     from .pipeline import VideoSegmenter, make_low_res_refiner, working_size
     from .propagation import semantics_from_segmentation
     from .warp import warp_labels
 
     t_start = time.perf_counter()
     out_dir = Path(out)
-    root = Path(data) if data else shared_dir() / 'data' / 'cityscapes_seq'
-    if not root.is_dir():
-        raise InputError(f'cityscapes_seq not found: {root} (set VIDSEG_SHARED or --data)')
-    seqs = list(seqs) if seqs else sorted(p.name for p in root.iterdir() if (p / 'pseudo_labels').is_dir())
-    if not seqs:
-        raise InputError(f'no snippet folders with pseudo_labels/ in {root}')
-    for s in seqs:
-        if not (root / s).is_dir():
-            raise InputError(f'snippet folder not found: {root / s}')
+    root, seqs = resolve_snippets(data, seqs)
     if int(frames) < 2:
         raise InputError(f'--frames must be >= 2, got {frames}')
     net = model if hasattr(model, 'segment') else load_model(model, weights=weights, device=device,

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from .classes import CITYSCAPES
-from .errors import ConfigError, InputError
+from .errors import ConfigError
 from .flow import FlowEstimator, compose_flows
 from .metrics import AccuracyByDistance
 from .synth import SyntheticDrive
@@ -227,18 +227,12 @@ def real_limits(data=None, seqs=None, frames=30, scale=2, flows=REAL_FLOWS, max_
     own labels of every frame are carried the same way, next to it ('network/...' columns; distance 0 =
     its per-frame mIoU). One column per flow setting (``PRESET[:KEY=VALUE...]``, :func:`parse_flow_spec`).
     """
-    from .bench import _load_seq
+    from .bench import _load_seq, resolve_snippets
     from .metrics import ConfusionMatrix
-    from .paths import shared_dir
     from .pipeline import working_size
     from .warp import make_remap
 
-    root = Path(data) if data else shared_dir() / 'data' / 'cityscapes_seq'
-    if not root.is_dir():
-        raise InputError(f'cityscapes_seq not found: {root} (set VIDSEG_SHARED or --data)')
-    seqs = list(seqs) if seqs else sorted(p.name for p in root.iterdir() if (p / 'pseudo_labels').is_dir())
-    if not seqs:
-        raise InputError(f'no snippet folders with pseudo_labels/ in {root}')
+    root, seqs = resolve_snippets(data, seqs)
     if int(frames) < 2 or int(max_distance) < 1:
         raise ConfigError(f'frames must be >= 2 and max_distance >= 1, got {frames}, {max_distance}')
     specs = [str(f) for f in flows]
@@ -266,8 +260,6 @@ def real_limits(data=None, seqs=None, frames=30, scale=2, flows=REAL_FLOWS, max_
     from tqdm import tqdm
     bar = tqdm(total=len(seqs) * (1 + len(specs)), disable=not progress, desc='flow limits', unit='step')
     for seq in seqs:
-        if not (root / seq).is_dir():
-            raise InputError(f'snippet folder not found: {root / seq}')
         _, imgs, gts = _load_seq(root / seq, int(frames))
         n = len(imgs)
         size = (imgs[0].shape[1], imgs[0].shape[0])
