@@ -359,7 +359,10 @@ def plot_real(res: dict, path) -> None:
 
 def real_main(argv=None) -> int:
     """``vidseg flow-limits``: :func:`real_limits` on the Cityscapes snippets; JSON, table and plot."""
-    p = argparse.ArgumentParser(prog='vidseg flow-limits', description=real_limits.__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(prog='vidseg flow-limits', description=(
+        'Limits of flow propagation on real frames: the pseudo labels (and, with --model, a keyframe network\'s '
+        'labels) of every frame of the Cityscapes snippets carried 1..N frames along DIS flow, mIoU by distance '
+        'against the pseudo labels (BENCHMARKS.md section 8.1).'))
     p.add_argument('--data', default=None, help='folder of snippet folders (default ../shared cityscapes_seq)')
     p.add_argument('--seqs', nargs='+', default=None)
     p.add_argument('--frames', type=int, default=30)
