@@ -135,6 +135,7 @@ def test_launch_declares_arguments(monkeypatch):
     ({'operating_point': 'warp_s5'}, ['--operating-point', 'warp_s5']),
     ({'temporal_mode': 'region'}, ['--temporal-mode', 'region']),
     ({'temporal_mode': 'cache2'}, ['--temporal-mode', 'cache2']),
+    ({'two_sided': 'true', 'two_sided_max_wait_s': '0.45'}, ['--two-sided', '--two-sided-max-wait', '0.45']),
 ])
 def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     _, actions = _expand(_load(monkeypatch), **overrides)
@@ -171,6 +172,11 @@ def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
             {'cache2': 2}.get(overrides['temporal_mode'])
     else:
         assert all('temporal_mode' not in a.kwargs['parameters'][1] for a in actions)
+    prop = actions[2].kwargs['parameters'][1]
+    if overrides.get('two_sided'):
+        assert prop['two_sided'] is True and prop['two_sided_max_wait_s'] == 0.45
+    else:
+        assert 'two_sided' not in prop and 'two_sided_max_wait_s' not in prop
 
 
 def test_bad_schedule_is_a_clear_error(monkeypatch):
@@ -178,6 +184,9 @@ def test_bad_schedule_is_a_clear_error(monkeypatch):
     mod = _load(monkeypatch)
     with pytest.raises(ConfigError, match='interval'):
         _expand(mod, schedule='fixed:0')
+    for bad in ('-1', 'soon', 'nan'):
+        with pytest.raises(ConfigError, match='two_sided_max_wait_s'):
+            _expand(mod, two_sided='true', two_sided_max_wait_s=bad)
     assert runner.main(['--schedule', 'fixed:0']) == 2
     assert runner.main(['--param', 'nonode:x=1']) == 2
     with pytest.raises(ConfigError, match="temporal_mode 'magic' is not available in the propagation node"):

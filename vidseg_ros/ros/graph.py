@@ -66,6 +66,9 @@ LAUNCH_ARGUMENTS = (
                           'davss, region, cache1 or cache2 (default: from the config)'),
     ('two_sided', '', 'true: also publish ' + LABELS_TWO_SIDED_TOPIC + ', each frame delayed until the next '
                       'keyframe and fused with it carried back (plain warp only; default: from the config)'),
+    ('two_sided_max_wait_s', '', 'with two_sided: seconds a frame may wait for the next keyframe before it goes '
+                                 'out forward-only on the two-sided topic (0 = no time bound; default: from '
+                                 'the config)'),
 )
 
 #: temporal modes the propagation node runs (cache1/cache2: with the keyframe node's cached maps)
@@ -126,7 +129,8 @@ def _truthy(v) -> bool:
 
 def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time=False,
                 model: str = '', weights: str = '', device: str = '', schedule: str = '',
-                operating_point: str = '', temporal_mode: str = '', two_sided='') -> list:
+                operating_point: str = '', temporal_mode: str = '', two_sided='',
+                two_sided_max_wait_s='') -> list:
     """The processes of the graph (managed nodes in activation order, then the manager)."""
     config = config or default_config_path()
     if not Path(config).is_file():
@@ -160,6 +164,14 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
             per_node['keyframe_node']['cache_levels'] = CACHE_LEVELS[temporal_mode]
     if str(two_sided).strip():
         per_node['propagation_node']['two_sided'] = _truthy(two_sided)
+    if str(two_sided_max_wait_s).strip():
+        try:
+            wait = float(two_sided_max_wait_s)
+        except ValueError:
+            wait = float('nan')
+        if not 0.0 <= wait <= 3600.0:
+            raise ConfigError(f'two_sided_max_wait_s must be seconds in [0, 3600], got {two_sided_max_wait_s!r}')
+        per_node['propagation_node']['two_sided_max_wait_s'] = wait
     for key, val in (('model', model), ('weights', weights), ('device', device)):
         if val:  # the propagation node's refiner (refine:=true) uses the same network
             per_node['keyframe_node'][key] = val

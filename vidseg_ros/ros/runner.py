@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--two-sided', action='store_true',
                     help=f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame delayed until the next keyframe '
                          'and fused with it carried back (core/bidirectional.py)')
+    ap.add_argument('--two-sided-max-wait', default='', metavar='SECONDS',
+                    help='with --two-sided: seconds a frame may wait for the next keyframe before it goes out '
+                         'forward-only on the two-sided topic (0 = no time bound; default: from the config)')
     ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
                     help='extra parameter override (repeatable), e.g. keyframe_node:input_size=512x256')
     ap.add_argument('--executables', action='store_true',
@@ -84,7 +87,8 @@ def commands(args) -> list:
     invs = graph.invocations(camera_topic=args.camera_topic, config=args.config, use_sim_time=args.use_sim_time,
                              model=args.model, weights=args.weights, device=args.device,
                              schedule=args.schedule, operating_point=args.operating_point,
-                             temporal_mode=args.temporal_mode, two_sided='true' if args.two_sided else '')
+                             temporal_mode=args.temporal_mode, two_sided='true' if args.two_sided else '',
+                             two_sided_max_wait_s=args.two_sided_max_wait)
     by_name = {i.name: i for i in invs}
     for text in args.param:
         node, name, val = parse_param(text)
