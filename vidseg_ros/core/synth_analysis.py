@@ -272,11 +272,12 @@ def real_limits(data=None, seqs=None, frames=30, scale=2, flows=REAL_FLOWS, max_
             bar.set_postfix_str(f'{seq}: keyframe network on {n} frames')
             start['network'] = [semantics_from_segmentation(net.segment(im), class_map, ws).labels
                                 for im in imgs]
-        for src in sources:
-            for spec in specs:
-                cm0 = cms[f'{src}/{spec}'].setdefault(0, ConfusionMatrix(k))
-                for t in range(n):
-                    cm0.update(up(start[src][t]), gts[t])
+        for src in sources:   # distance 0 does not depend on the flow: one matrix, shared by the columns
+            cm0 = cms[f'{src}/{specs[0]}'].setdefault(0, ConfusionMatrix(k))
+            for t in range(n):
+                cm0.update(up(start[src][t]), gts[t])
+            for spec in specs[1:]:
+                cms[f'{src}/{spec}'][0] = cm0
         bar.update(1)
         for spec in specs:
             bar.set_postfix_str(f'{seq}: {spec}')
@@ -343,7 +344,7 @@ def plot_real(res: dict, path) -> None:
 
     from .io import save_figure
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, c in enumerate(res['columns']):
+    for c in res['columns']:
         curve = res['miou_by_distance'][c]
         ds = sorted(curve)
         ax.plot(ds, [100 * curve[d] for d in ds], marker='o', ms=3, ls='--' if c.startswith('network') else '-',
