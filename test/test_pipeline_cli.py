@@ -374,6 +374,9 @@ def test_flow_limits_on_snippets(tmp_path, capsys):
         sa.real_limits(data, frames=4, flows=('ultrafast:finest_scale',), progress=False)
     with pytest.raises(InputError, match='cityscapes_seq not found'):
         sa.real_limits(tmp_path / 'nowhere', progress=False)
+    for bad in (0, 1.5, 'two'):
+        with pytest.raises(ConfigError, match='scale'):
+            sa.real_limits(data, frames=4, scale=bad, progress=False)
 
 
 def test_bench_flow_params(tmp_path):

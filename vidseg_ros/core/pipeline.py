@@ -42,7 +42,12 @@ STAGES = ('flow', 'keyframe', 'warp', 'iam', 'refine', 'upsample', 'total')
 def working_size(size_wh, scale: int) -> tuple:
     """Working resolution (w, h) for an input of ``size_wh`` and downscale factor D (rounded, >= 8 px)."""
     w, h = int(size_wh[0]), int(size_wh[1])
-    d = int(scale)
+    try:
+        d = int(scale)
+    except (TypeError, ValueError):
+        d = 0
+    if d < 1 or d != scale:
+        raise ConfigError(f'scale (the downscale D) must be an integer >= 1, got {scale!r}')
     return (max(8, int(round(w / d))), max(8, int(round(h / d))))
 
 
