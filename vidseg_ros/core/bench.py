@@ -124,7 +124,7 @@ def _rows(refine: bool, adaptive_threshold: float, scale: int, two_sided_delays=
     for s in (2, 3, 5, 10):
         rows.append(OperatingPoint(f'two_sided_s{s}', scale, s, True, False, two_sided=True))
     for d in sorted(set(int(d) for d in two_sided_delays or ())):
-        rows.append(OperatingPoint(f'two_sided_s5_d{int(d)}', scale, 5, True, False, two_sided=True, max_delay=d))
+        rows.append(OperatingPoint(f'two_sided_s5_d{d}', scale, 5, True, False, two_sided=True, max_delay=d))
     rows.append(OperatingPoint('hold_s5', scale, 5, False, False))
     rows.append(OperatingPoint('adaptive', scale, 10, True, False,
                                schedule={'type': 'adaptive', 'max_interval': 10, 'min_interval': 2,

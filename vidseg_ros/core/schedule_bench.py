@@ -486,20 +486,12 @@ def main(argv=None) -> int:
     try:
         from .flow import FlowEstimator
         from .models import load_model
-        from .paths import shared_dir
+        from .bench import resolve_snippets
         if a.frames < 2:
             raise ConfigError(f'--frames must be >= 2, got {a.frames}')
         if any(S < 1 for S in a.intervals):
             raise ConfigError(f'--intervals must be >= 1, got {a.intervals}')
-        root = Path(a.data) if a.data else shared_dir() / 'data' / 'cityscapes_seq'
-        if not root.is_dir():
-            raise InputError(f'cityscapes_seq not found: {root} (set VIDSEG_SHARED or --data)')
-        seqs = a.seqs or sorted(x.name for x in root.iterdir() if (x / 'pseudo_labels').is_dir())
-        if not seqs:
-            raise InputError(f'no snippet folders with pseudo_labels/ in {root}')
-        for s in seqs:
-            if not (root / s).is_dir():
-                raise InputError(f'snippet folder not found: {root / s}')
+        root, seqs = resolve_snippets(a.data, a.seqs)
         net = load_model(a.model, backend=a.backend)
         study = pair_study(net, root, seqs, a.frames, a.scale, FlowEstimator('dis', preset=a.flow_preset),
                            progress=not a.quiet)
