@@ -42,6 +42,11 @@ def test_region_tile_area(tmp_path, shared, capsys):
     assert rc == 2 and '--region-tile-area applies to --temporal-mode region only' in capsys.readouterr().err
     rc = cli.main(base + ['--out', str(tmp_path / 'c'), '--temporal-mode', 'region', '--region-tile-area', '2'])
     assert rc == 2 and 'tile_area must be in (0, 1]' in capsys.readouterr().err
+    assert cli.main(base + ['--out', str(tmp_path / 'd'), '--temporal-mode', 'region',
+                            '--region-shape', 'tile', '--max-frames', '2']) == 0
+    assert len(list((tmp_path / 'd' / 'labels').glob('*.png'))) == 2
+    rc = cli.main(base + ['--out', str(tmp_path / 'e'), '--region-shape', 'tile'])
+    assert rc == 2 and '--region-shape applies to --temporal-mode region only' in capsys.readouterr().err
 
 
 def _bench_result(rows):

@@ -538,8 +538,13 @@ def test_bench_iam_rows_with_a_learned_refiner(shared, tmp_path):
     res = run_bench(model=net, data=data, frames=6, scale=1, refiner='region', out=tmp_path / 'd',
                     progress=False)
     rows = {r['name']: r for r in res['rows']}
-    assert res['refiner'] == {'type': 'RegionRefresher', 'mode': 'region'}
+    assert res['refiner'] == {'type': 'RegionRefresher', 'mode': 'region', 'shape': 'strip'}
     assert rows['warp_iam_s5']['propagated_stage_ms']['refine'] > 0
+    res = run_bench(model=net, data=data, frames=6, scale=1, refiner='region-tile', out=tmp_path / 'e',
+                    progress=False, refine=True)
+    assert res['refiner'] == {'type': 'RegionRefresher', 'mode': 'region-tile', 'shape': 'tile'}
+    tile_rows = {r['name']: r for r in res['rows']}
+    assert tile_rows['warp_s5']['miou'] == rows['warp_s5']['miou']     # only the refined rows differ
 
 
 class NaNNet(ColourNet):

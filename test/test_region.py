@@ -9,13 +9,23 @@ from vidseg_ros.core.region import RegionRefresher, best_tile, entered_view, til
 
 
 def test_tile_size():
-    assert tile_size((512, 256), 0.19) == (224, 112)
-    assert tile_size((1024, 512), 0.19) == (448, 224)
+    assert tile_size((512, 256), 0.19, 'tile') == (224, 112)
+    assert tile_size((1024, 512), 0.19, 'tile') == (448, 224)
+    assert tile_size((128, 64), 1.0, 'tile') == (128, 64)
+    assert tile_size((128, 64), 0.001, 'tile') == (32, 16)
+    # the default: a full-height strip of the same area
+    assert tile_size((512, 256), 0.19) == tile_size((512, 256), 0.19, 'strip') == (96, 256)
+    assert tile_size((1024, 512), 0.19) == (192, 512)
+    assert tile_size((512, 256), 0.30) == (160, 256)
     assert tile_size((128, 64), 1.0) == (128, 64)
-    assert tile_size((128, 64), 0.001) == (32, 16)
+    assert tile_size((128, 64), 0.001) == (16, 64)
+    assert tile_size((100, 50), 1.0) == (96, 48)          # multiples of 16, inside the frame
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ConfigError, match='tile_area'):
-            tile_size((512, 256), bad)
+        for shape in ('strip', 'tile'):
+            with pytest.raises(ConfigError, match='tile_area'):
+                tile_size((512, 256), bad, shape)
+    with pytest.raises(ConfigError, match="region shape must be one of strip, tile, got 'round'"):
+        tile_size((512, 256), 0.19, 'round')
 
 
 def test_best_tile_finds_the_hot_region_and_reaches_the_far_edges():
@@ -49,7 +59,7 @@ def _warped(rng, w=128, h=64, k=20):
 
 def test_refresh_pastes_only_inside_the_chosen_tile_and_resets_its_age(small_model):
     rng = np.random.default_rng(0)
-    ref = RegionRefresher(small_model, tile_area=0.19, margin=4, conf=0.0)
+    ref = RegionRefresher(small_model, tile_area=0.19, margin=4, conf=0.0, shape='tile')
     assert ref.tile == (64, 32)
     warped = _warped(rng)
     img = rng.integers(0, 255, (64, 128, 3), np.uint8)
@@ -76,6 +86,27 @@ def test_refresh_pastes_only_inside_the_chosen_tile_and_resets_its_age(small_mod
     assert out2.age.max() == 1
 
 
+def test_the_default_strip_spans_the_full_height_where_the_need_is(small_model):
+    rng = np.random.default_rng(4)
+    ref = RegionRefresher(small_model, tile_area=0.19, margin=4, conf=0.0)
+    assert ref.shape == 'strip' and ref.tile == (32, 64)
+    warped = _warped(rng)
+    img = rng.integers(0, 255, (64, 128, 3), np.uint8)
+    mask = np.zeros((64, 128), np.float32)
+    mask[50:60, 100:110] = 1.0           # a small flagged patch near the bottom right
+    out = ref.refresh(img, warped, mask, prev=None)
+    (x, y, cw, ch), frac = ref.last
+    assert (y, cw, ch) == (0, 32, 64) and x <= 100 and x + cw >= 110
+    changed = (out.labels != warped.labels) | (out.age == 0)
+    cols = np.flatnonzero(changed.any(axis=0))
+    rows = np.flatnonzero(changed.any(axis=1))
+    # pasted over the strip's whole height (no margin at the frame's top and bottom edges) and only
+    # inside its columns, less the margin on the sides inside the frame
+    assert rows.min() == 0 and rows.max() == 63
+    assert cols.min() >= x + (4 if x > 0 else 0) and cols.max() < x + cw - (4 if x + cw < 128 else 0)
+    assert frac == 1.0
+
+
 def test_refresh_with_conf_one_pastes_only_flagged_or_new_pixels(small_model):
     rng = np.random.default_rng(1)
     ref = RegionRefresher(small_model, tile_area=0.19, margin=0, conf=1.0)
@@ -99,12 +130,15 @@ def test_bad_parameters_are_clear_errors(small_model):
     other.class_map = np.arange(20, dtype=np.uint8)           # plane 19 is class 19, not void
     with pytest.raises(ConfigError, match='other class planes'):
         ref.refresh(np.zeros((64, 128, 3), np.uint8), other, None)
+    with pytest.raises(ConfigError, match='region shape must be one of strip, tile'):
+        RegionRefresher(small_model, shape='square')
     from vidseg_ros.core.temporal import make_temporal_module
-    with pytest.raises(ConfigError, match='tile_area / tile_model apply to mode region only'):
-        make_temporal_module('grfp', small_model, tile_area=0.3)
-    with pytest.raises(ConfigError, match='tile_area / tile_model apply to mode region only'):
-        make_temporal_module('davss', small_model, tile_model='espnetv2_s1.0_512x256')
+    for opts in ({'tile_area': 0.3}, {'tile_shape': 'tile'}, {'tile_model': 'espnetv2_s1.0_512x256'}):
+        with pytest.raises(ConfigError, match='tile_area / tile_shape / tile_model apply to mode region only'):
+            make_temporal_module('grfp', small_model, **opts)
     assert make_temporal_module('region', small_model, tile_area=0.3).tile_area == 0.3
+    m = make_temporal_module('region', small_model, tile_area=0.3, tile_shape='tile')
+    assert m.shape == 'tile' and m.tile == (64, 32)
     with pytest.raises(ConfigError, match='tile network .* other class planes'):
         RegionRefresher(small_model, tile_model='espnet_p2q8_camvid')
 
@@ -113,7 +147,7 @@ def test_another_network_on_the_tile(small_model):
     """tile_model: the tile runs that network (here s1.0 instead of the keyframe's s0.5) at the tile size."""
     from vidseg_ros.core.temporal import make_temporal_module
     ref = make_temporal_module('region', small_model, tile_area=0.19, tile_model='espnetv2_s1.0_512x256')
-    assert 's1.0' in ref.net.name and ref.net.input_size == ref.tile == (64, 32)
+    assert 's1.0' in ref.net.name and ref.net.input_size == ref.tile == (32, 64)
     own = RegionRefresher(small_model, tile_area=0.19, margin=0, conf=0.0)
     rng = np.random.default_rng(3)
     warped = _warped(rng)

@@ -734,7 +734,7 @@ def test_failing_temporal_module_keeps_labels_flowing(ros_domain, shared):
     W, H = 64, 32
     node = _prop({'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256', 'region_tile_area': 0.3})
     try:
-        assert node.prop.refiner.tile_area == 0.3 and node.prop.refiner.tile == (288, 144)
+        assert node.prop.refiner.tile_area == 0.3 and node.prop.refiner.tile == (160, 256)   # strip
         cmap = list(range(19)) + [255]
         cmap[0], cmap[1] = 1, 0          # a keyframe model with another plane order
         node.on_info(String(data=json.dumps({'class_set': CITYSCAPES.to_dict(), 'class_map': cmap})))
@@ -749,6 +749,25 @@ def test_failing_temporal_module_keeps_labels_flowing(ros_domain, shared):
         from vidseg_ros.ros.common import diag_level
         assert level == diag_level('WARN') and 'temporal module region failed on 3 frame(s)' in msg
         assert 'other class planes' in msg and vals['propagator_module_errors'] == 3
+    finally:
+        _close(node)
+
+
+def test_propagation_node_region_shape_parameter(ros_domain, shared):
+    """region_shape picks the refreshed region's shape; a bad value fails configure with the reason."""
+    node = _prop({'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256', 'region_tile_area': 0.3,
+                  'region_shape': 'tile'})
+    try:
+        assert node.prop.refiner.shape == 'tile' and node.prop.refiner.tile == (288, 144)
+    finally:
+        _close(node)
+    from vidseg_ros.ros.propagation_node import PropagationNode
+    node = _node(PropagationNode, {'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256',
+                                   'region_shape': 'round'})
+    try:
+        assert node.trigger_configure().name == 'FAILURE'
+        with pytest.raises(Exception, match="region shape must be one of strip, tile, got 'round'"):
+            node.configure()
     finally:
         _close(node)
 

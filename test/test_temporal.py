@@ -511,11 +511,16 @@ def test_bench_table_entries():
                                 ('g3', 'grfp', Path('x/g.pt'), {'gate_classes': True}),
                                 ('g4', 'grfp', Path('x/g.pt'), {'gate_classes': False})]
     r = table_entries(Namespace(modes=['region'], weights_dir='w',
-                                variants=['r3=region@0.3', 'r4=region@0.4/espnetv2_s0.5_512x256']))
+                                variants=['r3=region@0.3', 'r4=region@0.4/espnetv2_s0.5_512x256',
+                                          's3=strip@0.3', 't4=tile@0.4/espnetv2_s0.5_512x256']))
     assert r == [('region', 'region', None, {}), ('r3', 'region', None, {'tile_area': 0.3}),
-                 ('r4', 'region', None, {'tile_area': 0.4, 'tile_model': 'espnetv2_s0.5_512x256'})]
+                 ('r4', 'region', None, {'tile_area': 0.4, 'tile_model': 'espnetv2_s0.5_512x256'}),
+                 ('s3', 'region', None, {'tile_area': 0.3, 'tile_shape': 'strip'}),
+                 ('t4', 'region', None, {'tile_area': 0.4, 'tile_shape': 'tile',
+                                         'tile_model': 'espnetv2_s0.5_512x256'})]
     for bad in (['g2=cache1:x.pt'], ['g2=grfp'], ['grfp=grfp:x.pt'], ['=grfp:x.pt'], ['g2=davss+gate:x.pt'],
-                ['r=region@0'], ['r=region@abc'], ['r=region@1.5'], ['warp=region@0.3'], ['r=region@/x']):
+                ['r=region@0'], ['r=region@abc'], ['r=region@1.5'], ['warp=region@0.3'], ['r=region@/x'],
+                ['t=tile@0'], ['t=strip@2'], ['t=square@0.3'], ['t=tile@0.3:x.pt']):
         with pytest.raises(ConfigError, match='--variants'):
             table_entries(Namespace(modes=['warp', 'grfp'], weights_dir=None, variants=bad))
     with pytest.raises(ConfigError, match='unknown mode'):

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
     r.add_argument('--region-tile-area', type=float, default=None,
                    help='--temporal-mode region: share of the frame refreshed per propagated frame (default 0.19)')
+    r.add_argument('--region-shape', choices=('strip', 'tile'), default=None,
+                   help='--temporal-mode region: shape of the refreshed region: a full-height strip (default) '
+                        'or a 2:1 tile')
     r.add_argument('--schedule', default=None,
                    help="fixed | adaptive | budget, or a spec like 'adaptive:max_interval=10'")
     r.add_argument('--flow-preset', default='ultrafast', choices=('ultrafast', 'fast', 'medium'),
@@ -193,6 +196,8 @@ def cmd_run(args) -> int:
         schedule = s
     if args.region_tile_area is not None and args.temporal_mode != 'region':
         raise ConfigError('--region-tile-area applies to --temporal-mode region only')
+    if args.region_shape is not None and args.temporal_mode != 'region':
+        raise ConfigError('--region-shape applies to --temporal-mode region only')
     if args.max_delay is not None and not args.two_sided:
         raise ConfigError('--max-delay applies to --two-sided only')
     if args.two_sided and args.temporal_mode not in (None, 'warp'):
@@ -214,7 +219,8 @@ def cmd_run(args) -> int:
         else:
             module = temporal.make_temporal_module(args.temporal_mode, model,
                                                    weights=args.temporal_weights, device=args.device,
-                                                   tile_area=args.region_tile_area)
+                                                   tile_area=args.region_tile_area,
+                                                   tile_shape=args.region_shape)
             temporal.attach(seg, module)
 
     labels_w = LabelWriter(out_dir / 'labels', class_set=model.class_set, color=args.color)

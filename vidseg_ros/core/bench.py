@@ -13,7 +13,8 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
   default: 512x256, the registry's 512x256 checkpoint when there is one) pass of the network
   (:class:`~vidseg_ros.core.propagation.LowResNetworkRefiner`, the stand-in, ``--refiner lowres``),
   or with a temporal module of issue 4 (``--refiner refiner|grfp|davss``, packaged weights, or
-  ``--refiner region``: the keyframe network on the worst tile, ``core/region.py``;
+  ``--refiner region``: the keyframe network on the worst full-height strip, ``core/region.py``;
+  ``--refiner region-tile``: the same on a 2:1 tile, as until session 10;
   run through ``temporal.TemporalPropagator`` with its own blend);
 * ``two_sided_sN``   -- as warp_sN, delayed two-sided propagation (``core/bidirectional.py``): each
   propagated frame also gets the next keyframe carried back with the forward flows and fused in (not
@@ -90,7 +91,7 @@ def run_from_args(args) -> int:
     return 0
 
 
-REFINERS = ('lowres', 'refiner', 'grfp', 'davss', 'region')
+REFINERS = ('lowres', 'refiner', 'grfp', 'davss', 'region', 'region-tile')
 
 
 def parse_flow_params(items) -> dict:
@@ -221,7 +222,8 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
     learned = None
     if refine and refiner != 'lowres':
         from .temporal import make_temporal_module
-        learned = make_temporal_module(refiner, net, device=device)
+        learned = make_temporal_module('region' if refiner.startswith('region') else refiner, net, device=device,
+                                       **({'tile_shape': 'tile'} if refiner == 'region-tile' else {}))
     refiner_base = make_low_res_refiner(net, refine_factor) if (refine and learned is None) else None
     prop_flow = FlowEstimator('dis', preset=flow_preset, **(flow_params or {}))
     tc_flow = FlowEstimator('dis', preset='medium')
@@ -362,16 +364,20 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
             'iou': a['cm'].summary(cs.names)['iou'],
         }
         table.append(row)
+    refiner_info = None
+    if learned is not None:
+        refiner_info = {'type': type(learned).__name__, 'mode': refiner,
+                        **({'shape': learned.shape} if hasattr(learned, 'shape') else {})}
+    elif refine:
+        refiner_info = {'type': 'LowResNetworkRefiner', 'model': getattr(refiner_base.model, 'name', None),
+                        'input_size': list(refiner_base.input_size or getattr(refiner_base.model, 'input_size', ()))}
     result = {
         'model': {'name': net.name, 'input_size': list(net.input_size), 'backend': net.backend,
                   'device': net.device},
         'data': {'root': str(root), 'seqs': seqs, 'frames_per_seq': int(frames),
                  'input_size': list(size), 'working_size': list(ws)},
         'flow': prop_flow.describe(), 'tc_flow': tc_flow.describe(),
-        'refiner': None if not refine else {'type': type(learned).__name__, 'mode': refiner} if learned is not None else {'type': 'LowResNetworkRefiner',
-                                            'model': getattr(refiner_base.model, 'name', None),
-                                            'input_size': list(refiner_base.input_size or
-                                                               getattr(refiner_base.model, 'input_size', ()))},
+        'refiner': refiner_info,
         'mean_keyframe_ms': 1000 * mean_kf,
         'mean_flow_pair_ms': 1000 * float(np.mean(cache_cost['flow'])) if cache_cost['flow'] else None,
         'mean_refine_net_ms': 1000 * float(np.mean(cache_cost['refine_net'])) if cache_cost['refine_net'] else None,

@@ -8,8 +8,8 @@ segmentation network or is propagated by flow). Nothing is learned: the same key
 weights run on a crop at the keyframe's pixel scale, so no training data is needed (every learned
 module of this project is limited by its ~90 training frames, see weights/TEMPORAL.md).
 
-Per propagated frame (working resolution W x H, tile T = ``tile_area`` of the frame, 2:1, its network
-input a multiple of 16)::
+Per propagated frame (working resolution W x H, tile T = ``tile_area`` of the frame: by default a
+full-height strip, or a 2:1 tile with ``shape='tile'``; its network input a multiple of 16)::
 
     age   += 1                                        # frames since each pixel was last segmented
     need   = age * (1 + iam_weight * M) + new_weight * [entered the view (backward flow leaves the
@@ -27,7 +27,9 @@ pixels) plus the tile search; ``vidseg bench-temporal --modes region`` measures 
 
 Measured (BENCHMARKS.md sections 4 and 7.1): on the Cityscapes snippets it wins back about a third of
 the S=5 warping drop at ~0.22 keyframe, but those frames are also where its knobs were set; on the
-held-out highway clips it wins nothing and can lose a little. The network on a crop lacks the
+held-out highway clips it wins nothing. The 2:1 tile (the shape until session 10) even lost a little
+there; the full-height strip, the default since, does not, and recovers more at S=2 and at larger
+areas (section 7.1). The network on a crop lacks the
 context it has on the whole frame and disagrees with its full-frame labels on ~5 % of the pixels,
 about as much as one warp step.
 """
@@ -41,17 +43,27 @@ import numpy as np
 from .errors import ConfigError, InputError
 from .propagation import IGNORE, Semantics, _resize_planes, quantize_probs
 
-__all__ = ['RegionRefresher', 'tile_size', 'best_tile', 'entered_view']
+__all__ = ['RegionRefresher', 'SHAPES', 'tile_size', 'best_tile', 'entered_view']
 
 STRIDE = 16
 
 
-def tile_size(input_wh, area: float) -> tuple:
-    """Network input size (w, h) of a 2:1 tile covering ~``area`` of a ``input_wh`` frame, in
-    multiples of 16 (at least 32x16, at most the frame)."""
+SHAPES = ('strip', 'tile')
+
+
+def tile_size(input_wh, area: float, shape: str = 'strip') -> tuple:
+    """Network input size (w, h) of the refreshed region covering ~``area`` of a ``input_wh`` frame,
+    in multiples of 16. ``shape`` 'strip' (the default): a full-height vertical strip (at least 16 px
+    wide), which keeps the whole vertical context of what it refreshes (sky, building, pole, sidewalk,
+    road); 'tile': a 2:1 tile (at least 32x16), the shape of sessions 4-9."""
     if not 0.0 < float(area) <= 1.0:
         raise ConfigError(f'tile_area must be in (0, 1], got {area}')
+    if shape not in SHAPES:
+        raise ConfigError(f"region shape must be one of {', '.join(SHAPES)}, got {shape!r}")
     w, h = int(input_wh[0]), int(input_wh[1])
+    if shape == 'strip':
+        tw = int(min(max(16, round(area * w / 16) * 16), w // 16 * 16 or 16))
+        return tw, h // 16 * 16 or 16
     th = math.sqrt(area * w * h / 2.0)
     th = int(min(max(16, round(th / 16) * 16), h // 16 * 16 or 16))
     tw = int(min(max(32, 2 * th), w // 16 * 16 or 16))
@@ -89,7 +101,7 @@ def entered_view(flow_bwd: np.ndarray, size_wh) -> np.ndarray:
 class RegionRefresher:
     """The region-refresh module (see module docstring) for a keyframe ``model`` (a KeyframeModel).
 
-    ``tile_area`` (fraction of the frame), ``margin`` (px of the network input dropped on a tile side
+    ``tile_area`` (fraction of the frame), ``shape`` ('strip' or 'tile', see :func:`tile_size`), ``margin`` (px of the network input dropped on a tile side
     inside the frame), ``conf`` (paste where the tile network is at least this sure), ``iam_weight``,
     ``new_weight``: the tile choice. The tile network is the keyframe network's config and weights
     loaded at the tile's input size on the same backend, so the keyframe network must accept that
@@ -101,7 +113,7 @@ class RegionRefresher:
 
     def __init__(self, model, tile_area: float = 0.19, margin: int = 8, conf: float = 0.7,
                  iam_weight: float = 4.0, new_weight: float = 20.0, device: str = 'cpu', backend=None,
-                 tile_model=None):
+                 tile_model=None, shape: str = 'strip'):
         from .models import load_model
         cfg = getattr(model, 'config', None)
         if cfg is None:
@@ -113,8 +125,8 @@ class RegionRefresher:
         if int(margin) < 0:
             raise ConfigError(f'region margin must be >= 0, got {margin}')
         self.input_size = tuple(int(v) for v in model.input_size)
-        self.tile = tile_size(self.input_size, tile_area)
-        self.tile_area = float(tile_area)
+        self.tile = tile_size(self.input_size, tile_area, shape)
+        self.tile_area, self.shape = float(tile_area), shape
         self.margin, self.conf = int(margin), float(conf)
         self.iam_weight, self.new_weight = float(iam_weight), float(new_weight)
         backend = backend or getattr(model, 'backend', 'auto')

@@ -111,7 +111,7 @@ def save_net(net, mode: str, path, meta: dict | None = None) -> Path:
 def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', schedule=5,
                          cheap: str | None = None, cheap_factor: int | None = None, flow=None,
                          gate_classes: bool | None = None, tile_area: float | None = None,
-                         tile_model: str | None = None):
+                         tile_model: str | None = None, tile_shape: str | None = None):
     """Object implementing ``mode`` (see module docstring). ``model``: the keyframe KeyframeModel
     (its class planes; 'iam-lowres' runs it at 1/``cheap_factor`` (default 4) of its input size;
     caching splits it). GRFP/DAVSS run their own cheap network ``NAME@WxH``
@@ -119,12 +119,13 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     match it (ModelError otherwise); untrained networks use ``cheap`` or ``refiner.DEFAULT_CHEAP``.
     ``schedule``: keyframe interval / Schedule for the caching modes. ``gate_classes`` (GRFP only):
     switch the STGRU's class gate (``grfp.gate_to_state``) on/off regardless of what the weights
-    say (None: as trained/packaged). ``tile_area`` (region only): the refreshed tile's share of the
-    frame (default ``region.RegionRefresher``'s)."""
+    say (None: as trained/packaged). ``tile_area`` / ``tile_shape`` / ``tile_model`` (region only): the
+    refreshed region's share of the frame, its shape ('strip' or 'tile') and the network run on it
+    (defaults: ``region.RegionRefresher``'s)."""
     if gate_classes is not None and mode != 'grfp':
         raise ConfigError(f'gate_classes applies to mode grfp only, not {mode!r}')
-    if (tile_area is not None or tile_model is not None) and mode != 'region':
-        raise ConfigError(f'tile_area / tile_model apply to mode region only, not {mode!r}')
+    if (tile_area is not None or tile_model is not None or tile_shape is not None) and mode != 'region':
+        raise ConfigError(f'tile_area / tile_shape / tile_model apply to mode region only, not {mode!r}')
     if mode not in MODES:
         raise ConfigError(f'unknown temporal mode {mode!r} (known: {", ".join(MODES)})')
     k = int(getattr(model, 'num_outputs', 20))
@@ -136,7 +137,8 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     if mode == 'region':
         from .region import RegionRefresher
         return RegionRefresher(model, device=device, tile_model=tile_model,
-                               **({} if tile_area is None else {'tile_area': tile_area}))
+                               **({} if tile_area is None else {'tile_area': tile_area}),
+                               **({} if tile_shape is None else {'shape': tile_shape}))
     if mode in ('cache1', 'cache2'):
         from .caching import FeatureCachingSegmenter
         return FeatureCachingSegmenter(model, levels=int(mode[-1]), schedule=schedule, flow=flow)

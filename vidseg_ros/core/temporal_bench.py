@@ -5,7 +5,7 @@ temporal module at keyframe intervals S (default 2 and 5) on a held-out Cityscap
     python -m vidseg_ros.core.temporal_bench --cheap-candidates espnetv2_s0.5_512x256@192x96 ...
         (cost and accuracy of candidate cheap current-frame networks of GRFP/DAVSS, ``run_cheap``)
     ... --variants grfp-b=grfp:runs/x/grfp.pt   (extra rows: a learned mode with other weights)
-    ... --variants r30=region@0.30               (region refresh with a tile of 30 % of the frame)
+    ... --variants r30=region@0.30               (region refresh of 30 % of the frame; tile@0.30: 2:1 tile)
 
 Ground truth: the snippet's pseudo labels (Cityscapes label ids -> train ids), resized (nearest) to
 the working size, where everything is evaluated. The keyframe network runs (``--backend``, default the
@@ -224,7 +224,9 @@ def table_entries(args) -> list:
     """(row label, mode, weights path or None, options) of every table row: ``--modes`` (weights
     from ``--weights-dir`` or the packaged ones), then each ``--variants LABEL=MODE:WEIGHTS``
     (MODE 'grfp+gate' / 'grfp-gate': GRFP with its class gate forced on / off), or
-    ``LABEL=region@AREA`` (region refresh with a tile of AREA of the frame, no weights)."""
+    ``LABEL=region@AREA[/MODEL]`` (region refresh of AREA of the frame, no weights; ``strip@`` /
+    ``tile@`` instead of ``region@`` force the full-height strip / the 2:1 tile; ``/MODEL`` runs
+    another network on it)."""
     out = []
     for m in args.modes:
         if m not in PROP_MODES + CACHE_MODES + GRAPH_CACHE_MODES:
@@ -235,23 +237,26 @@ def table_entries(args) -> list:
         label, _, rest = v.partition('=')
         mode, _, path = rest.partition(':')
         opts = {}
-        region = mode.startswith('region@') and not path   # region refresh with a tile area
+        kind, at, spec = mode.partition('@')
+        region = bool(at) and kind in ('region', 'strip', 'tile') and not path   # region refresh of an area
         if region:
-            area_s, _, tile_model = mode.partition('@')[2].partition('/')
+            area_s, _, tile_model = spec.partition('/')
             try:
                 area = float(area_s)
             except ValueError:
                 area = -1.0
             if not 0.0 < area <= 1.0:
-                raise ConfigError(f'--variants {v!r}: region@AREA needs an area in (0, 1]')
+                raise ConfigError(f'--variants {v!r}: {kind}@AREA needs an area in (0, 1]')
             mode, opts = 'region', {'tile_area': area}
+            if kind != 'region':
+                opts['tile_shape'] = kind
             if tile_model:
                 opts['tile_model'] = tile_model
         elif mode in ('grfp+gate', 'grfp-gate'):
             mode, opts = 'grfp', {'gate_classes': mode.endswith('+gate')}
         if not label or not region and (mode not in ('refiner', 'grfp', 'davss') or not path):
             raise ConfigError(f'--variants takes LABEL=MODE:WEIGHTS with MODE refiner|grfp|grfp+gate|grfp-gate|'
-                              f'davss, or LABEL=region@AREA, got {v!r}')
+                              f'davss, or LABEL=region@AREA (strip@AREA, tile@AREA), got {v!r}')
         if label in [e[0] for e in out]:
             raise ConfigError(f'--variants label {label!r} is used twice or names a mode')
         out.append((label, mode, None if region else Path(path), opts))
