@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vidseg_ros.core.bidirectional import TwoSidedBuffer, _sample, fuse_two_sided
+from vidseg_ros.core.bidirectional import TwoSidedBuffer, _sample, carry_trust, fuse_two_sided, link_checks
 from vidseg_ros.core.errors import ConfigError, InputError
 from vidseg_ros.core.propagation import FrameOutput, Semantics, quantize_probs
 
@@ -88,7 +88,7 @@ def test_buffer_releases_in_order_with_distance_weighting():
     # nearer side wins: frames 1, 2 keep class 0, frames 3, 4 take keyframe 5's class 1
     assert [int(np.bincount(o.labels.ravel()).argmax()) for o in rel] == [0, 0, 1, 1, 1]
     assert rel[2].semantics.probs.shape == (3, H // 4, W // 4)
-    assert buf.stats == dict(frames=6, fused=4, forward_only=0, backward_only=0)
+    assert buf.stats == dict(frames=6, fused=4, forward_only=0, backward_only=0, trusted=0)   # no flow_bwd: no checks
     assert len(buf) == 0
 
 
@@ -192,6 +192,91 @@ def test_buffer_time_bound():
     for bad in (-0.1, float('nan')):
         with pytest.raises(ConfigError, match='max_wait_s'):
             TwoSidedBuffer(max_wait_s=bad)
+
+
+def _shift(dx, w=W // 4, h=H // 4):
+    f = np.zeros((h, w, 2), np.float32)
+    f[..., 0] = dx
+    return f
+
+
+def test_link_checks_and_carry_trust():
+    """A consistent pair (+1 / -1 px) passes the forward-backward check except where it leaves the frame;
+    a pair that does not invert (+2 / +2 px) fails everywhere. Trust is carried along the flow and AND-ed."""
+    ok_t, ok_prev = link_checks(_shift(-1.0), _shift(1.0))     # flow(t, t-1) = -1, flow(t-1, t) = +1
+    assert ok_t.dtype == np.uint8 and ok_t.shape == (H // 4, W // 4)
+    assert ok_t[:, 1:].all() and not ok_t[:, 0].any()          # t's first column comes from outside
+    assert ok_prev[:, :-1].all() and not ok_prev[:, -1].any()  # t-1's last column leaves the view
+    bad_t, bad_prev = link_checks(_shift(2.0), _shift(2.0))
+    assert not bad_t.any() and not bad_prev.any()
+    assert link_checks(None, _shift(1.0)) is None and link_checks(_shift(1.0), None) is None
+    ones = np.ones((H // 4, W // 4), np.uint8)
+    assert carry_trust(None, _shift(1.0), ok_t) is ok_t        # a chain starts with its first check
+    assert carry_trust(ones, _shift(1.0), None) is None        # no check: unknown from here on
+    hole = ones.copy()
+    hole[:, 3] = 0
+    moved = carry_trust(hole, _shift(-1.0), ones)              # samples 1 px to the left
+    assert not moved[:, 4].any() and not moved[:, 0].any() and moved[:, [1, 2, 3, 5, 6, 7]].all()
+    np.testing.assert_array_equal(carry_trust(ones, _shift(0.0), ok_prev), ok_prev)
+
+
+def test_fuse_with_trust_weighs_the_untrusted_side_down():
+    """Where the sides disagree and exactly one chain is trusted, the untrusted side's probability counts
+    ``untrusted_weight``: 0 -> the trusted side wins, 1 -> as without trust; never a void label."""
+    fwd, bwd = uniform(0, 0.6), uniform(1, 0.6)       # equal confidence, forward nearer: forward wins
+    cells = (H // 4, W // 4)
+    t_yes, t_no = np.ones(cells, np.uint8), np.zeros(cells, np.uint8)
+    assert (fuse_two_sided(fwd, 1, bwd, 2).labels == 0).all()
+    assert (fuse_two_sided(fwd, 1, bwd, 2, t_no, t_yes, untrusted_weight=0.0).labels == 1).all()
+    assert (fuse_two_sided(fwd, 1, bwd, 2, t_no, t_yes, untrusted_weight=1.0).labels == 0).all()
+    # fused 0.6*2/3 + 0.2/3 = 0.47 (class 0) against 0.33 (class 1): halving the forward vote flips it
+    assert (fuse_two_sided(fwd, 1, bwd, 2, t_no, t_yes, untrusted_weight=0.5).labels == 1).all()
+    assert (fuse_two_sided(fwd, 1, bwd, 2, t_yes, t_no, untrusted_weight=0.0).labels == 0).all()
+    # both trusted / both untrusted / one map missing: the plain rule
+    for tf, tb in ((t_yes, t_yes), (t_no, t_no), (None, t_yes), (t_no, None)):
+        assert (fuse_two_sided(fwd, 1, bwd, 2, tf, tb, untrusted_weight=0.0).labels == 0).all()
+    # trust at another resolution than the labels; a per-pixel map: only its half flips
+    half = np.zeros((2, 2), np.uint8)
+    half[:, 1] = 1
+    f = fuse_two_sided(fwd, 1, bwd, 2, 1 - half, half, untrusted_weight=0.0)
+    assert (f.labels[:, :W // 2] == 0).all() and (f.labels[:, W // 2:] == 1).all()
+    # a void carried-back label is never taken, however trusted
+    vb = Semantics(np.full((H, W), 255, np.uint8), bwd.probs, CM)
+    assert (fuse_two_sided(fwd, 1, vb, 2, t_no, t_yes, untrusted_weight=0.0).labels == 0).all()
+    with pytest.raises(ConfigError, match='untrusted_weight'):
+        fuse_two_sided(fwd, 1, bwd, 2, t_no, t_yes, untrusted_weight=1.5)
+
+
+def test_buffer_uses_both_chains_trust():
+    """Frames 1-2 after keyframe 0 are carried along a link that fails its forward-backward check; the links
+    into keyframe 3 pass it. Where the sides disagree, frame 1 (nearer to keyframe 0) then takes keyframe
+    3's label; without flow_bwd (no checks) it keeps its own, as before."""
+    def run(with_checks, trust=True):
+        buf = TwoSidedBuffer(trust=trust)
+        buf.push(_out(0, uniform(0, 0.6), 0, kf=True))
+        zero_b = _shift(0.0) if with_checks else None
+        buf.push(_out(1, uniform(0, 0.6), 1), _shift(0.0), flow_bwd=_shift(3.0) if with_checks else None)
+        buf.push(_out(2, uniform(0, 0.6), 2), _shift(0.0), flow_bwd=zero_b)
+        return buf.push(_out(3, uniform(1, 0.6), 0, kf=True), _shift(0.0), flow_bwd=zero_b)
+    plain, trusted = run(False), run(True)
+    off = run(True, trust=False)                  # trust switched off: the flow_bwd is ignored
+    assert [int(np.bincount(o.labels.ravel()).argmax()) for o in off] == [0, 1, 1]
+    from vidseg_ros.core.schedule import OperatingPoint
+    assert OperatingPoint('t', 2, 5, True, False, two_sided=True, trust=False).label().endswith('2-sided no-trust')
+    with pytest.raises(ConfigError, match='trust=False .* needs two_sided=True'):
+        OperatingPoint('t', 2, 5, True, False, trust=False)
+    # (run() builds its own buffers; count the trusted fusions of one more)
+    buf = TwoSidedBuffer()
+    buf.push(_out(0, uniform(0), 0, kf=True))
+    buf.push(_out(1, uniform(0), 1), _shift(0.0), flow_bwd=_shift(0.0))
+    buf.push(_out(2, uniform(1), 0, kf=True), _shift(0.0), flow_bwd=_shift(0.0))
+    assert buf.stats['fused'] == buf.stats['trusted'] == 1
+    assert [int(np.bincount(o.labels.ravel()).argmax()) for o in plain] == [0, 1, 1]
+    assert [int(np.bincount(o.labels.ravel()).argmax()) for o in trusted] == [1, 1, 1]
+    with pytest.raises(InputError, match='one shape'):
+        TwoSidedBuffer().push(_out(1, uniform(0), 1), _shift(0.0), flow_bwd=np.zeros((2, 2, 2), np.float32))
+    with pytest.raises(InputError, match='flow_bwd'):
+        TwoSidedBuffer().push(_out(1, uniform(0), 1), _shift(0.0), flow_bwd=np.zeros((2, 2), np.float32))
 
 
 def test_graph_bench_reports_the_delayed_topic():

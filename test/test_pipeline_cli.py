@@ -303,6 +303,10 @@ def test_bench_on_tiny_synthetic_snippets(tmp_path):
     assert two['keyframes'] == 4 and two['label'].endswith('2-sided')
     assert two['miou'] > rows['warp_s5']['miou'], (two['miou'], rows['warp_s5']['miou'])
     assert two['propagated_stage_ms']['two_sided'] > 0
+    # and without the chains' trust: same keyframes, the fusion of sessions 7-9
+    plain = rows['two_sided_s5_no_trust']
+    assert plain['keyframes'] == 4 and plain['label'].endswith('2-sided no-trust')
+    assert plain['operating_point']['trust'] is False and two['operating_point']['trust'] is True
     for f in ('bench.json', 'bench.md', 'accuracy_vs_distance.png', 'speed_vs_accuracy.png'):
         assert (tmp_path / 'b' / f).is_file()
     assert '| warp_s5 |' in (tmp_path / 'b' / 'bench.md').read_text()
@@ -634,9 +638,16 @@ def test_cli_run_two_sided(tmp_path, capsys, monkeypatch):
     summ = json.loads((out / 'summary.json').read_text())
     assert summ['frames'] == 8 and summ['keyframes'] == 3
     assert summ['two_sided']['fused'] == 4 and summ['two_sided']['forward_only'] == 1  # frame 7
+    assert summ['two_sided']['trust'] is True and summ['two_sided']['trusted'] == 4   # the checks of both chains
+    rc, so, se = _run_cli(['run', str(src), '--out', str(tmp_path / 'nt'), '--interval', '3', '--two-sided',
+                           '--no-trust', '--no-overlay', '-q'], capsys)
+    assert rc == 0, se
+    summ = json.loads((tmp_path / 'nt' / 'summary.json').read_text())
+    assert summ['two_sided']['trust'] is False and summ['two_sided']['trusted'] == 0 and summ['two_sided']['fused'] == 4
     lab = cv2.imread(str(out / 'labels' / 'f001.png'), cv2.IMREAD_UNCHANGED)
     assert lab.shape == (64, 96) and (lab == scene(1)[1]).mean() > 0.8
     for argv, msg in ((['--max-delay', '2'], '--two-sided only'),
+                      (['--no-trust'], '--two-sided only'),
                       (['--two-sided', '--no-warp'], 'needs warping'),
                       (['--two-sided', '--temporal-mode', 'refiner'], 'does not combine')):
         rc, so, se = _run_cli(['run', str(src), '--out', str(tmp_path / 'e'), '-q'] + argv, capsys)

@@ -933,10 +933,10 @@ def test_propagation_node_two_sided_time_bound(ros_domain):
     forward-only, even when no new frame comes; the causal topic is unaffected."""
     from vidseg_ros.ros.conversions import stamp_to_ns
     W, H = 64, 48
-    node = _prop({'two_sided': True, 'two_sided_max_wait_s': 0.2, 'flow_timeout': 5.0})
+    node = _prop({'two_sided': True, 'two_sided_max_wait_s': 0.2, 'flow_timeout': 5.0, 'two_sided_trust': False})
     node.two_pub = two = Rec()
     try:
-        assert node.two.max_wait_s == 0.2
+        assert node.two.max_wait_s == 0.2 and node.two.trust is False
         T = [10**10 + i * 33_000_000 for i in range(4)]
         out = lambda: [stamp_to_ns(m.header.stamp) for m in two.msgs]  # noqa: E731
         _first_frame(node, T[0], W, H, keyframe=lambda n, ns, w, h: _keyframe(n, ns, w, h, cls=3))
@@ -994,6 +994,10 @@ def test_propagation_node_two_sided_topic(ros_domain):
         # frame 6 fused with keyframe 7; frame 4 forward-only: the chain back to it crossed frame 5
         assert node.counts['two_sided_fused'] == 3 and node.counts['two_sided_forward_only'] == 1
         assert node.counts['two_sided_keyframes'] == 3
+        # frames 1 and 2 were fused with both chains' trust (the node hands the buffer both flow fields);
+        # frame 6 without: its forward chain crossed the imageless frame 5
+        assert node.two.stats['trusted'] == 2
+        assert node.diagnostics()[0][3]['two_sided_trusted'] == 2
 
         for i in (8, 9):
             _decision(node, T[i])

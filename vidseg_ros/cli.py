@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'refiner / GRFP STGRU / DAVSS correction (packaged weights), keyframe '
                         'feature caching of 1 or 2 levels (ESPNetv2; cached maps warped with the state, as '
                         'in the ROS graph), or region refresh '
-                        '(the keyframe network on the worst tile of each propagated frame)')
+                        '(the keyframe network on the worst strip or tile of each propagated frame)')
     r.add_argument('--two-sided', action='store_true',
                    help='delayed two-sided propagation: each propagated frame waits for the next keyframe, '
                         'whose labels are carried back with the forward flow and fused with the forward '
@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--max-delay', type=positive_int, default=None,
                    help='--two-sided: the most frames a frame waits for the next keyframe (default: no '
                         'limit; frames that wait longer are written forward-only)')
+    r.add_argument('--no-trust', action='store_true',
+                   help='--two-sided: fuse without the flow chains\' forward-backward trust (cheaper by ~2 ms '
+                        'a frame at 1024x512; BENCHMARKS.md section 4)')
     r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
     r.add_argument('--region-tile-area', type=float, default=None,
                    help='--temporal-mode region: share of the frame refreshed per propagated frame (default 0.19)')
@@ -200,6 +203,8 @@ def cmd_run(args) -> int:
         raise ConfigError('--region-shape applies to --temporal-mode region only')
     if args.max_delay is not None and not args.two_sided:
         raise ConfigError('--max-delay applies to --two-sided only')
+    if args.no_trust and not args.two_sided:
+        raise ConfigError('--no-trust applies to --two-sided only')
     if args.two_sided and args.temporal_mode not in (None, 'warp'):
         raise ConfigError('--two-sided fuses plain warping from both sides; it does not combine with '
                           f'--temporal-mode {args.temporal_mode}')
@@ -209,7 +214,7 @@ def cmd_run(args) -> int:
     runner = seg
     if args.two_sided:
         from .core.bidirectional import TwoSidedSegmenter
-        runner = TwoSidedSegmenter(seg, max_delay=args.max_delay)
+        runner = TwoSidedSegmenter(seg, max_delay=args.max_delay, trust=not args.no_trust)
     if args.temporal_mode and args.temporal_mode != 'warp':
         from .core import temporal
         if args.temporal_mode in ('cache1', 'cache2'):

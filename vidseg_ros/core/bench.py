@@ -19,8 +19,11 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
 * ``two_sided_sN``   -- as warp_sN, delayed two-sided propagation (``core/bidirectional.py``): each
   propagated frame also gets the next keyframe carried back with the forward flows and fused in (not
   causal: a frame's labels wait for the next keyframe; frames after a snippet's last keyframe stay
-  forward-only). Charged on top of warp_sN: the backward warps and the fusion (to the propagated
-  frames) and one forward flow field into each keyframe;
+  forward-only). Each side's chain carries a trust map (its flow links passed the forward-backward
+  check), and where the sides disagree an untrusted side counts half. Charged on top of warp_sN: the
+  checks, the backward warps and the fusion (to the propagated frames) and the flow pair into each
+  keyframe (to the keyframe);
+* ``two_sided_s5_no_trust`` -- two_sided_s5 without the trust maps (the fusion of sessions 7-9);
 * ``two_sided_s5_dN`` -- (``--two-sided-delays N ...``) as two_sided_s5 with at most N frames waiting for
   the next keyframe (``max_delay``): a frame more than N frames before it goes out forward-only. N = 0
   is causal warp_s5; N >= 4 is two_sided_s5;
@@ -124,6 +127,8 @@ def _rows(refine: bool, adaptive_threshold: float, scale: int, two_sided_delays=
             rows.append(OperatingPoint(f'warp_iam_s{s}', scale, s, True, True))
     for s in (2, 3, 5, 10):
         rows.append(OperatingPoint(f'two_sided_s{s}', scale, s, True, False, two_sided=True))
+    # the same fusion without the chains' trust (sessions 7-9): what the trust buys, and costs
+    rows.append(OperatingPoint('two_sided_s5_no_trust', scale, 5, True, False, two_sided=True, trust=False))
     for d in sorted(set(int(d) for d in two_sided_delays or ())):
         rows.append(OperatingPoint(f'two_sided_s5_d{d}', scale, 5, True, False, two_sided=True, max_delay=d))
     rows.append(OperatingPoint('hold_s5', scale, 5, False, False))
@@ -275,7 +280,7 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
             runner = None
             if op.two_sided:
                 from .bidirectional import TwoSidedSegmenter
-                runner = TwoSidedSegmenter(vs, max_delay=op.max_delay)
+                runner = TwoSidedSegmenter(vs, max_delay=op.max_delay, trust=op.trust)
             prev_lab = None
             waiting = []    # frame indices whose (two-sided) output is not final yet
 
@@ -305,8 +310,9 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
                 if out.is_keyframe:
                     cost = kf_cost[i] + tm.get('upsample', 0.0)
                     if runner is not None and i > 0:
-                        # the forward field into the keyframe (one of the cached pair): carries it back
-                        cost += flow_cost[i] / 2
+                        # the flow pair into the keyframe: the forward field carries it back, the pair
+                        # gives that link's forward-backward check (two-sided trust)
+                        cost += flow_cost[i]
                     a['kf'] += 1
                     a['kf_cost'] += kf_cost[i]
                 else:
@@ -427,7 +433,8 @@ def _plots(result: dict, out_dir: Path) -> None:
     styles = (('warp_iam', ':'), ('two_sided', '--'), ('hold', '-.'), ('warp', '-'))
     colours = {}
     for r in result['rows']:
-        if r['name'] in ('per_frame',) or not r['miou_by_distance'] or r['operating_point'].get('max_delay') is not None:
+        if r['name'] in ('per_frame',) or not r['miou_by_distance'] or r['operating_point'].get('max_delay') is not None \
+                or not r['operating_point'].get('trust', True):
             continue
         fam = next((f for f, _ in styles if r['name'].startswith(f)), None)
         if fam is None:

@@ -209,11 +209,14 @@ class VideoSegmenter:
         self.last_flows = (None, None)
         if is_kf:
             if self.flows_at_keyframes and self._prev_work is not None:
+                # both fields into the keyframe: the forward one carries it back (two-sided), the pair
+                # gives that link's forward-backward check (bidirectional.link_checks)
                 t1 = time.perf_counter()
                 if self.flow_fn is not None:
-                    self.last_flows = (None, self.flow_fn(idx, self._prev_work, gray)[1])
+                    self.last_flows = tuple(self.flow_fn(idx, self._prev_work, gray))
                 else:
-                    self.last_flows = (None, self._flow_field(self._prev_work, gray))
+                    fn = self._flow_field
+                    self.last_flows = (fn(gray, self._prev_work), fn(self._prev_work, gray))
                 timings['flow'] = time.perf_counter() - t1
             prop.set_keyframe(idx, sem)
             out = prop.step(idx, None, None, None)

@@ -101,9 +101,9 @@ def entered_view(flow_bwd: np.ndarray, size_wh) -> np.ndarray:
 class RegionRefresher:
     """The region-refresh module (see module docstring) for a keyframe ``model`` (a KeyframeModel).
 
-    ``tile_area`` (fraction of the frame), ``shape`` ('strip' or 'tile', see :func:`tile_size`), ``margin`` (px of the network input dropped on a tile side
-    inside the frame), ``conf`` (paste where the tile network is at least this sure), ``iam_weight``,
-    ``new_weight``: the tile choice. The tile network is the keyframe network's config and weights
+    ``tile_area`` (fraction of the frame), ``shape`` ('strip' or 'tile', see :func:`tile_size`),
+    ``margin`` (px of the network input dropped on a tile side inside the frame), ``conf`` (paste where
+    the tile network is at least this sure), ``iam_weight``, ``new_weight``: the tile choice. The tile network is the keyframe network's config and weights
     loaded at the tile's input size on the same backend, so the keyframe network must accept that
     size (the native ESPNetv2/ESPNet models do; an ONNX file with a fixed input shape is refused
     by ``models.load_model`` with a ModelError naming both sizes). ``tile_model`` (a model spec)

@@ -75,7 +75,9 @@ class OperatingPoint:
     None means ``FixedSchedule(interval)``. ``two_sided``: delayed two-sided propagation
     (``bidirectional.py``: the next keyframe carried back and fused in; offline / latency-tolerant);
     ``max_delay`` (frames, two-sided only; None = until the next keyframe) bounds how many frames wait
-    for it: older ones go out forward-only (``TwoSidedBuffer``).
+    for it: older ones go out forward-only (``TwoSidedBuffer``). ``trust`` (two-sided only; default
+    on): weigh the side whose flow chain failed the forward-backward check down where the sides
+    disagree (``bidirectional`` module docstring); off: the fusion of sessions 7-9.
     """
 
     name: str = 'custom'
@@ -86,6 +88,7 @@ class OperatingPoint:
     schedule: Any = None
     two_sided: bool = False
     max_delay: Optional[int] = None
+    trust: bool = True
 
     def __post_init__(self):
         self.scale = _check_num('scale', self.scale, 1, 16, integer=True)
@@ -102,6 +105,9 @@ class OperatingPoint:
             if not self.two_sided:
                 raise ConfigError('max_delay bounds the wait of two-sided propagation: it needs two_sided=True')
             self.max_delay = _check_num('max_delay', self.max_delay, 0, 10000, integer=True)
+        self.trust = _to_bool('trust', self.trust)
+        if not self.trust and not self.two_sided:
+            raise ConfigError('trust=False switches off the trust of two-sided fusion: it needs two_sided=True')
         self.name = str(self.name)
         if self.schedule is not None:
             make_schedule(self.schedule)  # validate early
@@ -117,7 +123,7 @@ class OperatingPoint:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> 'OperatingPoint':
-        known = {'name', 'scale', 'interval', 'warp', 'refine', 'schedule', 'two_sided', 'max_delay'}
+        known = {'name', 'scale', 'interval', 'warp', 'refine', 'schedule', 'two_sided', 'max_delay', 'trust'}
         extra = set(d) - known
         if extra:
             raise ConfigError(f'unknown operating point key(s) {sorted(extra)} (known: {sorted(known)})')
@@ -127,7 +133,8 @@ class OperatingPoint:
         """Short human label, e.g. ``D2 S5 W+ R-``."""
         return (f'D{self.scale} S{self.interval} W{"+" if self.warp else "-"} R{"+" if self.refine else "-"}'
                 + (' 2-sided' if self.two_sided else '')
-                + (f' max-delay {self.max_delay}' if self.max_delay is not None else ''))
+                + (f' max-delay {self.max_delay}' if self.max_delay is not None else '')
+                + (' no-trust' if not self.trust else ''))
 
 
 def _presets() -> dict:

@@ -141,6 +141,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('two_sided_max_delay', 10, 'two_sided: frames a frame waits for the next keyframe before '
                      'it is published forward-only (the frames that arrive during the keyframe pass count)',
                      int_range=(0, 1000))
+        self.declare('two_sided_trust', True, 'two_sided: where the sides disagree, weigh down the side whose flow '
+                     'chain failed the forward-backward check (false: ~2 ms a frame cheaper)')
         self.declare('two_sided_max_wait_s', 0.0, 'two_sided: seconds a frame waits (from its processing) for '
                      'the next keyframe before it is published forward-only; 0 = no time bound',
                      float_range=(0.0, 3600.0))
@@ -174,7 +176,7 @@ class PropagationNode(VidsegLifecycleNode):
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
                         'region_shape', 'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
-                        'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s',
+                        'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s', 'two_sided_trust',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
         qos = input_qos(p['input_qos'], p['queue_depth'])
         check(p['confidence_decay'] > 0, f'confidence_decay must be in (0, 1], got {p["confidence_decay"]}')
@@ -230,7 +232,7 @@ class PropagationNode(VidsegLifecycleNode):
         if p['two_sided']:
             from vidseg_ros.core.bidirectional import TwoSidedBuffer
             self.two = TwoSidedBuffer(max_delay=p['two_sided_max_delay'],
-                                      max_wait_s=p['two_sided_max_wait_s'] or None)
+                                      max_wait_s=p['two_sided_max_wait_s'] or None, trust=p['two_sided_trust'])
             self.two_pub = self.pub(Image, graph.LABELS_TWO_SIDED_TOPIC, reliable_qos(10))
         self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
         self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
@@ -609,7 +611,8 @@ class PropagationNode(VidsegLifecycleNode):
                 self._two_sided_flush()
                 self._two_sided_publish([replace(out, frame_id=s.ns)])
             else:
-                self._two_sided_publish(self.two.push(out, fwd_link))
+                self._two_sided_publish(self.two.push(out, fwd_link,
+                                                      flow_bwd=bwd if fwd_link is not None else None))
             self.two_chain_broken = False
         elif self.two is not None:   # a flow without its image was stepped: no link across it
             self.two_chain_broken = True
@@ -743,6 +746,7 @@ class PropagationNode(VidsegLifecycleNode):
         vals.update({f'propagator_{k}': v for k, v in self.prop.stats.items()})
         if self.two is not None:   # frames waiting for their next keyframe on the two-sided topic
             vals['two_sided_waiting'] = len(self.two)
+            vals['two_sided_trusted'] = self.two.stats['trusted']   # fused with both chains' trust maps
         return [('', level, msg, vals)]
 
 
