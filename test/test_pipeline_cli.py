@@ -609,6 +609,15 @@ def test_two_sided_segmenter_fuses_the_next_keyframe():
     # (accuracy: test_two_sided_beats_forward_on_real_frames; this tiny scene's 12x8 flow is too coarse)
     s = two.summary()
     assert s['two_sided']['fused'] == 9 and s['two_sided']['forward_only'] == 0 and s['keyframes'] == 4
+    assert s['two_sided']['trusted'] == 9
+    # the flow pair into a keyframe: the backward field only for the trust's check
+    for trust in (True, False):
+        t2 = TwoSidedSegmenter(VideoSegmenter(ColourNet(), op), trust=trust)
+        for img, _ in frames[:5]:
+            t2.process(img)
+        bwd, fwd = t2.segmenter.last_flows            # frame 4 is a keyframe
+        assert fwd is not None and (bwd is not None) == trust
+        assert t2.buffer.stats['trusted'] == (3 if trust else 0)
     # a stream that ends between keyframes: the rest comes out forward-only at flush()
     two = TwoSidedSegmenter(VideoSegmenter(ColourNet(), op), max_delay=2)
     outs = [o for img, _ in frames[:7] for o in two.process(img)]

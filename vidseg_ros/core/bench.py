@@ -311,7 +311,8 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
                     cost = kf_cost[i] + tm.get('upsample', 0.0)
                     if runner is not None and i > 0:
                         # the flow pair into the keyframe: the forward field carries it back, the pair
-                        # gives that link's forward-backward check (two-sided trust)
+                        # gives that link's forward-backward check (two-sided trust; the no-trust row
+                        # needs only the forward field but is charged the pair too: conservative)
                         cost += flow_cost[i]
                     a['kf'] += 1
                     a['kf_cost'] += kf_cost[i]

@@ -359,6 +359,7 @@ class TwoSidedSegmenter:
             raise ConfigError('two-sided propagation needs warping (W+)')
         self.segmenter = segmenter
         segmenter.flows_at_keyframes = True
+        segmenter.keyframe_flow_pair = bool(trust)   # the backward field into a keyframe: only the check needs it
         self.buffer = TwoSidedBuffer(max_delay, fill_holes=segmenter.propagator.fill_holes, trust=trust)
         self._size = None
         self.fuse_s = 0.0

@@ -115,6 +115,7 @@ class VideoSegmenter:
         self.class_map = np.asarray(model.output_to_class, np.uint8)
         # two-sided propagation (bidirectional.TwoSidedSegmenter) also needs flow(t-1, t) at keyframes
         self.flows_at_keyframes = False
+        self.keyframe_flow_pair = True    # with flows_at_keyframes: the backward field too (two-sided trust)
         self.last_flows = (None, None)   # (flow_bwd, flow_fwd) between the previous frame and this one
         self.propagator = Propagator(warp=self.op.warp, refiner=self.refiner, use_iam=self.use_iam,
                                      history=history, confidence_decay=confidence_decay,
@@ -216,7 +217,8 @@ class VideoSegmenter:
                     self.last_flows = tuple(self.flow_fn(idx, self._prev_work, gray))
                 else:
                     fn = self._flow_field
-                    self.last_flows = (fn(gray, self._prev_work), fn(self._prev_work, gray))
+                    self.last_flows = (fn(gray, self._prev_work) if self.keyframe_flow_pair else None,
+                                       fn(self._prev_work, gray))
                 timings['flow'] = time.perf_counter() - t1
             prop.set_keyframe(idx, sem)
             out = prop.step(idx, None, None, None)

@@ -103,7 +103,8 @@ class RegionRefresher:
 
     ``tile_area`` (fraction of the frame), ``shape`` ('strip' or 'tile', see :func:`tile_size`),
     ``margin`` (px of the network input dropped on a tile side inside the frame), ``conf`` (paste where
-    the tile network is at least this sure), ``iam_weight``, ``new_weight``: the tile choice. The tile network is the keyframe network's config and weights
+    the tile network is at least this sure), ``iam_weight``, ``new_weight``: the tile choice. The tile
+    network is the keyframe network's config and weights
     loaded at the tile's input size on the same backend, so the keyframe network must accept that
     size (the native ESPNetv2/ESPNet models do; an ONNX file with a fixed input shape is refused
     by ``models.load_model`` with a ModelError naming both sizes). ``tile_model`` (a model spec)
