@@ -46,7 +46,8 @@ import numpy as np
 
 from .errors import ConfigError, InputError
 from .iam import flow_inconsistency
-from .propagation import IGNORE, FrameOutput, Semantics, confidence_map, fill_warp_holes, warp_semantics
+from .propagation import (IGNORE, FrameOutput, Semantics, _validate_flow, confidence_map, fill_warp_holes,
+                          warp_semantics)
 from .warp import make_remap
 
 __all__ = ['fuse_two_sided', 'link_checks', 'carry_trust', 'TwoSidedBuffer', 'TwoSidedSegmenter']
@@ -186,15 +187,6 @@ class _Held(NamedTuple):
     trust_f: Optional[np.ndarray]      # the forward chain's trust at t
 
 
-def _field(flow, name: str):
-    if flow is None:
-        return None
-    flow = np.asarray(flow, np.float32)
-    if flow.ndim != 3 or flow.shape[2] != 2:
-        raise InputError(f'{name} must be (h, w, 2), got shape {flow.shape}')
-    return flow
-
-
 class TwoSidedBuffer:
     """Hold forward outputs until the next keyframe, then release them fused (module docstring).
 
@@ -239,7 +231,7 @@ class TwoSidedBuffer:
     def push(self, out: FrameOutput, flow_fwd=None, now: Optional[float] = None, flow_bwd=None) -> list:
         if not isinstance(out, FrameOutput):
             raise InputError(f'TwoSidedBuffer.push expects a FrameOutput, got {type(out).__name__}')
-        flow_fwd, flow_bwd = _field(flow_fwd, 'flow_fwd'), _field(flow_bwd, 'flow_bwd')
+        flow_fwd, flow_bwd = _validate_flow('flow_fwd', flow_fwd), _validate_flow('flow_bwd', flow_bwd)
         if flow_fwd is not None and flow_bwd is not None and flow_fwd.shape != flow_bwd.shape:
             raise InputError(f'flow_fwd and flow_bwd must have one shape, got {flow_fwd.shape} and '
                              f'{flow_bwd.shape}')
