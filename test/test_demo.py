@@ -64,6 +64,17 @@ def _check_outputs(out, res, stems):
     return s
 
 
+def _delivery_counters(diag: dict) -> str:
+    """The per-node counters of a demo run's /diagnostics that say where frames or keyframes went (one line
+    per node; pytest would cut the whole dict)."""
+    keys = ('frames', 'flows', 'keyframes', 'skipped_busy', 'mean_ms', 'max_ms', 'frames_in', 'flows_in',
+            'frames_out', 'keyframe_ratio', 'keyframes_late', 'keyframe_wait_expired', 'pending', 'drops',
+            'propagator_keyframes', 'propagator_late_keyframes', 'propagator_orphan_keyframes',
+            'propagator_stale_keyframes', 'restarts')
+    return '\n'.join(f"{name}: " + ', '.join(f'{k}={v["values"][k]}' for k in keys if k in v.get('values', {}))
+                     for name, v in sorted(diag.items()) if not name.startswith('vidseg: lifecycle'))
+
+
 def test_demo_deterministic(tmp_path, ros_domain):
     out = tmp_path / 'demo'
     res = _demo(['--out', out, '--frames', N, '--size', f'{W}x{H}', '--domain-id', ros_domain, '--deterministic',
@@ -72,7 +83,9 @@ def test_demo_deterministic(tmp_path, ros_domain):
     assert s['input']['kind'] == 'synthetic' and s['input']['size'] == [W, H]
     assert s['mode'] == 'deterministic'
     # frames wait for their flow and keyframe frames for the network: only a wait over 5 s degrades a frame
-    assert s['degraded_frames'] <= 1, (s['degraded_reasons'], s['diagnostics'])
+    # (the message names the counters that tell a late network from a lost message: a flake seen in
+    # sessions 4 and 10, 'no_keyframe' on the first frames, not reproduced alone)
+    assert s['degraded_frames'] <= 1, (s['degraded_reasons'], _delivery_counters(s['diagnostics']))
     assert sum(s['degraded_reasons'].values()) >= s['degraded_frames']
     # keyframe frames wait for the network: the offline pipeline's accuracy (about 0.30 here); a pipeline that
     # outputs void, a constant class or labels misaligned with the frames scores far lower
