@@ -29,7 +29,6 @@ def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
                                     'input_qos': 'reliable'}, log_dir=str(tmp_path))
     probe = Probe()
     try:
-        probe.record(Image, graph.FLOW_TOPIC)
         cam = probe.publisher(Image, graph.CAMERA_TOPIC)
         # a bad parameter value fails configure with the reason logged; fixing it lets configure pass
         from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -46,6 +45,12 @@ def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
         assert set_param('method', type=ParameterType.PARAMETER_STRING, string_value='dis')
         assert probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
         assert probe.transition('flow_node', Transition.TRANSITION_ACTIVATE)
+        # /diagnostics names the internal topic nobody takes yet; a subscriber links it
+        linked, missing = probe.wait_linked(timeout=4.0, nodes=['flow_node'])
+        assert not linked and missing == 'flow_node: pub:/vidseg/flow', missing
+        probe.record(Image, graph.FLOW_TOPIC)
+        linked, missing = probe.wait_linked(timeout=20.0, nodes=['flow_node'])
+        assert linked, missing
         assert probe.wait_subscribers(cam)
         frames = _frames()
         for i, f in enumerate(frames):

@@ -117,6 +117,8 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
             [(n, g) for n in NODES for g in ('configuring', 'inactive')]
             + [(n, g) for n in NODES for g in ('activating', 'active')]), seq
         assert probe.wait_subscribers(cam, 3)
+        linked, missing = probe.wait_linked()
+        assert linked, missing + '\n' + logs_text()
 
         sent = []
 

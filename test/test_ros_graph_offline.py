@@ -46,6 +46,8 @@ def _run_graph(tmp_path, frames, extra_args, record, done):
         assert probe.wait_for(lambda: all(probe.get_state(n, timeout=2.0) == 'active' for n in NODES), 150), \
             logs_text()
         assert probe.wait_subscribers(cam, 3)
+        linked, missing = probe.wait_linked()   # a frame sent before would lose its flow / keyframe result
+        assert linked, missing + '\n' + logs_text()
         for i, f in enumerate(frames):
             cam.publish(ndarray_to_image(np.ascontiguousarray(f), 'rgb8',
                                          Header(frame_id='cam', stamp=ns_to_stamp(STAMPS[i]))))

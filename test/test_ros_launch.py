@@ -240,3 +240,17 @@ def test_launch_cleans_stale_shared_memory_unless_told_not_to(monkeypatch, shm_c
     assert declared['shm_clean'] == 'true' and len(shm_cleans) == 1
     _expand(_load(monkeypatch), shm_clean='false')
     assert len(shm_cleans) == 1
+
+
+def test_links_ready_needs_every_node_reporting_no_unmatched_link():
+    key = graph.LINKS_UNMATCHED_KEY
+    linked = {f'vidseg: {s.name}': {key: '', 'frames': '3'} for s in graph.MANAGED_NODES}
+    assert graph.links_ready(linked) == (True, '')
+    # a node not heard from yet, or one without the key (an older node), is not ready
+    partial = {k: v for k, v in linked.items() if 'keyframe' not in k}
+    assert graph.links_ready(partial) == (False, 'keyframe_node: no diagnostics yet')
+    assert graph.links_ready(dict(linked, **{'vidseg: flow_node': {'frames': '3'}}))[0] is False
+    unmatched = dict(linked, **{'vidseg: propagation_node': {key: 'sub:/vidseg/flow sub:/vidseg/keyframe/labels'}})
+    assert graph.links_ready(unmatched) == \
+        (False, 'propagation_node: sub:/vidseg/flow sub:/vidseg/keyframe/labels')
+    assert graph.links_ready(unmatched, nodes=['flow_node']) == (True, '')

@@ -298,9 +298,17 @@ class Collector:
 
     def ready(self) -> bool:
         """Graph active: classes latched (the propagation node, activated last, is active), the three
-        nodes subscribe to the camera and the labels publisher is matched."""
+        nodes subscribe to the camera, the labels publisher is matched and every node reports its
+        internal topics (flow, keyframe results) matched (``graph.links_ready``: a frame streamed
+        before would lose its flow or keyframe result)."""
         return (self.classes is not None and self.cam.get_subscription_count() >= 3
-                and self.labels_sub.get_publisher_count() >= 1)
+                and self.labels_sub.get_publisher_count() >= 1 and self.links()[0])
+
+    def links(self) -> tuple:
+        """``graph.links_ready`` on the latest /diagnostics."""
+        from vidseg_ros.ros import graph
+        with self.lock:
+            return graph.links_ready({k: v[2] for k, v in self.diagnostics.items()})
 
     def other_nodes(self) -> list:
         return [n for n in self.probe.node.get_node_names() if n != 'vidseg_demo']
@@ -487,8 +495,10 @@ def run(args, log=print) -> dict:
                 if fail:
                     raise GraphError(f'graph startup failed: {fail} ({_log_errors(log_dir)}); logs: {log_dir}')
             if time.monotonic() > deadline:
+                links = col.links()[1]
                 raise GraphError(f'graph not active after {args.startup_timeout:.0f} s '
-                                 f'({_log_errors(log_dir) or "no errors logged"}); logs: {log_dir}')
+                                 f'({_log_errors(log_dir) or "no errors logged"}'
+                                 f'{"; links not matched: " + links if links else ""}); logs: {log_dir}')
             time.sleep(0.1)
         t_ready = time.monotonic() - t_start
         log(f'[demo] graph active after {t_ready:.1f} s; streaming at {rate:g} Hz')

@@ -32,6 +32,11 @@ CONFIDENCE_TOPIC = '/semantic/confidence'
 STATUS_TOPIC = '/semantic/status'          # per-frame JSON: degraded + reasons (also for unpublished frames)
 CLASSES_TOPIC = '/semantic/classes'
 DIAGNOSTICS_TOPIC = '/diagnostics'
+#: the graph-internal topics (flow, keyframe results, decisions, stats) start with this
+INTERNAL_PREFIX = '/vidseg/'
+#: /diagnostics value of every managed node: its internal topics with no peer matched yet (space-separated
+#: 'pub:TOPIC' / 'sub:TOPIC'; empty once linked). See ``links_ready``.
+LINKS_UNMATCHED_KEY = 'links_unmatched'
 
 
 @dataclass(frozen=True)
@@ -215,3 +220,19 @@ def ros_args(inv: Invocation) -> list:
     for src, dst in inv.remappings:
         args += ['-r', f'{src}:={dst}']
     return args
+
+
+def links_ready(diagnostics: dict, nodes=None) -> tuple:
+    """(ready, what is missing) from the latest /diagnostics values by status name (``{'vidseg: flow_node':
+    {key: value}}``): ready once every managed node (or ``nodes``) has reported and reports no unmatched
+    internal link. Messages on those topics are volatile, so a frame sent before the flow and keyframe
+    topics are matched both ways can lose its flow or keyframe result (seen as 'flow_missing' /
+    'no_keyframe' on the first frames of a deterministic run)."""
+    missing = []
+    for n in nodes or [s.name for s in MANAGED_NODES]:
+        values = diagnostics.get(f'vidseg: {n}')
+        if values is None or LINKS_UNMATCHED_KEY not in values:
+            missing.append(f'{n}: no diagnostics yet')
+        elif values[LINKS_UNMATCHED_KEY]:
+            missing.append(f'{n}: {values[LINKS_UNMATCHED_KEY]}')
+    return not missing, '; '.join(missing)

@@ -156,6 +156,17 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
             self.active = False
         self.teardown()
 
+    def unmatched_links(self) -> list:
+        """The graph-internal topics (``graph.INTERNAL_PREFIX``) this node publishes or subscribes to with no
+        peer matched yet. Those topics are volatile: a message sent before its peer matched is lost to it,
+        so a driver that must not lose a frame (the demo's deterministic mode, the graph tests) waits until
+        every node reports none (``links_unmatched`` on /diagnostics)."""
+        out = {f'pub:{p.topic_name}' for p in self._pubs
+               if p.topic_name.startswith(graph.INTERNAL_PREFIX) and p.get_subscription_count() == 0}
+        out |= {f'sub:{s.topic_name}' for s in self._subs
+                if s.topic_name.startswith(graph.INTERNAL_PREFIX) and s.get_publisher_count() == 0}
+        return sorted(out)
+
     def _publish_diagnostics(self):
         if self._diag_pub is None or not self.active:
             return
@@ -163,6 +174,8 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         for suffix, level, message, values in self.diagnostics():
+            if suffix == '':
+                values = dict(values, **{graph.LINKS_UNMATCHED_KEY: ' '.join(self.unmatched_links())})
             arr.status.append(diagnostic_status(f'vidseg: {self.get_name()}{suffix}', self.get_name(), level,
                                                 message, values))
         if arr.status:
