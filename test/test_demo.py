@@ -86,7 +86,9 @@ def test_demo_deterministic(tmp_path, ros_domain):
     # The demo streams once every node reports its internal topics matched (graph.links_ready): before that,
     # the first frames could lose their flow or keyframe result ('flow_missing' / 'no_keyframe' on the first
     # frames, seen in CI); the message names the counters that tell a late network from a lost message
-    assert s['degraded_frames'] <= 1, (s['degraded_reasons'], _delivery_counters(s['diagnostics']))
+    if s['degraded_frames'] > 1:   # pytest.fail: an assertion message this long would be cut
+        pytest.fail(f"{s['degraded_frames']} frames degraded {s['degraded_reasons']}\n"
+                    + _delivery_counters(s['diagnostics']))
     assert sum(s['degraded_reasons'].values()) >= s['degraded_frames']
     # keyframe frames wait for the network: the offline pipeline's accuracy (about 0.30 here); a pipeline that
     # outputs void, a constant class or labels misaligned with the frames scores far lower
