@@ -688,6 +688,43 @@ def test_manager_kills_stuck_or_hung_node_by_pid(ros_domain):
         _close(mgr)
 
 
+def test_manager_warns_when_a_node_stays_unlinked(ros_domain):
+    """An active node reporting internal topics with no peer (links_unmatched) for longer than links_grace
+    turns its lifecycle status WARN with the topics named; linked again, OK again."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from lifecycle_msgs.msg import State
+    from vidseg_ros.ros import graph
+    from vidseg_ros.ros.common import diag_level, diagnostic_status
+    from vidseg_ros.ros.manager import LifecycleManager
+    mgr = _node(LifecycleManager, {'node_names': ['propagation_node'], 'autostart': False, 'links_grace': 0.3})
+    published = []
+    real_pub = mgr.diag_pub
+    mgr.diag_pub = type('P', (), {'publish': lambda self, arr: published.append(arr)})()
+    try:
+        m = mgr._by_name['propagation_node']
+        m.state, m.responsive, mgr.want_active = State.PRIMARY_STATE_ACTIVE, True, True
+
+        def report(links):
+            arr = DiagnosticArray()
+            arr.status = [diagnostic_status('vidseg: propagation_node', 'propagation_node', 0, 'running',
+                                            {'pid': 1, graph.LINKS_UNMATCHED_KEY: links})]
+            mgr._on_diagnostics(arr)
+            mgr._publish_diagnostics()
+            st = published[-1].status[0]
+            level = int.from_bytes(st.level, 'little') if isinstance(st.level, bytes) else int(st.level)
+            return level, st.message, {kv.key: kv.value for kv in st.values}[graph.LINKS_UNMATCHED_KEY]
+        ok, warn = diag_level('OK'), diag_level('WARN')
+        assert report('') == (ok, 'active', '')
+        assert report('sub:/vidseg/flow') == (ok, 'active', 'sub:/vidseg/flow')   # within the grace
+        time.sleep(0.4)
+        assert report('sub:/vidseg/flow') == (warn, 'active; not linked: sub:/vidseg/flow', 'sub:/vidseg/flow')
+        assert report('') == (ok, 'active', '')
+        assert report('sub:/vidseg/flow') == (ok, 'active', 'sub:/vidseg/flow')   # a new grace period
+    finally:
+        mgr.diag_pub = real_pub
+        _close(mgr)
+
+
 def test_manager_records_and_logs_slow_service_calls(ros_domain):
     """Every manager service call records how long it waited for the server and for the reply; a slow
     call and an unanswered one are reported (to find where the time goes when DDS is slow)."""

@@ -70,6 +70,9 @@ class _Managed:
         self.killed_pids = set()
         self.last_kill = None      # monotonic time of the last kill
         self.recovery_s = []       # kill -> active again, seconds
+        self.unlinked = ''         # its internal topics with no peer matched (graph.LINKS_UNMATCHED_KEY)
+        self.unlinked_since = None
+        self.unlinked_warned = False
 
 
 class LifecycleManager(ParamsMixin, Node):
@@ -91,10 +94,13 @@ class LifecycleManager(ParamsMixin, Node):
         self.declare('restart_after', 10.0, 'kill a node unresponsive or stuck this long so that it is respawned '
                      '(0 = never)', float_range=(0.0, 3600))
         self.declare('keyframe_node', 'keyframe_node', 'node whose schedule parameter the manager sets')
+        self.declare('links_grace', 10.0, 'an active node whose internal /vidseg topics have had no peer matched '
+                     'this long (e.g. a remapped topic, a node missing from the graph, incompatible QoS) is '
+                     'reported WARN on /diagnostics', float_range=(0.0, 3600))
         self.declare('schedule', '', 'keyframe schedule; setting it forwards to the keyframe node')
         self.validate_params()  # the manager has no configure step: bad values stop it with the reason
         p = self.params('node_names', 'autostart', 'transition_timeout', 'startup_timeout', 'health_period',
-                        'health_timeout', 'reactivate', 'keyframe_node', 'restart_after')
+                        'health_timeout', 'reactivate', 'keyframe_node', 'restart_after', 'links_grace')
         self.cfg = p
         self.nodes = [_Managed(self, n) for n in p['node_names']]
         self._by_name = {m.name: m for m in self.nodes}
@@ -291,6 +297,18 @@ class LifecycleManager(ParamsMixin, Node):
             if pid is not None and pid not in m.killed_pids:
                 m.pid = pid
             m.stuck = vals.get('stuck') == 'True'
+            links = vals.get(graph.LINKS_UNMATCHED_KEY)
+            if links is not None:
+                if not links:
+                    m.unlinked_since, m.unlinked_warned = None, False
+                elif m.unlinked_since is None:
+                    m.unlinked_since = time.monotonic()
+                m.unlinked = links
+
+    def _not_linked(self, m: _Managed) -> bool:
+        """The node has reported internal topics with no peer matched for longer than ``links_grace``."""
+        return bool(m.unlinked and m.unlinked_since is not None
+                    and time.monotonic() - m.unlinked_since > self.cfg['links_grace'])
 
     def _kill(self, m: _Managed, why: str) -> bool:
         """SIGKILL the node's process (if its pid is known and still names that node)."""
@@ -405,13 +423,20 @@ class LifecycleManager(ParamsMixin, Node):
                 level, msg = diag_level('STALE'), 'not seen yet'
             elif self.want_active and name != 'active':
                 level, msg = diag_level('WARN'), name
+            elif name == 'active' and self._not_linked(m):
+                level, msg = diag_level('WARN'), f'active; not linked: {m.unlinked}'
+                if not m.unlinked_warned:
+                    m.unlinked_warned = True
+                    self.get_logger().warning(
+                        f'{m.name}: no peer on {m.unlinked} for {time.monotonic() - m.unlinked_since:.0f} s '
+                        '(a node missing from the graph, a remapped internal topic or incompatible QoS)')
             else:
                 level, msg = diag_level('OK'), name
             arr.status.append(diagnostic_status(
                 f'vidseg: lifecycle/{m.name}', m.name, level, msg,
                 {'state': name, 'responsive': m.responsive, 'rtt_ms': 1000 * m.last_rtt,
                  'restarts': m.restarts, 'unresponsive_events': m.unresponsive_events, 'kills': m.kills,
-                 'stuck': m.stuck, 'pid': m.pid,
+                 'stuck': m.stuck, 'pid': m.pid, graph.LINKS_UNMATCHED_KEY: m.unlinked,
                  'last_recovery_s': m.recovery_s[-1] if m.recovery_s else -1.0}))
         self.diag_pub.publish(arr)
 
