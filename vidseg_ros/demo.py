@@ -37,6 +37,7 @@ from vidseg_ros.cli import positive_int, scale_arg
 from vidseg_ros.core.errors import InputError, VidsegError
 
 FRAME_ID = 'camera'
+LINKS_WAIT_S = 30.0  # after the graph is active: max wait for every node's internal topics to be matched
 DETERMINISTIC_WAIT_S = 5.0  # --deterministic: max wait of a frame for its flow and for the keyframe network
 SYNTH_DEFAULTS = dict(frames=60, size=(640, 360), fps=10.0, seed=0)
 AUTO_SCALE_PIXELS = 640 * 360
@@ -298,11 +299,9 @@ class Collector:
 
     def ready(self) -> bool:
         """Graph active: classes latched (the propagation node, activated last, is active), the three
-        nodes subscribe to the camera, the labels publisher is matched and every node reports its
-        internal topics (flow, keyframe results) matched (``graph.links_ready``: a frame streamed
-        before would lose its flow or keyframe result)."""
+        nodes subscribe to the camera and the labels publisher is matched."""
         return (self.classes is not None and self.cam.get_subscription_count() >= 3
-                and self.labels_sub.get_publisher_count() >= 1 and self.links()[0])
+                and self.labels_sub.get_publisher_count() >= 1)
 
     def links(self) -> tuple:
         """``graph.links_ready`` on the latest /diagnostics."""
@@ -495,10 +494,18 @@ def run(args, log=print) -> dict:
                 if fail:
                     raise GraphError(f'graph startup failed: {fail} ({_log_errors(log_dir)}); logs: {log_dir}')
             if time.monotonic() > deadline:
-                links = col.links()[1]
                 raise GraphError(f'graph not active after {args.startup_timeout:.0f} s '
-                                 f'({_log_errors(log_dir) or "no errors logged"}'
-                                 f'{"; links not matched: " + links if links else ""}); logs: {log_dir}')
+                                 f'({_log_errors(log_dir) or "no errors logged"}); logs: {log_dir}')
+            time.sleep(0.1)
+        # the internal topics (flow, keyframe results) are volatile: a frame streamed before they are matched
+        # both ways loses its flow or keyframe result, so wait until every node reports them linked
+        links_deadline = time.monotonic() + LINKS_WAIT_S
+        while not col.links()[0]:
+            g.poll()
+            if time.monotonic() > links_deadline:
+                log(f'[demo] warning: internal topics not matched after {LINKS_WAIT_S:.0f} s '
+                    f'({col.links()[1]}); streaming anyway, the first frames may be degraded')
+                break
             time.sleep(0.1)
         t_ready = time.monotonic() - t_start
         log(f'[demo] graph active after {t_ready:.1f} s; streaming at {rate:g} Hz')
