@@ -91,6 +91,20 @@ def test_bad_bag_is_a_clear_error(tmp_path, kitti_bag):
     assert bag_replay.main([str(path), '--topic', '/nope', '--rate', '0']) == 2
 
 
+def test_wait_linked_without_a_graph_is_a_clear_error(ros_domain, kitti_bag, tmp_path):
+    """--wait-linked with no vidseg graph up: exit 2 naming the nodes not heard from, nothing played."""
+    path, _, _ = kitti_bag
+    proc = start_process([sys.executable, '-m', 'vidseg_ros.ros.bag_replay', str(path), '--rate', '0',
+                          '--wait-linked', '--wait-timeout', '1.5'], str(tmp_path / 'play.log'))
+    try:
+        assert proc.wait(60) == 2, read_log(proc)
+    finally:
+        stop_processes([proc])
+    log = read_log(proc)
+    assert 'error: the vidseg nodes are not linked within 1.5s (flow_node: no diagnostics yet; ' in log, log
+    assert 'played' not in log
+
+
 @pytest.mark.slow
 def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path):
     """Replay (sim time, paced) through the graph on the KITTI topic; the recorded bag has one label
@@ -118,7 +132,7 @@ def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path):
         finally:
             probe.close()
         play = start_process([sys.executable, '-m', 'vidseg_ros.ros.bag_replay', str(path), '--rate', '0',
-                              '--clock', '--wait-subscribers', '3', '--paced', graph.LABELS_TOPIC,
+                              '--clock', '--wait-subscribers', '3', '--wait-linked', '--paced', graph.LABELS_TOPIC,
                               '--record', str(out), '--record-topics', graph.LABELS_TOPIC, graph.CLASSES_TOPIC,
                               '--tail', '0.5'], str(tmp_path / 'play.log'))
         play.wait(150)

@@ -7,7 +7,9 @@ optionally record the outputs to a new mcap bag -- ``ros2 bag`` is not needed.
 Messages are published as their recorded CDR bytes (exact), at the recorded pace times ``--rate``
 (0 = as fast as possible). ``--clock`` publishes /clock (rosgraph_msgs/Clock) with the bag time, for
 nodes started with ``use_sim_time:=true``. ``--paced TOPIC`` waits, after each message, for one
-message on TOPIC (deterministic replay, e.g. one /semantic/labels per frame).
+message on TOPIC (deterministic replay, e.g. one /semantic/labels per frame); with ``--wait-linked`` the
+replay starts only once every vidseg node reports its internal topics matched (no first frame loses its
+flow or keyframe result).
 
 KITTI raw drives: convert a drive with ``kitti2mcap`` (it writes rgb8 images on
 ``/kitti/camera_color_left/image_raw``), then either remap on replay::
@@ -141,7 +143,11 @@ def build_parser():
     ap.add_argument('--loop', action='store_true', help='repeat until interrupted')
     ap.add_argument('--qos', choices=('reliable', 'sensor_data'), default='reliable', help='publisher QoS')
     ap.add_argument('--wait-subscribers', type=int, default=0, help='wait for this many subscribers first')
-    ap.add_argument('--wait-timeout', type=float, default=60.0, help='seconds to wait for subscribers')
+    ap.add_argument('--wait-linked', action='store_true',
+                    help="wait until every vidseg node reports its internal topics matched on /diagnostics "
+                         "(graph.links_ready): a frame played before may lose its flow or keyframe result")
+    ap.add_argument('--wait-timeout', type=float, default=60.0,
+                    help='seconds to wait for subscribers / linked nodes')
     ap.add_argument('--paced', default='', metavar='TOPIC',
                     help='after each message wait for one message on TOPIC (deterministic replay)')
     ap.add_argument('--paced-timeout', type=float, default=30.0)
@@ -149,6 +155,32 @@ def build_parser():
     ap.add_argument('--record-topics', nargs='+', default=[graph.LABELS_TOPIC], metavar='TOPIC')
     ap.add_argument('--tail', type=float, default=2.0, help='seconds to keep recording after the last message')
     return ap
+
+
+def wait_linked(node, timeout: float, stop: threading.Event):
+    """Block until every managed vidseg node reports no unmatched internal topic on /diagnostics
+    (``graph.links_ready``); InputError naming what is missing after ``timeout`` s."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from vidseg_ros.ros.common import reliable_qos
+    latest, lock = {}, threading.Lock()
+
+    def on_diag(msg):
+        with lock:
+            for st in msg.status:
+                latest[st.name] = {kv.key: kv.value for kv in st.values}
+    sub = node.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, on_diag, reliable_qos(50))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with lock:
+                ready, missing = graph.links_ready(latest)
+            if ready or stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise InputError(f'the vidseg nodes are not linked within {timeout}s ({missing})')
+            time.sleep(0.1)
+    finally:
+        node.destroy_subscription(sub)
 
 
 def play(args, node, stop: threading.Event) -> dict:
@@ -174,6 +206,8 @@ def play(args, node, stop: threading.Event) -> dict:
                     raise InputError(f'no {args.wait_subscribers} subscriber(s) on '
                                      f'{[p.topic_name for p in pubs.values()]} within {args.wait_timeout}s')
                 time.sleep(0.05)
+        if args.wait_linked:
+            wait_linked(node, args.wait_timeout, stop)
         paced = {'n': 0}
         cv = threading.Condition()
         if args.paced:
