@@ -996,7 +996,8 @@ def test_propagation_node_two_sided_topic(ros_domain):
     breaks the backward chain; what is held goes out forward-only on deactivation."""
     from vidseg_ros.ros.conversions import image_to_ndarray, stamp_to_ns
     W, H = 64, 48
-    node = _prop({'two_sided': True, 'two_sided_max_delay': 10, 'flow_timeout': 5.0})
+    # no time bound: a slow test machine must not release a held frame early
+    node = _prop({'two_sided': True, 'two_sided_max_delay': 10, 'two_sided_max_wait_s': 0.0, 'flow_timeout': 5.0})
     node.two_pub = two = Rec()
     try:
         T = [10**10 + i * 33_000_000 for i in range(12)]

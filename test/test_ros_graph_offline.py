@@ -111,7 +111,8 @@ def test_graph_two_sided_matches_offline(ros_domain, shared, tmp_path):
     assert differ > 0.01, differ
 
     # frames 0..6 are final once keyframe 6 is in; frame 7 waits for a keyframe that never comes
-    got = _run_graph(tmp_path, frames, ['--two-sided'], [(Image, graph.LABELS_TWO_SIDED_TOPIC)],
+    # no time bound (the default 1 s could release a frame early on a loaded test machine)
+    got = _run_graph(tmp_path, frames, ['--two-sided', '--two-sided-max-wait', '0'], [(Image, graph.LABELS_TWO_SIDED_TOPIC)],
                      lambda p: p.count(graph.LABELS_TWO_SIDED_TOPIC) == 7)
     two_msgs = got[graph.LABELS_TWO_SIDED_TOPIC]
     assert [stamp_to_ns(m.header.stamp) for _, m in two_msgs] == STAMPS[:7]   # in order, camera stamps

@@ -138,12 +138,13 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('region_shape', 'strip', "temporal_mode region: 'strip' (full-height strip) or 'tile' (2:1)")
         self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
                      'keyframe is in, fused with it carried back (delayed; plain warp only; core/bidirectional.py)')
-        self.declare('two_sided_max_delay', 10, 'two_sided: frames a frame waits for the next keyframe before '
-                     'it is published forward-only (the frames that arrive during the keyframe pass count)',
+        self.declare('two_sided_max_delay', 30, 'two_sided: frames a frame waits for the next keyframe before '
+                     'it is published forward-only (the frames that arrive during the keyframe pass count; a '
+                     'memory cap behind two_sided_max_wait_s: raise it for cameras above 25 Hz)',
                      int_range=(0, 1000))
         self.declare('two_sided_trust', True, 'two_sided: where the sides disagree, weigh down the side whose flow '
                      'chain failed the forward-backward check (false: ~2 ms a frame cheaper)')
-        self.declare('two_sided_max_wait_s', 0.0, 'two_sided: seconds a frame waits (from its processing) for '
+        self.declare('two_sided_max_wait_s', 1.0, 'two_sided: seconds a frame waits (from its processing) for '
                      'the next keyframe before it is published forward-only; 0 = no time bound',
                      float_range=(0.0, 3600.0))
         self.declare('model', 'default', 'model for the refiner (refine:=true)')
