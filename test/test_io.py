@@ -182,3 +182,25 @@ def test_rosbag_without_images(tmp_path):
     _write_bag(bag, 'mcap', None)
     with pytest.raises(InputError, match='no sensor_msgs/msg/Image topic'):
         open_source(bag)
+
+
+def test_unreadable_frames_raise_or_come_with_their_error(tmp_path):
+    """A source raises on an unreadable frame, naming it; with skip_bad it yields the frame with rgb None
+    and the error instead, and goes on (folders and bags)."""
+    folder = tmp_path / 'f'
+    folder.mkdir()
+    for i, f in enumerate(_frames(3, 24, 32)):
+        cv2.imwrite(str(folder / f'{i}.png'), f)
+    (folder / '1.png').write_bytes(b'junk')
+    with pytest.raises(InputError, match='cannot read image .*1.png'):
+        list(open_source(folder))
+    got = list(open_source(folder, skip_bad=True))
+    assert [(f.stem, f.rgb is None) for f in got] == [('0', False), ('1', True), ('2', False)]
+    assert got[1].error.startswith('cannot read image') and got[0].error is None
+    bag = tmp_path / 'bag'
+    _write_bag(bag, 'mcap', _frames(2, 24, 32), encoding='yuv422')
+    with pytest.raises(InputError, match="message #0 on /camera/image_raw: unsupported image encoding 'yuv422'"):
+        list(open_source(bag))
+    got = list(open_source(bag, skip_bad=True))
+    assert [f.stem for f in got] == ['000000', '000001'] and all(f.rgb is None for f in got)
+    assert "unsupported image encoding 'yuv422'" in got[1].error and got[1].stamp_s == pytest.approx(1.1, abs=1e-6)

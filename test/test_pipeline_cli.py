@@ -675,3 +675,42 @@ def test_two_sided_beats_forward_on_real_frames(shared, tmp_path):
     assert two['keyframes'] == warp['keyframes'] == 3
     assert two['miou'] > warp['miou'] + 0.4, (two['miou'], warp['miou'])
     assert two['tc'] > rows['per_frame']['tc']
+
+
+def test_cli_run_skips_unreadable_frames_and_lists_them(tmp_path, capsys, monkeypatch):
+    """A corrupt image in the middle of a folder: the run goes on, the frame has no label file, a warning
+    names it and summary.json lists it (--strict: stop there with a one-line error); a folder of nothing
+    readable is a clear error."""
+    src = tmp_path / 'frames'
+    src.mkdir()
+    for t in range(6):
+        cv2.imwrite(str(src / f'f{t:03d}.png'), cv2.cvtColor(scene(t)[0], cv2.COLOR_RGB2BGR))
+    (src / 'f002.png').write_bytes(b'not a png')
+    import vidseg_ros.core.models as models
+    monkeypatch.setattr(models, 'load_model', lambda *a, **k: ColourNet())
+    for extra in ([], ['--two-sided']):
+        out = tmp_path / ('o' + ''.join(extra))
+        rc, so, se = _run_cli(['run', str(src), '--out', str(out), '--interval', '2', '--no-overlay', '-q'] + extra,
+                              capsys)
+        assert rc == 0, se
+        assert sorted(p.stem for p in (out / 'labels').glob('*.png')) == ['f000', 'f001', 'f003', 'f004', 'f005']
+        summ = json.loads((out / 'summary.json').read_text())
+        assert summ['frames'] == 5
+        assert summ['skipped_frames'] == [{'index': 2, 'stem': 'f002',
+                                           'error': f'cannot read image (corrupt or not an image): {src / "f002.png"}'}]
+        assert 'warning: frame f002 skipped: cannot read image' in se
+        assert 'warning: 1 unreadable frame(s) skipped, no labels for them: f002' in se
+        lab = cv2.imread(str(out / 'labels' / 'f003.png'), cv2.IMREAD_UNCHANGED)
+        assert (lab == scene(3)[1]).mean() > 0.8      # the frames after the gap are still labelled right
+    rc, so, se = _run_cli(['run', str(src), '--out', str(tmp_path / 's'), '--strict', '--no-overlay', '-q'], capsys)
+    assert rc == 2 and se.strip() == f'error: cannot read image (corrupt or not an image): {src / "f002.png"}'
+    # --max-frames counts input frames, the unreadable one too
+    rc, so, se = _run_cli(['run', str(src), '--out', str(tmp_path / 'm'), '--max-frames', '4', '--no-overlay', '-q'],
+                          capsys)
+    assert rc == 0 and json.loads((tmp_path / 'm' / 'summary.json').read_text())['frames'] == 3
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    for t in range(2):
+        (bad / f'b{t}.png').write_bytes(b'junk')
+    rc, so, se = _run_cli(['run', str(bad), '--out', str(tmp_path / 'b'), '-q'], capsys)
+    assert rc == 2 and 'no readable frame in' in se and '2 unreadable' in se and len(se.strip().splitlines()) == 3

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--device', default='cpu', help='cpu or cuda')
     r.add_argument('--backend', default='auto', help='auto, torch, torchscript or onnxruntime')
     r.add_argument('--max-frames', type=positive_int, default=None, help='stop after N frames')
+    r.add_argument('--strict', action='store_true',
+                   help='stop at the first unreadable frame (default: skip it with a warning, go on, and list '
+                        'it in summary.json: skipped_frames)')
     r.add_argument('--topic', default=None, help='image topic (rosbag sources)')
     r.add_argument('--fps', type=float, default=None, help='frame rate of an image folder (overlay video)')
     r.add_argument('--no-overlay', action='store_true', help='do not write overlay.mp4')
@@ -165,16 +168,32 @@ def cmd_run(args) -> int:
     from .core.pipeline import VideoSegmenter
     from .core.schedule import OperatingPoint, get_operating_point
 
-    src = open_source(args.source, topic=args.topic, fps=args.fps)
+    src = open_source(args.source, topic=args.topic, fps=args.fps, skip_bad=not args.strict)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f'--out exists and is not a folder: {out_dir}')
     model = load_model(args.model, weights=args.weights, device=args.device, backend=args.backend)
 
-    it = iter(src)
+    skipped = []   # frames that could not be read: no label file, listed in the summary
+
+    def readable(frames):
+        for fr in frames:
+            if fr.error is None:
+                yield fr
+                continue
+            skipped.append({'index': fr.index, 'stem': fr.stem, 'error': fr.error})
+            tqdm.write(f'warning: frame {fr.stem} skipped: {fr.error}', file=sys.stderr)
+
+    raw = iter(src)
+    if args.max_frames:
+        raw = itertools.islice(raw, args.max_frames)
+    it = readable(raw)
     try:
         first = next(it)
     except StopIteration:
+        if skipped:
+            raise InputError(f'no readable frame in {args.source} ({len(skipped)} unreadable; the first: '
+                             f'{skipped[0]["error"]})') from None
         raise InputError(f'no frames in {args.source}') from None
     size = (first.rgb.shape[1], first.rgb.shape[0])
     scale = _auto_scale(size, model.input_size) if args.scale == 'auto' else args.scale
@@ -239,8 +258,6 @@ def cmd_run(args) -> int:
     if args.max_frames:
         total = min(total, args.max_frames) if total else args.max_frames
     frames = itertools.chain([first], it)
-    if args.max_frames:
-        frames = itertools.islice(frames, args.max_frames)
     n = 0
     n_kf = 0
     degraded = 0
@@ -280,6 +297,7 @@ def cmd_run(args) -> int:
         'operating_point': op.to_dict(), 'temporal_mode': args.temporal_mode or 'warp',
         'schedule': s['schedule'], 'flow': seg.flow.describe(),
         'propagator': s['propagator'], 'two_sided': s.get('two_sided'),
+        'skipped_frames': skipped,
         'outputs': {'labels': str(out_dir / 'labels'),
                     'overlay': None if overlay is None else str(overlay.path)},
     }
@@ -289,6 +307,10 @@ def cmd_run(args) -> int:
         print(f'{n} frames ({n_kf} keyframes), {fps:.2f} fps, '
               f'keyframe {summary["mean_keyframe_ms"] or 0:.0f} ms, propagated '
               f'{summary["mean_propagated_ms"] or 0:.1f} ms -> {out_dir}')
+    if skipped:   # also with -q: a frame without labels is never silent
+        print(f'warning: {len(skipped)} unreadable frame(s) skipped, no labels for them: '
+              f'{", ".join(s["stem"] for s in skipped[:5])}{" ..." if len(skipped) > 5 else ""} '
+              f'(summary.json: skipped_frames)', file=sys.stderr)
     return 0
 
 

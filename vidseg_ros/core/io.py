@@ -1,6 +1,9 @@
 """Frame sources (video file, image folder, single image, rosbag2) and output writers.
 
-Every source yields :class:`Frame` (index, stem, rgb uint8 (H, W, 3), stamp_s). ``len(source)`` works
+Every source yields :class:`Frame` (index, stem, rgb uint8 (H, W, 3), stamp_s). A frame that cannot be
+read (a corrupt image file in a folder, an undecodable bag message) raises :class:`InputError`, or, with
+``skip_bad=True``, comes as a Frame with ``rgb`` None and ``error`` saying why, so that a caller can go
+on with the next frame and report it (``vidseg run`` does). ``len(source)`` works
 when the count is known (image folders, bags; videos report the container's frame count), and
 ``source.fps`` is set when known (video container, bag stamps; folders/images: the ``fps`` argument).
 """
@@ -28,8 +31,9 @@ BAG_EXTS = ('.mcap', '.db3')
 class Frame:
     index: int
     stem: str
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     stamp_s: float
+    error: str | None = None   # skip_bad sources: why this frame could not be read (rgb is None)
 
 
 def read_image(path) -> np.ndarray:
@@ -58,6 +62,7 @@ class FrameSource:
 
     kind = 'source'
     fps: float | None = None
+    skip_bad = False
 
     def __init__(self, path):
         self.path = Path(path)
@@ -97,7 +102,12 @@ class ImageFolderSource(FrameSource):
         i %= len(self.files)
         f = self.files[i]
         stamp = i / self.fps if self.fps else float(i)
-        return Frame(i, f.stem, read_image(f), stamp)
+        try:
+            return Frame(i, f.stem, read_image(f), stamp)
+        except InputError as e:
+            if not self.skip_bad:
+                raise
+            return Frame(i, f.stem, None, stamp, error=str(e))
 
     def __iter__(self):
         for i in range(len(self.files)):
@@ -250,29 +260,50 @@ class RosbagSource(FrameSource):
         try:
             conns = [c for c in reader.connections if c.topic == self.topic]
             for i, (conn, t_ns, raw) in enumerate(reader.messages(connections=conns)):
-                msg = reader.deserialize(raw, conn.msgtype)
-                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-                if stamp == 0:
-                    stamp = t_ns * 1e-9
-                if conn.msgtype == _IMAGE_TYPES[1]:
-                    bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-                    if bgr is None:
-                        raise InputError(f'cannot decode CompressedImage #{i} ({msg.format}) on {self.topic}')
-                    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                else:
-                    rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                           bool(msg.is_bigendian))
-                yield Frame(i, f'{i:06d}', rgb, float(stamp))
+                try:
+                    yield self._frame(reader, conn, i, t_ns, raw)
+                except InputError as e:
+                    if not self.skip_bad:
+                        raise
+                    yield Frame(i, f'{i:06d}', None, t_ns * 1e-9, error=str(e))
         finally:
             reader.close()
+
+    def _frame(self, reader, conn, i: int, t_ns: int, raw) -> Frame:
+        try:
+            msg = reader.deserialize(raw, conn.msgtype)
+        except Exception as e:
+            raise InputError(f'cannot deserialize message #{i} on {self.topic}: {type(e).__name__}: {e}') from None
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp == 0:
+            stamp = t_ns * 1e-9
+        if conn.msgtype == _IMAGE_TYPES[1]:
+            bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise InputError(f'cannot decode CompressedImage #{i} ({msg.format}) on {self.topic}')
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        else:
+            try:
+                rgb = image_msg_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                       bool(msg.is_bigendian))
+            except InputError as e:
+                raise InputError(f'message #{i} on {self.topic}: {e}') from None
+        return Frame(i, f'{i:06d}', rgb, float(stamp))
 
 
 def _is_bag(path: Path) -> bool:
     return (path.is_dir() and (path / 'metadata.yaml').is_file()) or path.suffix.lower() in BAG_EXTS
 
 
-def open_source(path, topic: str | None = None, fps: float | None = None) -> FrameSource:
-    """Open a video file, an image folder, a single image or a rosbag2 (dir / .mcap / .db3)."""
+def open_source(path, topic: str | None = None, fps: float | None = None, skip_bad: bool = False) -> FrameSource:
+    """Open a video file, an image folder, a single image or a rosbag2 (dir / .mcap / .db3). ``skip_bad``:
+    unreadable frames come as ``Frame.error`` instead of raising (module docstring)."""
+    src = _open_source(path, topic, fps)
+    src.skip_bad = bool(skip_bad)
+    return src
+
+
+def _open_source(path, topic, fps) -> FrameSource:
     if path is None or str(path) == '':
         raise InputError('no input path given')
     p = Path(path)
