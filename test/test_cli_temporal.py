@@ -7,7 +7,7 @@ import pytest
 from vidseg_ros import cli
 
 
-@pytest.mark.parametrize('mode', ['refiner', 'grfp', 'davss', 'cache2', 'region'])
+@pytest.mark.parametrize('mode', ['refiner', 'grfp', 'davss', 'cache2', 'region', 'region-ctx'])
 def test_run_with_temporal_mode(tmp_path, shared, mode):
     src = tmp_path / 'frames'
     src.mkdir()
@@ -21,6 +21,8 @@ def test_run_with_temporal_mode(tmp_path, shared, mode):
     s = json.loads((out / 'summary.json').read_text())
     assert s['temporal_mode'] == mode and s['frames'] == 4 and s['keyframes'] == 2
     assert s['propagator']['refined_frames'] == 2          # the module ran on both propagated frames
+    if mode == 'region-ctx':   # the keyframe pass handed its context to both tiles
+        assert s['region_context'] == {'used': 2, 'missing': 0}
 
 
 def test_unknown_temporal_mode_is_rejected(tmp_path, capsys):
@@ -39,14 +41,14 @@ def test_region_tile_area(tmp_path, shared, capsys):
                             '--region-tile-area', '0.3']) == 0
     assert len(list((tmp_path / 'a' / 'labels').glob('*.png'))) == 3
     rc = cli.main(base + ['--out', str(tmp_path / 'b'), '--region-tile-area', '0.3'])
-    assert rc == 2 and '--region-tile-area applies to --temporal-mode region only' in capsys.readouterr().err
+    assert rc == 2 and '--region-tile-area applies to --temporal-mode region / region-ctx only' in capsys.readouterr().err
     rc = cli.main(base + ['--out', str(tmp_path / 'c'), '--temporal-mode', 'region', '--region-tile-area', '2'])
     assert rc == 2 and 'tile_area must be in (0, 1]' in capsys.readouterr().err
     assert cli.main(base + ['--out', str(tmp_path / 'd'), '--temporal-mode', 'region',
                             '--region-shape', 'tile', '--max-frames', '2']) == 0
     assert len(list((tmp_path / 'd' / 'labels').glob('*.png'))) == 2
     rc = cli.main(base + ['--out', str(tmp_path / 'e'), '--region-shape', 'tile'])
-    assert rc == 2 and '--region-shape applies to --temporal-mode region only' in capsys.readouterr().err
+    assert rc == 2 and '--region-shape applies to --temporal-mode region / region-ctx only' in capsys.readouterr().err
 
 
 def _bench_result(rows):

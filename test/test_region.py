@@ -134,7 +134,7 @@ def test_bad_parameters_are_clear_errors(small_model):
         RegionRefresher(small_model, shape='square')
     from vidseg_ros.core.temporal import make_temporal_module
     for opts in ({'tile_area': 0.3}, {'tile_shape': 'tile'}, {'tile_model': 'espnetv2_s1.0_512x256'}):
-        with pytest.raises(ConfigError, match='tile_area / tile_shape / tile_model apply to mode region only'):
+        with pytest.raises(ConfigError, match='tile_area / tile_shape / tile_model apply to the region modes only'):
             make_temporal_module('grfp', small_model, **opts)
     assert make_temporal_module('region', small_model, tile_area=0.3).tile_area == 0.3
     m = make_temporal_module('region', small_model, tile_area=0.3, tile_shape='tile')
@@ -209,3 +209,83 @@ def test_a_failing_module_leaves_the_plain_warp(small_model, shared):
     a, b = ref.step(1, flow, flow, img), plain.step(1, flow, flow, img)
     assert np.array_equal(a.labels, b.labels) and a.distance == 1 and not a.degraded
     assert ref.stats['module_errors'] == 1 and 'other class planes' in ref.last_module_error
+
+
+# ------------------------------------------------------------------------------ region refresh with context
+def test_context_maps_are_the_resized_grids_cut_to_the_tile():
+    import torch
+    from vidseg_ros.core.region import CONTEXT_STRIDES, context_maps
+    from vidseg_ros.core.models.espnetv2 import CONTEXT_KEYS
+    rng = np.random.default_rng(0)
+    grids = {k: rng.standard_normal((10, a, b)).astype(np.float32)
+             for k, (a, b) in zip(CONTEXT_KEYS, [(5, 5), (5, 7), (7, 13), (13, 26)])}
+    for box in [(0, 0, 96, 256), (208, 0, 96, 256), (416, 0, 96, 256), (96, 64, 224, 112)]:
+        got = context_maps(grids, (512, 256), box)
+        x, y, w, h = box
+        for k, s in zip(CONTEXT_KEYS, CONTEXT_STRIDES):
+            full = torch.nn.functional.interpolate(torch.from_numpy(grids[k])[None], size=(256 // s, 512 // s),
+                                                   mode='bilinear', align_corners=True)
+            ref = full[:, :, y // s:y // s + h // s, x // s:x // s + w // s]
+            assert got[k].shape == ref.shape == (1, 10, h // s, w // s)
+            assert float((got[k] - ref).abs().max()) < 1e-5
+
+
+def test_epp_context_replaces_the_global_branch(small_model):
+    """The whole frame's own grids as context give the plain output exactly; other grids change it."""
+    import torch
+    from vidseg_ros.core.region import context_maps
+    net = small_model.net
+    x = torch.from_numpy(small_model.preprocess(np.random.default_rng(1).integers(0, 255, (64, 128, 3), np.uint8)))
+    with torch.inference_mode():
+        plain = net(x)
+        logits, grids = net.forward_high(net.forward_low(x), return_context=True)
+        assert torch.equal(logits, plain) and sorted(grids) == ['ctx1', 'ctx2', 'ctx3', 'ctx4']
+        maps = context_maps({k: g[0].numpy() for k, g in grids.items()}, (128, 64), (0, 0, 128, 64))
+        same = net.forward_high(net.forward_low(x), context=maps)
+        assert float((same - plain).abs().max()) < 1e-4
+        other = net.forward_high(net.forward_low(x), context={k: v * 0 + 3 for k, v in maps.items()})
+        assert float((other - plain).abs().max()) > 1e-2
+
+
+def test_context_region_refresher(small_model, shared):
+    """region-ctx: the keyframe pass gives the network's own labels plus its context grids; a tile uses the
+    grids the state carries, falls back to the plain tile without them, and the onnxruntime tile equals the
+    torch one."""
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.region import ContextRegionRefresher
+    from vidseg_ros.core.temporal import make_temporal_module
+    rng = np.random.default_rng(3)
+    kf_img = rng.integers(0, 255, (64, 128, 3), np.uint8)
+    img = np.roll(kf_img, 6, axis=1)
+    ctx = make_temporal_module('region-ctx', small_model, tile_area=0.25)
+    assert isinstance(ctx, ContextRegionRefresher) and ctx.ort is None   # a torch model: torch halves
+    sem, bad = ctx.keyframe_semantics(kf_img, (128, 64))
+    assert bad == 0 and np.array_equal(sem.labels, small_model.segment(kf_img).labels)
+    assert sorted(sem.features) == ['ctx1', 'ctx2', 'ctx3', 'ctx4'] and sem.features['ctx1'].shape == (10, 5, 5)
+    mask = np.zeros((64, 128), np.float32)
+    mask[:, 40:70] = 1.0
+    with_ctx = ctx.refresh(img, sem, mask)
+    assert (ctx.context_used, ctx.context_missing) == (1, 0)
+    assert sorted(with_ctx.features) == sorted(sem.features)      # the grids travel on with the state
+    plain_sem = sem.copy()
+    plain_sem.features = None
+    without = ctx.refresh(img, plain_sem, mask)
+    assert (ctx.context_used, ctx.context_missing) == (1, 1)
+    plain = RegionRefresher(small_model, tile_area=0.25).refresh(img, plain_sem, mask)
+    assert np.array_equal(without.labels, plain.labels)          # no grids: the plain tile
+    assert not np.array_equal(with_ctx.labels, plain.labels)     # the context changes the tile's labels
+    # onnxruntime (the CPU default): exported halves, the same labels as torch
+    ort_model = load_model('espnetv2_s0.5_512x256', input_size=(128, 64))
+    assert ort_model.backend == 'onnxruntime'
+    octx = make_temporal_module('region-ctx', ort_model, tile_area=0.25)
+    assert octx.ort is not None and octx.keyframe.ort is not None
+    osem, _ = octx.keyframe_semantics(kf_img, (128, 64))
+    assert (osem.labels == sem.labels).mean() > 0.999
+    for k in sem.features:
+        assert np.abs(osem.features[k] - sem.features[k]).max() < 1e-3
+    assert (octx.refresh(img, osem, mask).labels == with_ctx.labels).mean() > 0.999
+    # ESPNetv2 only, and not with another tile network
+    with pytest.raises(ConfigError, match='needs an ESPNetv2 keyframe network .*espnet_p2q3.*use temporal mode region'):
+        make_temporal_module('region-ctx', load_model('espnet_p2q3', backend='torch', input_size=(128, 64)))
+    with pytest.raises(ConfigError, match='does not combine with tile_model'):
+        make_temporal_module('region-ctx', small_model, tile_model='espnetv2_s1.0_512x256')

@@ -91,6 +91,38 @@ def test_graph_feature_caching_matches_offline(ros_domain, shared, tmp_path):
     assert st[-1]['temporal_mode'] == 'cache1' and st[-1]['refined_frames'] == 4, st[-1]
 
 
+def test_graph_region_context_matches_offline(ros_domain, shared, tmp_path):
+    """temporal_mode region-ctx: the keyframe node sends its context grids with each keyframe, the
+    propagation node's tiles use them, and the labels equal the offline pipeline's (where the context
+    changes the tile's labels)."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+    from vidseg_ros.core.models import load_model
+    from vidseg_ros.core.pipeline import VideoSegmenter
+    from vidseg_ros.core.schedule import OperatingPoint
+    from vidseg_ros.core.temporal import attach, make_temporal_module
+
+    frames = _frames(shared, 'seq0000', 7)
+    model = load_model(MODEL)
+    expect = {}
+    for mode in ('region', 'region-ctx'):
+        seg = VideoSegmenter(model, OperatingPoint('t', SCALE, 3, True, False))
+        attach(seg, make_temporal_module(mode, model))
+        expect[mode] = [seg.process(f).labels.copy() for f in frames]
+    assert seg.refiner.context_used == 4 and seg.refiner.context_missing == 0
+    changed = max((a != b).mean() for a, b in zip(expect['region'], expect['region-ctx']))
+    assert changed > 0.002, changed   # the context changes what the tiles say
+
+    got = _run_graph(tmp_path, frames, ['--temporal-mode', 'region-ctx'],
+                     [(Image, graph.KEYFRAME_FEATURES_TOPIC), (String, graph.STATS_TOPIC)], lambda p: True)
+    _assert_equal_labels(got[graph.LABELS_TOPIC], expect['region-ctx'], 'region-ctx')
+    # 3 keyframes (0, 3, 6), four grids each; the 4 frames between refreshed with them
+    assert len(got[graph.KEYFRAME_FEATURES_TOPIC]) == 12
+    st = [json.loads(m.data) for _, m in got[graph.STATS_TOPIC]]
+    assert st[-1]['temporal_mode'] == 'region-ctx' and st[-1]['refined_frames'] == 4, st[-1]
+    assert (st[-1]['region_context_used'], st[-1]['region_context_missing']) == (4, 0), st[-1]
+
+
 def test_graph_two_sided_matches_offline(ros_domain, shared, tmp_path):
     from sensor_msgs.msg import Image
     from vidseg_ros.core.bidirectional import TwoSidedSegmenter

@@ -92,12 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--no-warp', action='store_true', help='hold labels between keyframes (W off)')
     r.add_argument('--refine', action='store_true', help='refine IAM-flagged regions (R on, low-res network)')
     r.add_argument('--temporal-mode', default=None,
-                   choices=('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region'),
+                   choices=('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region',
+                            'region-ctx'),
                    help='propagation mode (issue 4): plain warp, the low-res stand-in, the learned EVS '
                         'refiner / GRFP STGRU / DAVSS correction (packaged weights), keyframe '
                         'feature caching of 1 or 2 levels (ESPNetv2; cached maps warped with the state, as '
                         'in the ROS graph), or region refresh '
-                        '(the keyframe network on the worst strip or tile of each propagated frame)')
+                        '(the keyframe network on the worst strip or tile of each propagated frame; '
+                        'region-ctx: with the keyframe\'s global context, ESPNetv2)')
     r.add_argument('--two-sided', action='store_true',
                    help='delayed two-sided propagation: each propagated frame waits for the next keyframe, '
                         'whose labels are carried back with the forward flow and fused with the forward '
@@ -110,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'a frame at 1024x512; BENCHMARKS.md section 4)')
     r.add_argument('--temporal-weights', default=None, help='weights of the learned temporal module')
     r.add_argument('--region-tile-area', type=float, default=None,
-                   help='--temporal-mode region: share of the frame refreshed per propagated frame (default 0.19)')
+                   help='--temporal-mode region(-ctx): share of the frame refreshed per propagated frame '
+                        '(default 0.19)')
     r.add_argument('--region-shape', choices=('strip', 'tile'), default=None,
-                   help='--temporal-mode region: shape of the refreshed region: a full-height strip (default) '
+                   help='--temporal-mode region(-ctx): shape of the refreshed region: a full-height strip (default) '
                         'or a 2:1 tile')
     r.add_argument('--schedule', default=None,
                    help="fixed | adaptive | budget, or a spec like 'adaptive:max_interval=10'")
@@ -216,10 +219,10 @@ def cmd_run(args) -> int:
         elif s == 'budget':
             s = {'type': 'budget', 'camera_rate_hz': src.fps or 25.0}
         schedule = s
-    if args.region_tile_area is not None and args.temporal_mode != 'region':
-        raise ConfigError('--region-tile-area applies to --temporal-mode region only')
-    if args.region_shape is not None and args.temporal_mode != 'region':
-        raise ConfigError('--region-shape applies to --temporal-mode region only')
+    if args.region_tile_area is not None and args.temporal_mode not in ('region', 'region-ctx'):
+        raise ConfigError('--region-tile-area applies to --temporal-mode region / region-ctx only')
+    if args.region_shape is not None and args.temporal_mode not in ('region', 'region-ctx'):
+        raise ConfigError('--region-shape applies to --temporal-mode region / region-ctx only')
     if args.max_delay is not None and not args.two_sided:
         raise ConfigError('--max-delay applies to --two-sided only')
     if args.no_trust and not args.two_sided:
@@ -298,6 +301,8 @@ def cmd_run(args) -> int:
         'schedule': s['schedule'], 'flow': seg.flow.describe(),
         'propagator': s['propagator'], 'two_sided': s.get('two_sided'),
         'skipped_frames': skipped,
+        'region_context': ({'used': seg.refiner.context_used, 'missing': seg.refiner.context_missing}
+                           if hasattr(seg.refiner, 'context_used') else None),
         'outputs': {'labels': str(out_dir / 'labels'),
                     'overlay': None if overlay is None else str(overlay.path)},
     }

@@ -39,13 +39,17 @@ import math
 
 import cv2
 import numpy as np
+import torch
 
 from .errors import ConfigError, InputError
+from .models.espnetv2 import CONTEXT_KEYS
 from .propagation import IGNORE, Semantics, _resize_planes, quantize_probs
 
-__all__ = ['RegionRefresher', 'SHAPES', 'tile_size', 'best_tile', 'entered_view']
+__all__ = ['RegionRefresher', 'ContextRegionRefresher', 'KeyframeContext', 'SHAPES', 'tile_size', 'best_tile',
+           'entered_view', 'context_maps']
 
 STRIDE = 16
+CONTEXT_STRIDES = (16, 8, 4, 2)   # the resolution of the decoder EPPs that CONTEXT_KEYS name, as input / stride
 
 
 SHAPES = ('strip', 'tile')
@@ -174,7 +178,7 @@ class RegionRefresher:
         ch = min(h, max(1, int(round(self.tile[1] * sy))))
         x, y = best_tile(need, cw, ch, max(1, int(round(STRIDE * sx))))
         crop = np.ascontiguousarray(image[y:y + ch, x:x + cw])
-        seg = self.net.segment(crop)
+        seg = self._segment(crop, (int(round(x / sx)), int(round(y / sy))), warped)
         probs = np.asarray(seg.probs, np.float32)
         if probs.shape[1:] != (ch, cw):
             probs = _resize_planes(probs, (cw, ch), cv2.INTER_LINEAR)
@@ -192,7 +196,12 @@ class RegionRefresher:
         if warped.probs is not None:
             new_probs = self._paste_probs(warped, probs, sel, (x0, y0, x1, y1), (x, y))
         self.last = ((x, y, cw, ch), float(sel.mean()))
-        return Semantics(labels, new_probs, warped.class_map, np.minimum(age, 65535).astype(np.uint16))
+        return Semantics(labels, new_probs, warped.class_map, np.minimum(age, 65535).astype(np.uint16),
+                         features=warped.features)
+
+    def _segment(self, crop: np.ndarray, origin_net, warped: Semantics):
+        """The tile network on ``crop`` (its top-left corner at ``origin_net`` in network pixels)."""
+        return self.net.segment(crop)
 
     def __call__(self, image, warped: Semantics, mask) -> np.ndarray:
         """Plain ``Propagator`` refiner interface: the refreshed probabilities (float). The age map is
@@ -225,3 +234,166 @@ class RegionRefresher:
         region = out[:, py0:py1, px0:px1]
         region[:, selg] = quantize_probs(sub)[:, selg]
         return out
+
+
+# ------------------------------------------------------------------------------ region refresh with context
+class _FullWithContext(torch.nn.Module):
+    """The whole network -> (logits, its decoder EPPs' global-branch grids): a keyframe's pass (ONNX export)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logits, grids = self.net.forward_high(self.net.forward_low(x), return_context=True)
+        return (logits,) + tuple(grids[k] for k in CONTEXT_KEYS)
+
+
+class _TileWithContext(torch.nn.Module):
+    """The network on a crop, its EPPs' global branches replaced by the given maps (ONNX export)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, *maps):
+        return self.net.forward_high(self.net.forward_low(x), context=dict(zip(CONTEXT_KEYS, maps)))
+
+
+def _ac_rows(n_out: int, n_in: int, start: int, count: int) -> np.ndarray:
+    """(count, n_in) weights of output rows ``start..start+count-1`` of a bilinear, align_corners resize of
+    ``n_in`` rows to ``n_out`` (what ``torch.nn.functional.interpolate(..., align_corners=True)`` does)."""
+    i = np.arange(start, start + count, dtype=np.float64)
+    pos = i * (n_in - 1) / max(n_out - 1, 1)
+    i0 = np.clip(np.floor(pos).astype(np.int64), 0, n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = pos - i0
+    m = np.zeros((count, n_in), np.float64)
+    np.add.at(m, (np.arange(count), i0), 1.0 - frac)
+    np.add.at(m, (np.arange(count), i1), frac)
+    return m.astype(np.float32)
+
+
+def context_maps(grids: dict, full_wh, box_net) -> dict:
+    """The maps a crop's EPPs get: each keyframe grid resized (bilinear, align_corners, as the EPP does) to
+    its EPP's size on the whole ``full_wh`` frame, cut to the crop ``box_net`` = (x, y, w, h) in network
+    pixels (multiples of 16, as the tile positions are). Only the crop's rows and columns are computed."""
+    W, H = full_wh
+    x, y, w, h = box_net
+    out = {}
+    for k, stride in zip(CONTEXT_KEYS, CONTEXT_STRIDES):
+        g = np.asarray(grids[k], np.float32)
+        ry = _ac_rows(H // stride, g.shape[1], y // stride, h // stride)
+        rx = _ac_rows(W // stride, g.shape[2], x // stride, w // stride)
+        out[k] = torch.from_numpy(np.ascontiguousarray(np.matmul(ry, np.matmul(g, rx.T)))[None])
+    return out
+
+
+class KeyframeContext:
+    """The keyframe network's pass that also returns its decoder EPPs' global-branch grids (ESPNetv2).
+
+    ``keyframe_semantics(rgb, working_size)`` -> (Semantics with the grids as ``features`` {'ctx1'..'ctx4':
+    (C, gh, gw) float32}, non-finite pixel count): the same labels and probabilities as the keyframe
+    network. On onnxruntime (the model's backend, on the CPU) it runs an exported graph with the extra
+    outputs (verified against torch; same cost as the plain network). The ROS keyframe node uses it
+    with ``region_context`` (temporal_mode region-ctx)."""
+
+    def __init__(self, model):
+        from .caching import split_network
+        from .errors import ModelError
+        self.model = model
+        try:
+            self.net = split_network(model)   # the torch ESPNetv2
+        except ModelError:
+            raise ConfigError('region refresh with context (region-ctx) needs an ESPNetv2 keyframe network with '
+                              f'a torch network (got {getattr(model, "name", model)}); use temporal mode region') \
+                from None
+        self.device = torch.device(getattr(model, 'device', 'cpu'))
+        self.class_map = np.asarray(model.output_to_class, np.uint8)
+        self.full = _FullWithContext(self.net).eval()
+        self.ort = None
+        if getattr(model, 'backend', '') == 'onnxruntime' and self.device.type == 'cpu':
+            from .models.backends import OrtRunner, export_onnx_module, synthetic_image
+            W, H = model.input_size
+            x = torch.from_numpy(model.preprocess(synthetic_image((W, H))))
+            self.ort = OrtRunner(export_onnx_module(self.full, {'input': x}, ('logits',) + CONTEXT_KEYS,
+                                                    f'{context_key(self.net, (W, H))}_keyframe',
+                                                    f'{model.name} (keyframe with context grids)'))
+
+    def keyframe_semantics(self, rgb: np.ndarray, working_size_wh):
+        from .caching import network_input
+        from .models.base import sanitize_segmentation, segmentation_from_logits
+        from .propagation import semantics_from_segmentation
+        x = network_input(self.model, rgb, self.device)
+        if self.ort is not None:
+            out = self.ort.run({'input': x.cpu().numpy()})
+            logits, grids = torch.from_numpy(out[0]), out[1:]
+        else:
+            with torch.inference_mode():
+                logits, *g = self.full(x)
+            grids = [t.float().cpu().numpy() for t in g]
+        seg, bad = sanitize_segmentation(segmentation_from_logits(logits[0].float().cpu(), self.class_map))
+        sem = semantics_from_segmentation(seg, self.class_map, working_size_wh)
+        sem.features = {k: np.ascontiguousarray(g[0], np.float32) for k, g in zip(CONTEXT_KEYS, grids)}
+        return sem, bad
+
+
+def context_key(net, size_wh) -> str:
+    from .models.backends import state_hash
+    return f'regionctx_{state_hash(net)[:16]}_{size_wh[0]}x{size_wh[1]}'
+
+
+class ContextRegionRefresher(RegionRefresher):
+    """Region refresh whose tile network is given the keyframe's global context (ESPNetv2 only).
+
+    A crop loses what the network sees of the rest of the frame. One part of that is the global branch of
+    each decoder EPP (its input pooled to a ~5x5 grid over the whole frame, ``espnetv2.CONTEXT_SCALE``):
+    on a crop it pools the crop. Here the keyframe pass returns those grids (``keyframe_semantics``,
+    :class:`KeyframeContext`: the keyframe network's labels and probabilities, plus the grids as
+    ``Semantics.features``, which the Propagator warps with the state like any feature map), and the tile
+    network uses the keyframe's grids, resized to the whole frame and cut to the tile (``context_maps``),
+    instead of its own. Same cost as the plain tile (the grids are tiny). When the keyframe brought no
+    grids (e.g. a keyframe node that does not send them) the tile runs plain, counted in
+    ``context_missing``. BENCHMARKS.md section 7.1 measures it.
+    """
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.keyframe = KeyframeContext(model)
+        self.part = _TileWithContext(self.keyframe.net).eval()
+        self.context_used = self.context_missing = 0
+        self.ort = None
+        if getattr(self.net, 'backend', '') == 'onnxruntime' and self.keyframe.device.type == 'cpu':
+            from .models.backends import OrtRunner, export_onnx_module, synthetic_image
+            W, H = self.input_size
+            tw, th = self.tile
+            with torch.inference_mode():
+                x = torch.from_numpy(model.preprocess(synthetic_image((W, H))))
+                grids = {k: g[0].numpy() for k, g in zip(CONTEXT_KEYS, self.keyframe.full(x)[1:])}
+            maps = context_maps(grids, (W, H), (0, 0, tw, th))
+            xt = torch.from_numpy(self.net.preprocess(synthetic_image((tw, th))))
+            self.ort = OrtRunner(export_onnx_module(self.part, dict({'input': xt}, **maps), ('logits',),
+                                                   f'{context_key(self.keyframe.net, (W, H))}_tile{tw}x{th}',
+                                                   f'{model.name} (tile with context)'))
+
+    def keyframe_semantics(self, rgb: np.ndarray, working_size_wh):
+        """The keyframe network's semantics with its context grids (:class:`KeyframeContext`)."""
+        return self.keyframe.keyframe_semantics(rgb, working_size_wh)
+
+    def _segment(self, crop, origin_net, warped):
+        from .models.base import segmentation_from_logits
+        grids = warped.features or {}
+        if not all(k in grids for k in CONTEXT_KEYS):
+            self.context_missing += 1
+            return self.net.segment(crop)
+        tw, th = self.tile
+        maps = context_maps(grids, self.input_size, (origin_net[0], origin_net[1], tw, th))
+        x = self.net.preprocess(crop)
+        if self.ort is not None:
+            logits = torch.from_numpy(self.ort.run(dict({'input': x}, **{k: m.numpy() for k, m in maps.items()}))[0])
+        else:
+            dev = self.keyframe.device
+            with torch.inference_mode():
+                logits = self.part(torch.from_numpy(x).to(dev), *[maps[k].to(dev) for k in CONTEXT_KEYS]).float().cpu()
+        self.context_used += 1
+        return segmentation_from_logits(logits[0], self.output_to_class)

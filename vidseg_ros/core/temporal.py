@@ -12,6 +12,8 @@
 'cache2'       ``caching.FeatureCachingSegmenter(levels=2)``: reuse level3 + level4
 'region'       ``region.RegionRefresher``: the keyframe network on the one tile the IAM and the
                labels' age say is worst (not a seed module; after EVS's IAM and DVSNet)
+'region-ctx'   ``region.ContextRegionRefresher``: the same, the tile network given the keyframe's global
+               context (its decoder's globally pooled branches; the keyframe passes them along)
 =============  ================================================================================
 
 How to call them:
@@ -23,7 +25,8 @@ How to call them:
   DAVSS the previous image and the backward flow, (b) lets each module do its own blend (the
   refiner: IAM, eq. 4; GRFP: none, the STGRU output is the new state; DAVSS: its distortion map) and
   (c) calls the module even where the IAM flags nothing. 'region' also runs in the
-  TemporalPropagator (its ``refresh`` returns the whole new state). ``attach(segmenter, module)`` installs it
+  TemporalPropagator (its ``refresh`` returns the whole new state); 'region-ctx' too, and like the graph's
+  caching it takes over the keyframe network call (``keyframe_semantics``: ``attach`` installs it). ``attach(segmenter, module)`` installs it
   in a ``pipeline.VideoSegmenter``; the ROS propagation node can construct a TemporalPropagator in
   place of the Propagator (same constructor arguments).
 * 'cache1'/'cache2' need the network split: offline they replace keyframe network + Propagator with
@@ -51,7 +54,8 @@ from .propagation import Propagator, Semantics, _resize_planes, quantize_probs
 
 log = logging.getLogger(__name__)
 
-MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region')
+MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region', 'region-ctx')
+REGION_MODES = ('region', 'region-ctx')
 LEARNED = ('refiner', 'grfp', 'davss')
 
 
@@ -119,13 +123,17 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     match it (ModelError otherwise); untrained networks use ``cheap`` or ``refiner.DEFAULT_CHEAP``.
     ``schedule``: keyframe interval / Schedule for the caching modes. ``gate_classes`` (GRFP only):
     switch the STGRU's class gate (``grfp.gate_to_state``) on/off regardless of what the weights
-    say (None: as trained/packaged). ``tile_area`` / ``tile_shape`` / ``tile_model`` (region only): the
+    say (None: as trained/packaged). ``tile_area`` / ``tile_shape`` / ``tile_model`` (region modes): the
     refreshed region's share of the frame, its shape ('strip' or 'tile') and the network run on it
-    (defaults: ``region.RegionRefresher``'s)."""
+    (defaults: ``region.RegionRefresher``'s). 'region-ctx' is region refresh whose tile network gets the
+    keyframe's global context (``region.ContextRegionRefresher``; ESPNetv2 keyframe networks)."""
     if gate_classes is not None and mode != 'grfp':
         raise ConfigError(f'gate_classes applies to mode grfp only, not {mode!r}')
-    if (tile_area is not None or tile_model is not None or tile_shape is not None) and mode != 'region':
-        raise ConfigError(f'tile_area / tile_shape / tile_model apply to mode region only, not {mode!r}')
+    if (tile_area is not None or tile_model is not None or tile_shape is not None) and mode not in REGION_MODES:
+        raise ConfigError(f'tile_area / tile_shape / tile_model apply to the region modes only, not {mode!r}')
+    if mode == 'region-ctx' and tile_model is not None:
+        raise ConfigError('region-ctx gives the tile the keyframe network\'s own context: it does not combine '
+                          'with tile_model')
     if mode not in MODES:
         raise ConfigError(f'unknown temporal mode {mode!r} (known: {", ".join(MODES)})')
     k = int(getattr(model, 'num_outputs', 20))
@@ -134,11 +142,12 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     if mode == 'iam-lowres':
         from .pipeline import make_low_res_refiner
         return make_low_res_refiner(model, cheap_factor or 4)
-    if mode == 'region':
-        from .region import RegionRefresher
-        return RegionRefresher(model, device=device, tile_model=tile_model,
-                               **({} if tile_area is None else {'tile_area': tile_area}),
-                               **({} if tile_shape is None else {'shape': tile_shape}))
+    if mode in REGION_MODES:
+        from .region import ContextRegionRefresher, RegionRefresher
+        cls = ContextRegionRefresher if mode == 'region-ctx' else RegionRefresher
+        return cls(model, device=device, tile_model=tile_model,
+                   **({} if tile_area is None else {'tile_area': tile_area}),
+                   **({} if tile_shape is None else {'shape': tile_shape}))
     if mode in ('cache1', 'cache2'):
         from .caching import FeatureCachingSegmenter
         return FeatureCachingSegmenter(model, levels=int(mode[-1]), schedule=schedule, flow=flow)

@@ -36,7 +36,7 @@ from .errors import ConfigError, InputError
 from .paths import shared_dir
 from .temporal_train import UDACITY_VIDEO, video_frames
 
-PROP_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region')
+PROP_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region', 'region-ctx')
 CACHE_MODES = ('cache1', 'cache2')
 #: feature caching as the ROS graph runs it (caching.CachedFeatureRefresher in a TemporalPropagator: the
 #: cached maps warped frame to frame with the state, not with a flow from the keyframe)
@@ -224,9 +224,9 @@ def table_entries(args) -> list:
     """(row label, mode, weights path or None, options) of every table row: ``--modes`` (weights
     from ``--weights-dir`` or the packaged ones), then each ``--variants LABEL=MODE:WEIGHTS``
     (MODE 'grfp+gate' / 'grfp-gate': GRFP with its class gate forced on / off), or
-    ``LABEL=region@AREA[/MODEL]`` (region refresh of AREA of the frame, no weights; ``strip@`` /
+    ``LABEL=region@AREA[/MODEL][+ctx]`` (region refresh of AREA of the frame, no weights; ``strip@`` /
     ``tile@`` instead of ``region@`` force the full-height strip / the 2:1 tile; ``/MODEL`` runs
-    another network on it)."""
+    another network on it; ``+ctx``: mode region-ctx, the keyframe's global context for the tile network)."""
     out = []
     for m in args.modes:
         if m not in PROP_MODES + CACHE_MODES + GRAPH_CACHE_MODES:
@@ -240,6 +240,7 @@ def table_entries(args) -> list:
         kind, at, spec = mode.partition('@')
         region = bool(at) and kind in ('region', 'strip', 'tile') and not path   # region refresh of an area
         if region:
+            spec, ctx, _ = spec.partition('+ctx')
             area_s, _, tile_model = spec.partition('/')
             try:
                 area = float(area_s)
@@ -247,11 +248,13 @@ def table_entries(args) -> list:
                 area = -1.0
             if not 0.0 < area <= 1.0:
                 raise ConfigError(f'--variants {v!r}: {kind}@AREA needs an area in (0, 1]')
-            mode, opts = 'region', {'tile_area': area}
+            mode, opts = 'region', {'tile_area': area}   # (region-ctx with +ctx, below)
             if kind != 'region':
                 opts['tile_shape'] = kind
             if tile_model:
                 opts['tile_model'] = tile_model
+            if ctx:
+                mode = 'region-ctx'
         elif mode in ('grfp+gate', 'grfp-gate'):
             mode, opts = 'grfp', {'gate_classes': mode.endswith('+gate')}
         if not label or not region and (mode not in ('refiner', 'grfp', 'davss') or not path):
@@ -376,9 +379,9 @@ def run(args) -> dict:
                 else:
                     prop = TemporalPropagator(refiner=module)
                     for i in tqdm(range(n), desc=f'{seq}: S={S} {label}', mininterval=5):
-                        if i % S == 0:   # (the graph's caching: the keyframe with its cached maps)
+                        if i % S == 0:   # (the graph's caching / region context: the keyframe with its maps)
                             prop.set_keyframe(i, module.keyframe_semantics(imgs[i], size)[0]
-                                              if mode in GRAPH_CACHE_MODES else sems[i])
+                                              if hasattr(module, 'keyframe_semantics') else sems[i])
                             out = prop.step(i, None, None, imgs[i] if module is not None else None)
                         else:
                             out = prop.step(i, bwd[i], fwd[i], imgs[i] if module is not None else None)

@@ -68,7 +68,7 @@ LAUNCH_ARGUMENTS = (
     ('schedule', '', "keyframe schedule, e.g. 'fixed:5', 'adaptive:10', 'budget:camera_rate_hz=10'"),
     ('operating_point', '', 'EVS operating point preset (sets scale, schedule, warp, refine)'),
     ('temporal_mode', '', 'propagation mode of the propagation node: warp, iam-lowres, refiner, grfp, '
-                          'davss, region, cache1 or cache2 (default: from the config)'),
+                          'davss, region, region-ctx, cache1 or cache2 (default: from the config)'),
     ('two_sided', '', 'true: also publish ' + LABELS_TWO_SIDED_TOPIC + ', each frame delayed until the next '
                       'keyframe and fused with it carried back (plain warp only; default: from the config)'),
     ('two_sided_max_wait_s', '', 'with two_sided: seconds a frame may wait for the next keyframe before it goes '
@@ -77,7 +77,7 @@ LAUNCH_ARGUMENTS = (
 )
 
 #: temporal modes the propagation node runs (cache1/cache2: with the keyframe node's cached maps)
-NODE_TEMPORAL_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region', 'cache1', 'cache2')
+NODE_TEMPORAL_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region', 'region-ctx', 'cache1', 'cache2')
 #: feature caching: the keyframe node publishes this many levels of cached maps for the propagation node
 CACHE_LEVELS = {'cache1': 1, 'cache2': 2}
 FEATURE_MAP_TAG = '#map='   # features' header.frame_id = camera frame_id + FEATURE_MAP_TAG + map name
@@ -167,6 +167,8 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
         per_node['propagation_node']['temporal_mode'] = temporal_mode
         if temporal_mode in CACHE_LEVELS:   # the keyframe node must send its cached maps
             per_node['keyframe_node']['cache_levels'] = CACHE_LEVELS[temporal_mode]
+        if temporal_mode == 'region-ctx':   # ... or its context grids
+            per_node['keyframe_node']['region_context'] = True
     if str(two_sided).strip():
         per_node['propagation_node']['two_sided'] = _truthy(two_sided)
     if str(two_sided_max_wait_s).strip():

@@ -14,7 +14,9 @@ free, so nothing queues without bound. For a keyframe it publishes, stamped with
 * with ``cache_levels`` > 0 (feature caching, ``temporal_mode:=cache1|cache2``), before those two, the
   network's cached high-level maps on ``/vidseg/keyframe/features``: one ``32FC(C)`` Image per map at
   its own resolution (1/16 and 1/8 of the network input), ``header.frame_id`` = the camera's +
-  ``#map=<name>`` (``core.caching.CachedFeatureRefresher``);
+  ``#map=<name>`` (``core.caching.CachedFeatureRefresher``); with ``region_context`` (``temporal_mode:=
+  region-ctx``) the same topic carries the network's global context grids ``#map=ctx1..ctx4``
+  (``core.region.KeyframeContext``, about 10x5x5 to 10x13x26 each);
 
 and once, latched, ``/vidseg/keyframe/info`` (std_msgs/String JSON: model, class set, class_map).
 ``/vidseg/propagation/stats`` (JSON from the propagation node) feeds the adaptive/budget schedules.
@@ -66,16 +68,23 @@ def working_size(size_wh, scale: int) -> tuple:
         return (max(1, int(round(w / scale))), max(1, int(round(h / scale))))
 
 
-def make_semantics_fn(model, scale: int, on_nonfinite=None, cache_levels: int = 0):
+def make_semantics_fn(model, scale: int, on_nonfinite=None, cache_levels: int = 0, region_context: bool = False):
     """rgb -> core Semantics of the keyframe (the same calls the offline pipeline makes), with non-finite
     network outputs sanitised (``on_nonfinite(n_bad_pixels)`` is called when there were any). With
     ``cache_levels`` the network runs split (``caching.CachedFeatureRefresher``) and the Semantics
-    carry its cached maps (``features``)."""
+    carry its cached maps (``features``); with ``region_context`` they carry its decoder's global context
+    grids (``region.KeyframeContext``, for temporal_mode region-ctx)."""
     from vidseg_ros.core.propagation import semantics_from_segmentation
 
-    if cache_levels:
-        from vidseg_ros.core.caching import CachedFeatureRefresher
-        cacher = CachedFeatureRefresher(model, cache_levels)
+    if cache_levels and region_context:
+        raise ConfigError('cache_levels and region_context are for different temporal modes: set one')
+    if cache_levels or region_context:
+        if cache_levels:
+            from vidseg_ros.core.caching import CachedFeatureRefresher
+            cacher = CachedFeatureRefresher(model, cache_levels)
+        else:
+            from vidseg_ros.core.region import KeyframeContext
+            cacher = KeyframeContext(model)
 
         def fn_cached(rgb):
             sem, bad = cacher.keyframe_semantics(rgb, working_size((rgb.shape[1], rgb.shape[0]), scale))
@@ -150,6 +159,8 @@ class KeyframeNode(VidsegLifecycleNode):
         self.declare('cache_levels', 0, 'feature caching (propagation node temporal_mode cache1/cache2): '
                      'publish 1 or 2 levels of the network\'s cached maps with each keyframe (0 = off; '
                      'ESPNetv2 only)', int_range=(0, 2))
+        self.declare('region_context', False, 'region refresh with context (propagation node temporal_mode '
+                     'region-ctx): publish the network\'s global context grids with each keyframe (ESPNetv2 only)')
 
     # ------------------------------------------------------------------ parameters at run time
     def _on_set_params(self, params):
@@ -166,7 +177,7 @@ class KeyframeNode(VidsegLifecycleNode):
                         self._next_schedule = sched
                 self.get_logger().info(f'schedule -> {sched!r}')
             elif p.name in ('model', 'weights', 'device', 'backend', 'input_size', 'scale',
-                            'cache_levels') and self.active:
+                            'cache_levels', 'region_context') and self.active:
                 return SetParametersResult(successful=False,
                                            reason=f'{p.name} can only change while inactive (reconfigure)')
         return SetParametersResult(successful=True)
@@ -180,7 +191,7 @@ class KeyframeNode(VidsegLifecycleNode):
         from vidseg_ros.core.schedule import make_schedule
         p = self.params('model', 'weights', 'device', 'backend', 'input_size', 'num_threads', 'scale',
                         'schedule', 'input_qos', 'queue_depth', 'warmup', 'stuck_timeout', 'max_gap',
-                        'cache_levels')
+                        'cache_levels', 'region_context')
         qos = input_qos(p['input_qos'], p['queue_depth'])
         try:
             self.schedule = make_schedule(graph.parse_schedule(p['schedule']))
@@ -199,7 +210,7 @@ class KeyframeNode(VidsegLifecycleNode):
                                f'schedule {self.schedule!r}')
         self.cfg = p
         self.semantics_fn = make_semantics_fn(self.model, p['scale'], on_nonfinite=self._on_nonfinite,
-                                              cache_levels=p['cache_levels'])
+                                              cache_levels=p['cache_levels'], region_context=p['region_context'])
         if p['warmup']:
             w, h = self.model.input_size
             self.model.segment(np.zeros((h, w, 3), np.uint8))
@@ -216,13 +227,14 @@ class KeyframeNode(VidsegLifecycleNode):
         self.labels_pub = self.pub(Image, graph.KEYFRAME_LABELS_TOPIC, reliable_qos(10))
         self.probs_pub = self.pub(Image, graph.KEYFRAME_PROBS_TOPIC, reliable_qos(10))
         self.features_pub = self.pub(Image, graph.KEYFRAME_FEATURES_TOPIC, reliable_qos(10)) \
-            if p['cache_levels'] else None
+            if p['cache_levels'] or p['region_context'] else None
         self.decision_pub = self.pub(String, graph.KEYFRAME_DECISION_TOPIC, reliable_qos(50))
         self.info_pub = self.pub(String, graph.KEYFRAME_INFO_TOPIC, latched_qos())
         self.info = {'model': self.model.name, 'class_set': self.model.class_set.to_dict(),
                      'class_map': [int(v) for v in self.model.output_to_class],
                      'num_outputs': int(self.model.num_outputs), 'input_size': list(self.model.input_size),
-                     'scale': p['scale'], 'cache_levels': p['cache_levels']}
+                     'scale': p['scale'], 'cache_levels': p['cache_levels'],
+                     'region_context': p['region_context']}
         self.worker = None
         self.sub(Image, graph.CAMERA_TOPIC, self.on_image_raw, qos, raw=True)
         self.sub(String, graph.STATS_TOPIC, self.on_stats, reliable_qos(10))

@@ -6,7 +6,8 @@ serialized, read with ``image_from_cdr`` without converting the pixels),
 frame the flow starts from, see flow_node), ``/vidseg/keyframe/{labels,probs}``
 (+ latched ``/vidseg/keyframe/info`` for the class map) and ``/vidseg/keyframe/decision`` (per frame);
 with ``temporal_mode`` cache1/cache2 also ``/vidseg/keyframe/features`` (the network's cached maps,
-warped with the state; this node runs the network's low-level part on every propagated frame).
+warped with the state; this node runs the network's low-level part on every propagated frame), with
+region-ctx the same topic's context grids (``core.region.ContextRegionRefresher``).
 
 For EVERY input frame it publishes, with the input image's exact header: ``/semantic/labels`` (mono8
 class ids at the input resolution), ``/semantic/labels_color`` (rgb8 palette), ``/semantic/confidence``
@@ -129,7 +130,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('use_iam', True, 'compute the inconsistency attention mask (needs forward flow)')
         self.declare('refine', False, 'repair IAM regions with a low-resolution network pass')
         self.declare('temporal_mode', '', "propagation mode (issue 4): '' (from refine), warp, iam-lowres, "
-                     'refiner (EVS), grfp (STGRU), davss, region (keyframe network on the worst tile), cache1 / '
+                     'refiner (EVS), grfp (STGRU), davss, region (keyframe network on the worst tile), region-ctx '
+                     '(the same with the keyframe\'s context: needs keyframe_node region_context), cache1 / '
                      'cache2 (feature caching: needs keyframe_node cache_levels 1 / 2); the learned '
                      'ones use the packaged weights')
         self.declare('temporal_weights', '', 'weights of the learned temporal module (empty = packaged)')
@@ -204,7 +206,10 @@ class PropagationNode(VidsegLifecycleNode):
             else:
                 refiner = make_temporal_module(mode, net, weights=p['temporal_weights'] or None, device=p['device'],
                                                **({'tile_area': p['region_tile_area'], 'tile_shape': p['region_shape']}
-                                                  if mode == 'region' else {}))
+                                                  if mode in ('region', 'region-ctx') else {}))
+                if mode == 'region-ctx':   # the keyframe's context grids come from the keyframe node
+                    from vidseg_ros.core.models.espnetv2 import CONTEXT_KEYS
+                    self.cache_keys = CONTEXT_KEYS
             if mode != 'iam-lowres':
                 prop_cls = TemporalPropagator
         check(not p['two_sided'] or mode == 'warp',
@@ -216,6 +221,7 @@ class PropagationNode(VidsegLifecycleNode):
                              max_distance=p['max_distance'] or None)
         self.class_map = None
         self.kf_cache_levels = 0    # cached-map levels the keyframe node announces (its info)
+        self.kf_region_context = False   # ... and whether it sends its context grids
         self._reset_join()
         self.counts = collections.Counter()
         self.in_rate, self.out_rate = RateCounter(), RateCounter()
@@ -443,6 +449,7 @@ class PropagationNode(VidsegLifecycleNode):
                                       int(cs.get('ignore_index', 255)))
             self.class_map = np.asarray(info['class_map'], np.uint8)
             self.kf_cache_levels = int(info.get('cache_levels', 0) or 0)
+            self.kf_region_context = bool(info.get('region_context', False))
         except (ValueError, KeyError, TypeError) as e:
             self.get_logger().error(f'bad keyframe info: {e}')
             return
@@ -470,11 +477,12 @@ class PropagationNode(VidsegLifecycleNode):
 
     def on_kf_features(self, msg):
         from vidseg_ros.core.caching import CACHE_KEYS
+        from vidseg_ros.core.models.espnetv2 import CONTEXT_KEYS
         name = msg.header.frame_id.rpartition(graph.FEATURE_MAP_TAG)[2] \
             if graph.FEATURE_MAP_TAG in msg.header.frame_id else ''
         if name in self.cache_keys:
             self._kf_part(msg, 'feat:' + name)
-        elif name in CACHE_KEYS[max(CACHE_KEYS)]:   # a level this node does not reuse (cache_levels above its mode)
+        elif name in CACHE_KEYS[max(CACHE_KEYS)] or name in CONTEXT_KEYS:   # maps this node's mode does not use
             self.counts['features_unused'] += 1
         else:
             self.counts['bad_features'] += 1
@@ -487,7 +495,9 @@ class PropagationNode(VidsegLifecycleNode):
         feature caching and the keyframe node says it sends them (if it does not, the module reports each
         frame it cannot refresh and the frame keeps the plain warp: never a keyframe waiting forever)."""
         need = {'labels', 'probs'}
-        if self.cache_keys and self.kf_cache_levels >= len(self.cache_keys):
+        sends = self.kf_region_context if self.temporal_mode == 'region-ctx' else \
+            self.kf_cache_levels >= len(self.cache_keys)
+        if self.cache_keys and sends:
             need |= {'feat:' + k for k in self.cache_keys}
         return need
 
@@ -713,7 +723,15 @@ class PropagationNode(VidsegLifecycleNode):
               'refined_frames': int(self.prop.stats.get('refined_frames', 0))}
         if out.mask is not None:
             st['inconsistent_fraction'] = float(out.inconsistent_fraction)
+        st.update(self._context_counts())
         self.stats_pub.publish(String(data=json.dumps(st)))
+
+    def _context_counts(self) -> dict:
+        """region-ctx: tiles run with the keyframe's context / without it (no grids came with the keyframe)."""
+        r = getattr(self.prop, 'refiner', None)
+        if not hasattr(r, 'context_used'):
+            return {}
+        return {'region_context_used': int(r.context_used), 'region_context_missing': int(r.context_missing)}
 
     def diagnostics(self):
         c = self.counts
@@ -745,6 +763,7 @@ class PropagationNode(VidsegLifecycleNode):
         vals.update({f'cost_{k}': v for k, v in self.cost.summary().items()})
         vals.update(dict(c))
         vals.update({f'propagator_{k}': v for k, v in self.prop.stats.items()})
+        vals.update(self._context_counts())
         if self.two is not None:   # frames waiting for their next keyframe on the two-sided topic
             vals['two_sided_waiting'] = len(self.two)
             vals['two_sided_trusted'] = self.two.stats['trusted']   # fused with both chains' trust maps

@@ -17,6 +17,9 @@ from torch import nn
 WIDTHS = {0.5: (16, 32, 64, 128), 1.0: (32, 64, 128, 256), 1.5: (32, 96, 192, 384),
           2.0: (32, 128, 256, 512)}
 EPP_SCALES = (2.0, 1.5, 1.0, 0.5, 0.1)
+CONTEXT_SCALE = 0.1   # the EPP branch pooled to a 5x5 grid: the frame's global context
+#: the decoder's four EPP modules, coarse to fine, and the names of their context maps
+CONTEXT_KEYS = ('ctx1', 'ctx2', 'ctx3', 'ctx4')
 
 
 def _exporting() -> bool:
@@ -227,14 +230,24 @@ class EPP(nn.Module):
         else:
             self.br = None
 
-    def forward(self, x):
+    def forward(self, x, context: torch.Tensor | None = None, return_context: bool = False):
+        """``context`` replaces the global branch (the smallest pooling scale, ``CONTEXT_SCALE``) by a map
+        of this EPP's (h, w) given by the caller: the global branch of a whole frame, cropped to where
+        ``x`` lies in it (region refresh with context, ``region.ContextRegionRefresher``). With
+        ``return_context`` returns (y, the global branch's pooled grid (B, proj, 5, 5) before its resize)."""
         x = self.projection_layer(x)
         h, w = int(x.shape[2]), int(x.shape[3])
         outs = []
+        grid = None
         for s, stage in zip(EPP_SCALES, self.stages):
             hs, ws = max(math.ceil(h * s), 5), max(math.ceil(w * s), 5)
-            if s < 1.0:
-                y = _resize_ac(stage(adaptive_avg_pool(x, (hs, ws))), (h, w))
+            if s == CONTEXT_SCALE and context is not None:
+                y = context
+            elif s < 1.0:
+                g = stage(adaptive_avg_pool(x, (hs, ws)))
+                if s == CONTEXT_SCALE:
+                    grid = g
+                y = _resize_ac(g, (h, w))
             elif s > 1.0:
                 y = adaptive_avg_pool(stage(_resize_ac(x, (hs, ws))), (h, w))
             else:
@@ -243,7 +256,7 @@ class EPP(nn.Module):
         y = self.merge_layer(torch.cat(outs, 1))
         if self.br is not None:
             y = self.br(y)
-        return y
+        return (y, grid) if return_context else y
 
 
 class EPW(nn.Module):
@@ -312,7 +325,8 @@ class ESPNetv2Seg(nn.Module):
             e = m(e)
         return e
 
-    def forward_high(self, low: dict, cached: dict | None = None, return_features: bool = False):
+    def forward_high(self, low: dict, cached: dict | None = None, return_features: bool = False,
+                     context: dict | None = None, return_context: bool = False):
         """High-level part (level4 + decoder) -> logits (B, K, H, W).
 
         ``low`` holds fresh maps from ``forward_low`` ('x', 'e1', 'e2'[, 'e3']). ``cached`` may
@@ -320,8 +334,12 @@ class ESPNetv2Seg(nn.Module):
         then level4 runs on it unless 'e4' is also given), 'e4' (caches level4) and/or 'd1'
         (the bu_dec_l1 output at H/16). With ``return_features`` returns (logits, maps) where maps
         has every map used (e1..e4, d1..d4) so that the caller can cache them.
+        ``context`` ({'ctx1'..'ctx4'}: one map per decoder EPP at its resolution) replaces the EPPs'
+        global branches (``EPP.forward``); with ``return_context`` (and not ``return_features``) returns
+        (logits, {'ctx1'..'ctx4': the global branches' pooled grids}).
         """
         cached = cached or {}
+        grids = {} if return_context else None
         x = low.get('x')
         e1, e2 = low['e1'], low['e2']
         maps = {'e1': e1, 'e2': e2}
@@ -337,20 +355,30 @@ class ESPNetv2Seg(nn.Module):
                     raise ValueError("forward_high needs low['x'] to compute level4")
                 e4 = self.level4(e3, x)
             maps['e4'] = e4
-            d1 = self.bu_dec_l1(e4)
+            d1 = self._epp(self.bu_dec_l1, e4, 'ctx1', context, grids)
         maps['d1'] = d1
-        d = self.bu_dec_l2(self.bu_br_l2(_up2(d1) + self.merge_enc_dec_l2(e3)))
+        d = self._epp(self.bu_dec_l2, self.bu_br_l2(_up2(d1) + self.merge_enc_dec_l2(e3)), 'ctx2', context, grids)
         maps['d2'] = d
-        d = self.bu_dec_l3(self.bu_br_l3(_up2(d) + self.merge_enc_dec_l3(e2)))
+        d = self._epp(self.bu_dec_l3, self.bu_br_l3(_up2(d) + self.merge_enc_dec_l3(e2)), 'ctx3', context, grids)
         maps['d3'] = d
-        d = self.bu_dec_l4(self.bu_br_l4(_up2(d) + self.merge_enc_dec_l4(e1)))
+        d = self._epp(self.bu_dec_l4, self.bu_br_l4(_up2(d) + self.merge_enc_dec_l4(e1)), 'ctx4', context, grids)
         maps['d4'] = d
         h, w = (int(x.shape[2]), int(x.shape[3])) if x is not None else \
             (2 * int(e1.shape[2]), 2 * int(e1.shape[3]))
         out = _resize_ac(d, (h, w))
         if return_features:
             return out, maps
+        if return_context:
+            return out, grids
         return out
+
+    @staticmethod
+    def _epp(epp, x, key, context, grids):
+        ctx = None if context is None else context.get(key)
+        if grids is None:
+            return epp(x, context=ctx)
+        y, grids[key] = epp(x, context=ctx, return_context=True)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_high(self.forward_low(x))
