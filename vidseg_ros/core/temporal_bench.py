@@ -116,6 +116,17 @@ def measure_costs(model, modules: dict, imgs, sems, bwd, fwd, flow, rounds: int 
                 t0 = time.perf_counter()
                 mod.process(image, keyframe=False)
                 dt = time.perf_counter() - t0
+            elif hasattr(mod, 'context_used'):   # region-ctx: the tile as for region, plus the grids' warp
+                ksem = mod.keyframe_semantics(prev, warped.size)[0]
+                q = Propagator()
+                q.set_keyframe(t - 1, ksem)
+                q.step(t - 1)
+                t0 = time.perf_counter()
+                warped_ctx = q.step(t, bwd[t], fwd[t]).semantics
+                dt = max(time.perf_counter() - t0 - wi, 0.0)
+                t0 = time.perf_counter()
+                mod.refresh(image, warped_ctx, mask, prev=ksem, flow_bwd=bwd[t])
+                dt += time.perf_counter() - t0
             elif hasattr(mod, 'keyframe_semantics'):   # the graph's caching: warp of the cached maps + module
                 q = TemporalPropagator(refiner=mod)
                 q.set_keyframe(t - 1, mod.keyframe_semantics(prev, warped.size)[0])
