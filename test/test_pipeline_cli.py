@@ -549,6 +549,13 @@ def test_bench_iam_rows_with_a_learned_refiner(shared, tmp_path):
     assert res['refiner'] == {'type': 'RegionRefresher', 'mode': 'region-tile', 'shape': 'tile'}
     tile_rows = {r['name']: r for r in res['rows']}
     assert tile_rows['warp_s5']['miou'] == rows['warp_s5']['miou']     # only the refined rows differ
+    res = run_bench(model=net, data=data, frames=6, scale=1, refiner='region-ctx', out=tmp_path / 'f',
+                    progress=False)
+    ctx_rows = {r['name']: r for r in res['rows']}
+    refined = sum(r['frames'] - r['keyframes'] for n, r in ctx_rows.items() if n.startswith('warp_iam'))
+    assert refined > 0 and res['refiner'] == {'type': 'ContextRegionRefresher', 'mode': 'region-ctx',
+                                              'shape': 'strip', 'context_used': refined, 'context_missing': 0}
+    assert ctx_rows['warp_s5']['miou'] == rows['warp_s5']['miou']
 
 
 class NaNNet(ColourNet):

@@ -94,7 +94,7 @@ def run_from_args(args) -> int:
     return 0
 
 
-REFINERS = ('lowres', 'refiner', 'grfp', 'davss', 'region', 'region-tile')
+REFINERS = ('lowres', 'refiner', 'grfp', 'davss', 'region', 'region-tile', 'region-ctx')
 
 
 def parse_flow_params(items) -> dict:
@@ -227,7 +227,8 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
     learned = None
     if refine and refiner != 'lowres':
         from .temporal import make_temporal_module
-        learned = make_temporal_module('region' if refiner.startswith('region') else refiner, net, device=device,
+        mode = refiner if refiner == 'region-ctx' else 'region' if refiner.startswith('region') else refiner
+        learned = make_temporal_module(mode, net, device=device,
                                        **({'tile_shape': 'tile'} if refiner == 'region-tile' else {}))
     refiner_base = make_low_res_refiner(net, refine_factor) if (refine and learned is None) else None
     prop_flow = FlowEstimator('dis', preset=flow_preset, **(flow_params or {}))
@@ -374,7 +375,9 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
     refiner_info = None
     if learned is not None:
         refiner_info = {'type': type(learned).__name__, 'mode': refiner,
-                        **({'shape': learned.shape} if hasattr(learned, 'shape') else {})}
+                        **({'shape': learned.shape} if hasattr(learned, 'shape') else {}),
+                        **({'context_used': learned.context_used, 'context_missing': learned.context_missing}
+                           if hasattr(learned, 'context_used') else {})}
     elif refine:
         refiner_info = {'type': 'LowResNetworkRefiner', 'model': getattr(refiner_base.model, 'name', None),
                         'input_size': list(refiner_base.input_size or getattr(refiner_base.model, 'input_size', ()))}

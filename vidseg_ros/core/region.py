@@ -260,32 +260,31 @@ class _TileWithContext(torch.nn.Module):
         return self.net.forward_high(self.net.forward_low(x), context=dict(zip(CONTEXT_KEYS, maps)))
 
 
-def _ac_rows(n_out: int, n_in: int, start: int, count: int) -> np.ndarray:
-    """(count, n_in) weights of output rows ``start..start+count-1`` of a bilinear, align_corners resize of
-    ``n_in`` rows to ``n_out`` (what ``torch.nn.functional.interpolate(..., align_corners=True)`` does)."""
-    i = np.arange(start, start + count, dtype=np.float64)
-    pos = i * (n_in - 1) / max(n_out - 1, 1)
+def _ac_taps(n_out: int, n_in: int, start: int, count: int) -> tuple:
+    """Source indices (i0, i1) and weights of i1 for output rows ``start..start+count-1`` of a bilinear,
+    align_corners resize of ``n_in`` rows to ``n_out`` (``torch.nn.functional.interpolate(...,
+    align_corners=True)``)."""
+    pos = np.arange(start, start + count, dtype=np.float64) * (n_in - 1) / max(n_out - 1, 1)
     i0 = np.clip(np.floor(pos).astype(np.int64), 0, n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = pos - i0
-    m = np.zeros((count, n_in), np.float64)
-    np.add.at(m, (np.arange(count), i0), 1.0 - frac)
-    np.add.at(m, (np.arange(count), i1), frac)
-    return m.astype(np.float32)
+    return i0, np.minimum(i0 + 1, n_in - 1), (pos - i0).astype(np.float32)
 
 
 def context_maps(grids: dict, full_wh, box_net) -> dict:
     """The maps a crop's EPPs get: each keyframe grid resized (bilinear, align_corners, as the EPP does) to
     its EPP's size on the whole ``full_wh`` frame, cut to the crop ``box_net`` = (x, y, w, h) in network
-    pixels (multiples of 16, as the tile positions are). Only the crop's rows and columns are computed."""
+    pixels (multiples of 16, as the tile positions are). Only the crop's rows and columns are computed,
+    by gathers and blends: no BLAS call, whose idle threads would slow the network pass that follows
+    (measured: the tile's onnxruntime pass took 2x as long right after a threaded ``np.matmul``)."""
     W, H = full_wh
     x, y, w, h = box_net
     out = {}
     for k, stride in zip(CONTEXT_KEYS, CONTEXT_STRIDES):
         g = np.asarray(grids[k], np.float32)
-        ry = _ac_rows(H // stride, g.shape[1], y // stride, h // stride)
-        rx = _ac_rows(W // stride, g.shape[2], x // stride, w // stride)
-        out[k] = torch.from_numpy(np.ascontiguousarray(np.matmul(ry, np.matmul(g, rx.T)))[None])
+        c0, c1, cf = _ac_taps(W // stride, g.shape[2], x // stride, w // stride)
+        r0, r1, rf = _ac_taps(H // stride, g.shape[1], y // stride, h // stride)
+        cols = g[:, :, c0] * (1.0 - cf) + g[:, :, c1] * cf                         # (C, gh, w)
+        m = cols[:, r0, :] * (1.0 - rf)[:, None] + cols[:, r1, :] * rf[:, None]    # (C, h, w)
+        out[k] = torch.from_numpy(np.ascontiguousarray(m, np.float32)[None])
     return out
 
 
