@@ -157,32 +157,6 @@ def build_parser():
     return ap
 
 
-def wait_linked(node, timeout: float, stop: threading.Event):
-    """Block until every managed vidseg node reports no unmatched internal topic on /diagnostics
-    (``graph.links_ready``); InputError naming what is missing after ``timeout`` s."""
-    from diagnostic_msgs.msg import DiagnosticArray
-    from vidseg_ros.ros.common import reliable_qos
-    latest, lock = {}, threading.Lock()
-
-    def on_diag(msg):
-        with lock:
-            for st in msg.status:
-                latest[st.name] = {kv.key: kv.value for kv in st.values}
-    sub = node.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, on_diag, reliable_qos(50))
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            with lock:
-                ready, missing = graph.links_ready(latest)
-            if ready or stop.is_set():
-                return
-            if time.monotonic() > deadline:
-                raise InputError(f'the vidseg nodes are not linked within {timeout}s ({missing})')
-            time.sleep(0.1)
-    finally:
-        node.destroy_subscription(sub)
-
-
 def play(args, node, stop: threading.Event) -> dict:
     """Play the bag once (or in a loop) with ``node``; returns counts."""
     from rosgraph_msgs.msg import Clock
@@ -207,7 +181,10 @@ def play(args, node, stop: threading.Event) -> dict:
                                      f'{[p.topic_name for p in pubs.values()]} within {args.wait_timeout}s')
                 time.sleep(0.05)
         if args.wait_linked:
-            wait_linked(node, args.wait_timeout, stop)
+            from vidseg_ros.ros.common import wait_linked
+            linked, missing = wait_linked(node, args.wait_timeout, stop)
+            if not linked and not stop.is_set():
+                raise InputError(f'the vidseg nodes are not linked within {args.wait_timeout}s ({missing})')
         paced = {'n': 0}
         cv = threading.Condition()
         if args.paced:

@@ -319,3 +319,31 @@ class Worker:
             self._cv.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+
+def wait_linked(node, timeout: float, stop=None, nodes=None) -> tuple:
+    """Wait until every managed vidseg node (or ``nodes``) reports its internal topics matched on /diagnostics
+    (``graph.links_ready``; each node publishes every ``diagnostics_period``, 1 s). ``node`` must be spun
+    by someone else (an executor thread); ``stop`` (a threading.Event) ends the wait early. Returns
+    (ready, what is missing)."""
+    import threading
+    import time
+    from diagnostic_msgs.msg import DiagnosticArray
+    from vidseg_ros.ros import graph
+    latest, lock = {}, threading.Lock()
+
+    def on_diag(msg):
+        with lock:
+            for st in msg.status:
+                latest[st.name] = {kv.key: kv.value for kv in st.values}
+    sub = node.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, on_diag, reliable_qos(50))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with lock:
+                ready, missing = graph.links_ready(latest, nodes)
+            if ready or time.monotonic() > deadline or (stop is not None and stop.is_set()):
+                return ready, missing
+            time.sleep(0.1)
+    finally:
+        node.destroy_subscription(sub)

@@ -192,24 +192,10 @@ class Probe:
 
     def wait_linked(self, timeout: float = 60.0, nodes=None) -> tuple:
         """Wait until every managed node (or ``nodes``) reports its internal topics matched on /diagnostics
-        (``graph.links_ready``; published each ``diagnostics_period``, 1 s); returns (ready, what is missing).
-        Call it before sending frames that must each get their flow and keyframe result."""
-        from diagnostic_msgs.msg import DiagnosticArray
-        from vidseg_ros.ros.common import reliable_qos
-        latest = {}
-
-        def cb(msg):
-            with self.cv:
-                for st in msg.status:
-                    latest[st.name] = {kv.key: kv.value for kv in st.values}
-                self.cv.notify_all()
-        sub = self.node.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, cb, reliable_qos(50))
-        try:
-            self.wait_for(lambda: graph.links_ready(latest, nodes)[0], timeout)
-            with self.cv:
-                return graph.links_ready(latest, nodes)
-        finally:
-            self.node.destroy_subscription(sub)
+        (``common.wait_linked``); returns (ready, what is missing). Call it before sending frames that
+        must each get their flow and keyframe result."""
+        from vidseg_ros.ros.common import wait_linked
+        return wait_linked(self.node, timeout, nodes=nodes)
 
     def close(self):
         import rclpy
