@@ -70,6 +70,15 @@ def network_input(model, rgb, device) -> torch.Tensor:
     return torch.from_numpy(model.preprocess(rgb)).to(device)
 
 
+def semantics_from_logits(logits: torch.Tensor, class_map, size_wh) -> tuple:
+    """(1, K, h, w) logits of a keyframe pass -> (Semantics at ``size_wh``, non-finite pixel count), sanitised
+    as the pipeline's keyframes are (the keyframe passes that also return maps: caching, region context)."""
+    from .models.base import sanitize_segmentation, segmentation_from_logits
+    from .propagation import semantics_from_segmentation
+    seg, bad = sanitize_segmentation(segmentation_from_logits(logits[0].float().cpu(), class_map))
+    return semantics_from_segmentation(seg, class_map, size_wh), bad
+
+
 def _check_levels(levels) -> int:
     if int(levels) not in CACHE_KEYS:
         raise ConfigError(f'caching levels must be 1 or 2, got {levels}')
@@ -160,10 +169,7 @@ class CachedFeatureRefresher:
         self.ort = _OrtSplit(model, self.full, self.part) if backend == 'onnxruntime' else None
 
     def _semantics(self, logits: torch.Tensor, size_wh):
-        from .models.base import sanitize_segmentation, segmentation_from_logits
-        from .propagation import semantics_from_segmentation
-        seg, bad = sanitize_segmentation(segmentation_from_logits(logits[0].float().cpu(), self.class_map))
-        return semantics_from_segmentation(seg, self.class_map, size_wh), bad
+        return semantics_from_logits(logits, self.class_map, size_wh)
 
     def keyframe_semantics(self, rgb: np.ndarray, working_size_wh):
         x = network_input(self.model, rgb, self.device)

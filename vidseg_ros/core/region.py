@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, InputError
-from .models.espnetv2 import CONTEXT_KEYS
+from .models.espnetv2 import CONTEXT_KEYS, EPP_PROJ, context_grid_shape
 from .propagation import IGNORE, Semantics, _resize_planes, quantize_probs
 
 __all__ = ['RegionRefresher', 'ContextRegionRefresher', 'KeyframeContext', 'SHAPES', 'tile_size', 'best_tile',
@@ -320,9 +320,7 @@ class KeyframeContext:
                                                     f'{model.name} (keyframe with context grids)'))
 
     def keyframe_semantics(self, rgb: np.ndarray, working_size_wh):
-        from .caching import network_input
-        from .models.base import sanitize_segmentation, segmentation_from_logits
-        from .propagation import semantics_from_segmentation
+        from .caching import network_input, semantics_from_logits
         x = network_input(self.model, rgb, self.device)
         if self.ort is not None:
             out = self.ort.run({'input': x.cpu().numpy()})
@@ -331,8 +329,7 @@ class KeyframeContext:
             with torch.inference_mode():
                 logits, *g = self.full(x)
             grids = [t.float().cpu().numpy() for t in g]
-        seg, bad = sanitize_segmentation(segmentation_from_logits(logits[0].float().cpu(), self.class_map))
-        sem = semantics_from_segmentation(seg, self.class_map, working_size_wh)
+        sem, bad = semantics_from_logits(logits, self.class_map, working_size_wh)
         sem.features = {k: np.ascontiguousarray(g[0], np.float32) for k, g in zip(CONTEXT_KEYS, grids)}
         return sem, bad
 
@@ -366,9 +363,8 @@ class ContextRegionRefresher(RegionRefresher):
             from .models.backends import OrtRunner, export_onnx_module, synthetic_image
             W, H = self.input_size
             tw, th = self.tile
-            with torch.inference_mode():
-                x = torch.from_numpy(model.preprocess(synthetic_image((W, H))))
-                grids = {k: g[0].numpy() for k, g in zip(CONTEXT_KEYS, self.keyframe.full(x)[1:])}
+            grids = {k: np.zeros((EPP_PROJ,) + context_grid_shape(H // st, W // st), np.float32)
+                     for k, st in zip(CONTEXT_KEYS, CONTEXT_STRIDES)}   # (the export's example input)
             maps = context_maps(grids, (W, H), (0, 0, tw, th))
             xt = torch.from_numpy(self.net.preprocess(synthetic_image((tw, th))))
             self.ort = OrtRunner(export_onnx_module(self.part, dict({'input': xt}, **maps), ('logits',),

@@ -18,6 +18,14 @@ WIDTHS = {0.5: (16, 32, 64, 128), 1.0: (32, 64, 128, 256), 1.5: (32, 96, 192, 38
           2.0: (32, 128, 256, 512)}
 EPP_SCALES = (2.0, 1.5, 1.0, 0.5, 0.1)
 CONTEXT_SCALE = 0.1   # the EPP branch pooled to a 5x5 grid: the frame's global context
+EPP_PROJ = 10          # channels of an EPP's branches
+
+
+def context_grid_shape(h: int, w: int) -> tuple:
+    """(gh, gw) of the global (``CONTEXT_SCALE``) branch's pooled grid of an EPP whose input is h x w."""
+    return max(math.ceil(h * CONTEXT_SCALE), 5), max(math.ceil(w * CONTEXT_SCALE), 5)
+
+
 #: the decoder's four EPP modules, coarse to fine, and the names of their context maps
 CONTEXT_KEYS = ('ctx1', 'ctx2', 'ctx3', 'ctx4')
 
@@ -217,7 +225,7 @@ class EESPNetBase(nn.Module):
 class EPP(nn.Module):
     """Efficient pyramid pooling."""
 
-    def __init__(self, cin, cout, proj=10, last_layer_br=True):
+    def __init__(self, cin, cout, proj=EPP_PROJ, last_layer_br=True):
         super().__init__()
         p = proj
         self.stages = nn.ModuleList(nn.Conv2d(p, p, 3, 1, 1, groups=p, bias=False)
