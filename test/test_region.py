@@ -273,6 +273,11 @@ def test_context_region_refresher(small_model, shared):
     assert (ctx.context_used, ctx.context_missing) == (1, 1)
     plain = RegionRefresher(small_model, tile_area=0.25).refresh(img, plain_sem, mask)
     assert np.array_equal(without.labels, plain.labels)          # no grids: the plain tile
+    for broken in ({'ctx1': np.zeros((3, 5, 5), np.float32)}, {'ctx4': np.full((10, 5, 5), np.nan, np.float32)}):
+        bad_sem = sem.copy()
+        bad_sem.features = dict(sem.features, **broken)
+        assert np.array_equal(ctx.refresh(img, bad_sem, mask).labels, plain.labels)   # broken grids: plain too
+    assert (ctx.context_used, ctx.context_missing) == (1, 3)
     assert not np.array_equal(with_ctx.labels, plain.labels)     # the context changes the tile's labels
     # onnxruntime (the CPU default): exported halves, the same labels as torch
     ort_model = load_model('espnetv2_s0.5_512x256', input_size=(128, 64))

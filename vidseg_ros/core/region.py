@@ -339,6 +339,13 @@ def context_key(net, size_wh) -> str:
     return f'regionctx_{state_hash(net)[:16]}_{size_wh[0]}x{size_wh[1]}'
 
 
+def _grid_ok(g) -> bool:
+    """A context grid as the keyframe pass makes it: (EPP_PROJ, gh, gw) float, finite."""
+    g = None if g is None else np.asarray(g)
+    return g is not None and g.ndim == 3 and g.shape[0] == EPP_PROJ and min(g.shape[1:]) >= 1 \
+        and g.dtype.kind == 'f' and bool(np.isfinite(g).all())
+
+
 class ContextRegionRefresher(RegionRefresher):
     """Region refresh whose tile network is given the keyframe's global context (ESPNetv2 only).
 
@@ -349,7 +356,7 @@ class ContextRegionRefresher(RegionRefresher):
     ``Semantics.features``, which the Propagator warps with the state like any feature map), and the tile
     network uses the keyframe's grids, resized to the whole frame and cut to the tile (``context_maps``),
     instead of its own. Same cost as the plain tile (the grids are tiny). When the keyframe brought no
-    grids (e.g. a keyframe node that does not send them) the tile runs plain, counted in
+    grids, or broken ones (a wrong shape, non-finite values), the tile runs plain, counted in
     ``context_missing``. BENCHMARKS.md section 7.1 measures it.
     """
 
@@ -378,7 +385,7 @@ class ContextRegionRefresher(RegionRefresher):
     def _segment(self, crop, origin_net, warped):
         from .models.base import segmentation_from_logits
         grids = warped.features or {}
-        if not all(k in grids for k in CONTEXT_KEYS):
+        if not all(_grid_ok(grids.get(k)) for k in CONTEXT_KEYS):   # none came, or broken ones: the plain tile
             self.context_missing += 1
             return self.net.segment(crop)
         tw, th = self.tile
