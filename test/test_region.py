@@ -134,7 +134,7 @@ def test_bad_parameters_are_clear_errors(small_model):
         RegionRefresher(small_model, shape='square')
     from vidseg_ros.core.temporal import make_temporal_module
     for opts in ({'tile_area': 0.3}, {'tile_shape': 'tile'}, {'tile_model': 'espnetv2_s1.0_512x256'}):
-        with pytest.raises(ConfigError, match='tile_area / tile_shape / tile_model apply to the region modes only'):
+        with pytest.raises(ConfigError, match='tile_area / tile_shape / tile_model / catch_up apply to the region modes'):
             make_temporal_module('grfp', small_model, **opts)
     assert make_temporal_module('region', small_model, tile_area=0.3).tile_area == 0.3
     m = make_temporal_module('region', small_model, tile_area=0.3, tile_shape='tile')
@@ -172,7 +172,7 @@ def test_late_keyframe_replay_equals_in_order_processing(small_model, shared):
     flows = [None] + [flow.forward_backward(imgs[i - 1], imgs[i], native=True) for i in range(1, 5)]
     mod = make_temporal_module('region', small_model)
 
-    def run(late):
+    def run(late, mod=mod):
         prop = TemporalPropagator(refiner=mod)
         if not late:
             prop.set_keyframe(0, sem0)
@@ -190,6 +190,20 @@ def test_late_keyframe_replay_equals_in_order_processing(small_model, shared):
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.semantics.probs, b.semantics.probs)
     assert np.array_equal(a.semantics.age, b.semantics.age) and a.semantics.age.max() == 4
     assert (a.semantics.age == 0).any()
+    assert mod.catch_up == 'all'
+    # catch_up='newest': the late keyframe is warped through frames 1-3 and only frame 4 is refreshed (one
+    # network pass instead of four); the state differs from in-order processing, the distance does not
+    calls = []
+    for m in (mod, make_temporal_module('region', small_model, catch_up='newest')):
+        refresh = m.refresh
+        m.refresh = lambda *args, _r=refresh, **kw: calls.append(1) or _r(*args, **kw)
+        calls.clear()
+        c = run(True, m)
+        assert len(calls) == (4 if m.catch_up == 'all' else 1) and c.distance == 4   # (no state before the keyframe)
+        del m.refresh
+    assert c.semantics.age.max() <= 1 and (c.semantics.age == 0).any()   # the catch-up state counts as fresh
+    with pytest.raises(ConfigError, match="region catch_up must be one of all, newest, got 'some'"):
+        make_temporal_module('region', small_model, catch_up='some')
 
 
 def test_a_failing_module_leaves_the_plain_warp(small_model, shared):

@@ -791,22 +791,25 @@ def test_failing_temporal_module_keeps_labels_flowing(ros_domain, shared):
 
 
 def test_propagation_node_region_shape_parameter(ros_domain, shared):
-    """region_shape picks the refreshed region's shape; a bad value fails configure with the reason."""
+    """region_shape picks the refreshed region's shape, region_catch_up how late keyframes are carried; a
+    bad value fails configure with the reason."""
     node = _prop({'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256', 'region_tile_area': 0.3,
-                  'region_shape': 'tile'})
+                  'region_shape': 'tile', 'region_catch_up': 'newest'})
     try:
         assert node.prop.refiner.shape == 'tile' and node.prop.refiner.tile == (288, 144)
+        assert node.prop.refiner.catch_up == 'newest' and node.prop.refiner.catch_up_newest_only
     finally:
         _close(node)
     from vidseg_ros.ros.propagation_node import PropagationNode
-    node = _node(PropagationNode, {'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256',
-                                   'region_shape': 'round'})
-    try:
-        assert node.trigger_configure().name == 'FAILURE'
-        with pytest.raises(Exception, match="region shape must be one of strip, tile, got 'round'"):
-            node.configure()
-    finally:
-        _close(node)
+    for param, msg in (('region_shape', "region shape must be one of strip, tile, got 'round'"),
+                       ('region_catch_up', "region catch_up must be one of all, newest, got 'round'")):
+        node = _node(PropagationNode, {'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256', param: 'round'})
+        try:
+            assert node.trigger_configure().name == 'FAILURE'
+            with pytest.raises(Exception, match=msg):
+                node.configure()
+        finally:
+            _close(node)
 
 
 def test_propagation_node_reorders_pending_frames(ros_domain):

@@ -413,8 +413,10 @@ class Propagator:
             self.stats['dropped_keyframes_too_old'] += 1
             degraded = True
         anchor = (frame_id, degraded)
-        # without a refiner the IAM only feeds the newest frame's mask: skip it on the frames in between
-        skip = self.refiner is None
+        # without a refiner the IAM only feeds the newest frame's mask: skip it on the frames in between;
+        # so does a refiner that asks for it (``catch_up_newest_only``, region refresh's ``catch_up='newest'``:
+        # a network pass per buffered frame, for frames that were published already)
+        skip = self.refiner is None or bool(getattr(self.refiner, 'catch_up_newest_only', False))
         for i, e in enumerate(chain):
             self._skip_iam = skip and i < len(chain) - 1
             try:

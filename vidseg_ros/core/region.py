@@ -114,11 +114,17 @@ class RegionRefresher:
     by ``models.load_model`` with a ModelError naming both sizes). ``tile_model`` (a model spec)
     puts another network with the same class planes on the tile instead, e.g. a cheaper one trained
     at the same pixel scale (BENCHMARKS.md section 7.1 measures what that buys, and what it does not).
+    ``catch_up``: how a late keyframe (the ROS graph's live mode) is carried through the frames buffered
+    since: 'all' (default) refreshes each of them, so the state equals in-order processing; 'newest'
+    refreshes only the newest and warps through the others (those were published already), saving a
+    network pass per buffered frame (BENCHMARKS.md section 9).
     """
+
+    CATCH_UPS = ('all', 'newest')
 
     def __init__(self, model, tile_area: float = 0.19, margin: int = 8, conf: float = 0.7,
                  iam_weight: float = 4.0, new_weight: float = 20.0, device: str = 'cpu', backend=None,
-                 tile_model=None, shape: str = 'strip'):
+                 tile_model=None, shape: str = 'strip', catch_up: str = 'all'):
         from .models import load_model
         cfg = getattr(model, 'config', None)
         if cfg is None:
@@ -129,6 +135,10 @@ class RegionRefresher:
             raise ConfigError(f'region conf must be in [0, 1], got {conf}')
         if int(margin) < 0:
             raise ConfigError(f'region margin must be >= 0, got {margin}')
+        if catch_up not in self.CATCH_UPS:
+            raise ConfigError(f"region catch_up must be one of {', '.join(self.CATCH_UPS)}, got {catch_up!r}")
+        self.catch_up = catch_up
+        self.catch_up_newest_only = catch_up == 'newest'   # read by Propagator.set_keyframe
         self.input_size = tuple(int(v) for v in model.input_size)
         self.tile = tile_size(self.input_size, tile_area, shape)
         self.tile_area, self.shape = float(tile_area), shape

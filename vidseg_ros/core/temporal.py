@@ -115,7 +115,8 @@ def save_net(net, mode: str, path, meta: dict | None = None) -> Path:
 def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', schedule=5,
                          cheap: str | None = None, cheap_factor: int | None = None, flow=None,
                          gate_classes: bool | None = None, tile_area: float | None = None,
-                         tile_model: str | None = None, tile_shape: str | None = None):
+                         tile_model: str | None = None, tile_shape: str | None = None,
+                         catch_up: str | None = None):
     """Object implementing ``mode`` (see module docstring). ``model``: the keyframe KeyframeModel
     (its class planes; 'iam-lowres' runs it at 1/``cheap_factor`` (default 4) of its input size;
     caching splits it). GRFP/DAVSS run their own cheap network ``NAME@WxH``
@@ -125,12 +126,15 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
     switch the STGRU's class gate (``grfp.gate_to_state``) on/off regardless of what the weights
     say (None: as trained/packaged). ``tile_area`` / ``tile_shape`` / ``tile_model`` (region modes): the
     refreshed region's share of the frame, its shape ('strip' or 'tile') and the network run on it
-    (defaults: ``region.RegionRefresher``'s). 'region-ctx' is region refresh whose tile network gets the
+    (defaults: ``region.RegionRefresher``'s), ``catch_up`` how a late keyframe is carried through buffered
+    frames ('all' or 'newest', ``RegionRefresher``). 'region-ctx' is region refresh whose tile network gets the
     keyframe's global context (``region.ContextRegionRefresher``; ESPNetv2 keyframe networks)."""
     if gate_classes is not None and mode != 'grfp':
         raise ConfigError(f'gate_classes applies to mode grfp only, not {mode!r}')
-    if (tile_area is not None or tile_model is not None or tile_shape is not None) and mode not in REGION_MODES:
-        raise ConfigError(f'tile_area / tile_shape / tile_model apply to the region modes only, not {mode!r}')
+    if (tile_area is not None or tile_model is not None or tile_shape is not None or catch_up is not None) \
+            and mode not in REGION_MODES:
+        raise ConfigError(f'tile_area / tile_shape / tile_model / catch_up apply to the region modes only, '
+                          f'not {mode!r}')
     if mode == 'region-ctx' and tile_model is not None:
         raise ConfigError('region-ctx gives the tile the keyframe network\'s own context: it does not combine '
                           'with tile_model')
@@ -147,7 +151,8 @@ def make_temporal_module(mode: str, model, weights=None, device: str = 'cpu', sc
         cls = ContextRegionRefresher if mode == 'region-ctx' else RegionRefresher
         return cls(model, device=device, tile_model=tile_model,
                    **({} if tile_area is None else {'tile_area': tile_area}),
-                   **({} if tile_shape is None else {'shape': tile_shape}))
+                   **({} if tile_shape is None else {'shape': tile_shape}),
+                   **({} if catch_up is None else {'catch_up': catch_up}))
     if mode in ('cache1', 'cache2'):
         from .caching import FeatureCachingSegmenter
         return FeatureCachingSegmenter(model, levels=int(mode[-1]), schedule=schedule, flow=flow)
@@ -212,6 +217,12 @@ class TemporalPropagator(Propagator):
         ref = self.refiner
         if ref is None or not (hasattr(ref, 'refine') or hasattr(ref, 'refresh')):
             return super()._advance(sem, e)
+        if self._skip_iam:   # a late keyframe's catch-up through a frame before the newest: plain warp
+            self.refiner = None
+            try:
+                return super()._advance(sem, e)
+            finally:
+                self.refiner = ref
         self.refiner = None
         try:
             new, mask, frac, deg = super()._advance(sem, e)

@@ -138,6 +138,9 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('region_tile_area', 0.19, 'temporal_mode region: share of the frame refreshed per '
                      'propagated frame (its cost ~ this share of a keyframe)', float_range=(0.01, 1.0))
         self.declare('region_shape', 'strip', "temporal_mode region: 'strip' (full-height strip) or 'tile' (2:1)")
+        self.declare('region_catch_up', 'all', "temporal_mode region(-ctx): a late keyframe is carried through the "
+                     "frames buffered since with a region pass on each ('all': the in-order state) or on the "
+                     "newest only ('newest': one network pass instead of one per buffered frame)")
         self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
                      'keyframe is in, fused with it carried back (delayed; plain warp only; core/bidirectional.py)')
         self.declare('two_sided_max_delay', 30, 'two_sided: frames a frame waits for the next keyframe before '
@@ -177,7 +180,7 @@ class PropagationNode(VidsegLifecycleNode):
         from vidseg_ros.core.classes import get_class_set
         from vidseg_ros.core.propagation import Propagator
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
-                        'region_shape', 'model', 'weights', 'device', 'history',
+                        'region_shape', 'region_catch_up', 'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
                         'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s', 'two_sided_trust',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
@@ -205,7 +208,8 @@ class PropagationNode(VidsegLifecycleNode):
                 self.cache_keys = CACHE_KEYS[graph.CACHE_LEVELS[mode]]
             else:
                 refiner = make_temporal_module(mode, net, weights=p['temporal_weights'] or None, device=p['device'],
-                                               **({'tile_area': p['region_tile_area'], 'tile_shape': p['region_shape']}
+                                               **({'tile_area': p['region_tile_area'], 'tile_shape': p['region_shape'],
+                                                   'catch_up': p['region_catch_up']}
                                                   if mode in ('region', 'region-ctx') else {}))
                 if mode == 'region-ctx':   # the keyframe's context grids come from the keyframe node
                     from vidseg_ros.core.models.espnetv2 import CONTEXT_KEYS
