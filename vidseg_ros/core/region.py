@@ -122,6 +122,11 @@ class RegionRefresher:
 
     CATCH_UPS = ('all', 'newest')
 
+    @property
+    def catch_up_newest_only(self) -> bool:
+        """Read by ``Propagator.set_keyframe``: carry a late keyframe with this module on the newest frame only."""
+        return self.catch_up == 'newest'
+
     def __init__(self, model, tile_area: float = 0.19, margin: int = 8, conf: float = 0.7,
                  iam_weight: float = 4.0, new_weight: float = 20.0, device: str = 'cpu', backend=None,
                  tile_model=None, shape: str = 'strip', catch_up: str = 'all'):
@@ -138,7 +143,6 @@ class RegionRefresher:
         if catch_up not in self.CATCH_UPS:
             raise ConfigError(f"region catch_up must be one of {', '.join(self.CATCH_UPS)}, got {catch_up!r}")
         self.catch_up = catch_up
-        self.catch_up_newest_only = catch_up == 'newest'   # read by Propagator.set_keyframe
         self.input_size = tuple(int(v) for v in model.input_size)
         self.tile = tile_size(self.input_size, tile_area, shape)
         self.tile_area, self.shape = float(tile_area), shape

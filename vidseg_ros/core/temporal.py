@@ -217,18 +217,14 @@ class TemporalPropagator(Propagator):
         ref = self.refiner
         if ref is None or not (hasattr(ref, 'refine') or hasattr(ref, 'refresh')):
             return super()._advance(sem, e)
-        if self._skip_iam:   # a late keyframe's catch-up through a frame before the newest: plain warp
-            self.refiner = None
-            try:
-                return super()._advance(sem, e)
-            finally:
-                self.refiner = ref
         self.refiner = None
         try:
             new, mask, frac, deg = super()._advance(sem, e)
         finally:
             self.refiner = ref
-        if not self.warp or e.flow_bwd is None or e.image is None or new.probs is None:
+        # (_skip_iam: a late keyframe's catch-up through a frame before the newest, for a module that asks
+        # for it with ``catch_up_newest_only``: the plain warp)
+        if self._skip_iam or not self.warp or e.flow_bwd is None or e.image is None or new.probs is None:
             return new, mask, frac, deg
         t0 = time.perf_counter()
         prev = self._hist.get(e.prev_id) if e.prev_id is not None else None
