@@ -219,9 +219,10 @@ def cmd_run(args) -> int:
         elif s == 'budget':
             s = {'type': 'budget', 'camera_rate_hz': src.fps or 25.0}
         schedule = s
-    if args.region_tile_area is not None and args.temporal_mode not in ('region', 'region-ctx'):
+    from .core.temporal import REGION_MODES
+    if args.region_tile_area is not None and args.temporal_mode not in REGION_MODES:
         raise ConfigError('--region-tile-area applies to --temporal-mode region / region-ctx only')
-    if args.region_shape is not None and args.temporal_mode not in ('region', 'region-ctx'):
+    if args.region_shape is not None and args.temporal_mode not in REGION_MODES:
         raise ConfigError('--region-shape applies to --temporal-mode region / region-ctx only')
     if args.max_delay is not None and not args.two_sided:
         raise ConfigError('--max-delay applies to --two-sided only')

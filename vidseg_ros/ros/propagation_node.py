@@ -199,7 +199,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.cache_keys = ()
         if mode != 'warp':
             from vidseg_ros.core.models import load_model
-            from vidseg_ros.core.temporal import TemporalPropagator, make_temporal_module
+            from vidseg_ros.core.temporal import REGION_MODES, TemporalPropagator, make_temporal_module
             net = load_model(p['model'], weights=p['weights'] or None, device=p['device'])
             if mode in graph.CACHE_LEVELS:
                 # feature caching: the network's low-level part here, its cached maps from the keyframe node
@@ -210,7 +210,7 @@ class PropagationNode(VidsegLifecycleNode):
                 refiner = make_temporal_module(mode, net, weights=p['temporal_weights'] or None, device=p['device'],
                                                **({'tile_area': p['region_tile_area'], 'tile_shape': p['region_shape'],
                                                    'catch_up': p['region_catch_up']}
-                                                  if mode in ('region', 'region-ctx') else {}))
+                                                  if mode in REGION_MODES else {}))
                 if mode == 'region-ctx':   # the keyframe's context grids come from the keyframe node
                     from vidseg_ros.core.models.espnetv2 import CONTEXT_KEYS
                     self.cache_keys = CONTEXT_KEYS
