@@ -281,6 +281,54 @@ def test_temporal_propagator_hands_context():
     assert 'refine' in out.timings
 
 
+def test_refine_false_skips_the_module_on_a_step_and_on_a_late_keyframes_catch_up():
+    """Load shedding (the propagation node's refine_max_lag): ``step(refine=False)`` and
+    ``set_keyframe(refine=False)`` give the plain warp without running the module, counted; with
+    refine=True the module runs again (both kinds of module the propagators take)."""
+    from vidseg_ros.core.propagation import Propagator
+
+    class Module:   # TemporalPropagator module: the state becomes class 5 wherever it runs
+        def __init__(self):
+            self.calls = 0
+
+        def refine(self, image, warped, mask, prev_image=None, flow_bwd=None):
+            self.calls += 1
+            p = np.zeros(warped.probs.shape, np.float32)
+            p[5] = 1.0
+            return p, np.ones(warped.probs.shape[1:], np.float32)
+
+        def __call__(self, image, warped, mask):   # Propagator refiner (IAM blend)
+            return self.refine(image, warped, mask)[0]
+
+    rng = _rng(7)
+    kf = _semantics(rng)
+    f = np.zeros((H // 4, W // 4, 2), np.float32)
+    f_fwd = np.full((H // 4, W // 4, 2), 3.0, np.float32)   # fails the forward-backward check: IAM set
+    imgs = [_image(rng) for _ in range(4)]
+    plain = Propagator(refiner=None)
+    plain.set_keyframe(0, kf)
+    plain.step(0, image=imgs[0])
+    want = [plain.step(i, f, f_fwd, imgs[i]).labels for i in (1, 2, 3)]
+    for cls in (TemporalPropagator, Propagator):
+        mod = Module()
+        prop = cls(refiner=mod)
+        prop.set_keyframe(0, kf)
+        prop.step(0, image=imgs[0])
+        out = prop.step(1, f, f_fwd, imgs[1], refine=False)
+        assert mod.calls == 0 and prop.stats['refine_skipped'] == 1 and prop.stats['refined_frames'] == 0
+        np.testing.assert_array_equal(out.labels, want[0])
+        out = prop.step(2, f, f_fwd, imgs[2])
+        assert mod.calls == 1 and prop.stats['refined_frames'] == 1 and (out.labels == 5).any(), cls
+        # a late keyframe for frame 0, carried through frames 1 and 2 without the module
+        assert prop.set_keyframe(1, kf, refine=False) == 'late'
+        assert mod.calls == 1 and prop.stats['catch_up_refine_skipped'] == 1
+        np.testing.assert_array_equal(prop.semantics.labels, want[0])   # kf at 1, one plain step to 2
+        # ... and with the module (the default): it runs on the buffered frame
+        prop.step(3, f, f_fwd, imgs[3], refine=False)
+        assert prop.set_keyframe(2, kf) == 'late' and mod.calls == 2
+        assert prop.stats['refine_skipped'] == 2 and prop.stats['catch_up_refine_skipped'] == 1
+
+
 class _FakeESPModel:
     """Minimal KeyframeModel stand-in around a random-init ESPNetv2 (torch)."""
 

@@ -349,6 +349,7 @@ class Propagator:
         self._state_degraded = False
         self._anchor = None     # (frame id the state is exact for, degraded flag there); holds keep it
         self._skip_iam = False  # catch-up: no IAM for frames whose mask nobody reads
+        self._skip_refine = False  # step(refine=False): this frame gets the plain warp
         self._last_mask = None
         self._last_frac = 0.0
         self._hist: OrderedDict = OrderedDict()
@@ -356,7 +357,8 @@ class Propagator:
         self.last_timings = {}
         self.stats = dict(frames=0, keyframes=0, late_keyframes=0, repropagated_steps=0,
                           dropped_keyframes_too_old=0, stale_keyframes=0, orphan_keyframes=0,
-                          degraded_frames=0, refined_frames=0, amended_flows=0)
+                          degraded_frames=0, refined_frames=0, refine_skipped=0, catch_up_refine_skipped=0,
+                          amended_flows=0)
 
     @property
     def semantics(self) -> Semantics | None:
@@ -376,8 +378,12 @@ class Propagator:
         return self._dist
 
     # ------------------------------------------------------------------ keyframes
-    def set_keyframe(self, frame_id, semantics: Semantics) -> str:
+    def set_keyframe(self, frame_id, semantics: Semantics, refine: bool = True) -> str:
         """Register the keyframe network's semantics for ``frame_id``.
+
+        ``refine`` False: a late keyframe is carried to the newest frame with the plain warp (the refiner /
+        temporal module is not run on the buffered frames; counted in ``stats['catch_up_refine_skipped']``): the
+        ROS node's load shedding when it falls behind the camera.
 
         Returns what happened: 'pending' (frame not stepped yet: used when ``step(frame_id)`` comes),
         'applied' (frame_id is the newest stepped frame), 'late' (re-propagated through buffered flows
@@ -416,13 +422,17 @@ class Propagator:
         # without a refiner the IAM only feeds the newest frame's mask: skip it on the frames in between;
         # so does a refiner that asks for it (``catch_up_newest_only``, region refresh's ``catch_up='newest'``:
         # a network pass per buffered frame, for frames that were published already)
-        skip = self.refiner is None or bool(getattr(self.refiner, 'catch_up_newest_only', False))
-        for i, e in enumerate(chain):
-            self._skip_iam = skip and i < len(chain) - 1
-            try:
+        shed = not refine and self.refiner is not None
+        skip = self.refiner is None or shed or bool(getattr(self.refiner, 'catch_up_newest_only', False))
+        try:
+            self._skip_refine = shed
+            for i, e in enumerate(chain):
+                self._skip_iam = skip and i < len(chain) - 1
                 sem, degraded, anchor, mask, frac = self._carry(sem, degraded, anchor, e)
-            finally:
-                self._skip_iam = False
+        finally:
+            self._skip_iam = self._skip_refine = False
+        if shed:
+            self.stats['catch_up_refine_skipped'] += len(chain)
         self.stats['late_keyframes'] += 1
         self.stats['repropagated_steps'] += len(chain)
         self._sem = sem
@@ -441,13 +451,17 @@ class Propagator:
         self._anchor = (frame_id, False)
 
     # ------------------------------------------------------------------ stepping
-    def step(self, frame_id, flow_bwd=None, flow_fwd=None, image=None, flow_ref=None) -> FrameOutput:
+    def step(self, frame_id, flow_bwd=None, flow_fwd=None, image=None, flow_ref=None,
+             refine: bool = True) -> FrameOutput:
         """Advance to ``frame_id`` (strictly increasing) and return its output.
 
         ``flow_bwd``/``flow_fwd``: flows between the previous stepped frame and this one (see module
         docstring); None on the first frame / when unavailable (then the labels are held and, in warp
         mode, flagged degraded). ``flow_ref``: the frame the flows start from when it is not the previous
         stepped frame (a flow across held frames; see the module docstring). None = the previous frame.
+        ``refine`` False: the refiner / temporal module is not run on this frame, which gets the plain
+        warp (the ROS node's load shedding when it falls behind the camera); counted in
+        ``stats['refine_skipped']``. The image is still kept for a late keyframe's catch-up.
         """
         if self._newest is not None and not frame_id > self._newest:
             raise InputError(f'frame ids must increase: got {frame_id!r} after {self._newest!r}')
@@ -477,8 +491,14 @@ class Propagator:
         elif self._sem is None:
             return self._no_keyframe_output(frame_id, image, flow_bwd)
         else:
-            self._sem, self._state_degraded, self._anchor, mask, frac = self._carry(
-                self._sem, self._state_degraded, self._anchor, entry)
+            self._skip_refine = not refine and self.refiner is not None
+            try:
+                self._sem, self._state_degraded, self._anchor, mask, frac = self._carry(
+                    self._sem, self._state_degraded, self._anchor, entry)
+            finally:
+                self._skip_refine = False
+            if not refine and self.refiner is not None:
+                self.stats['refine_skipped'] += 1
             self._dist += 1
             is_kf = False
         self._last_mask, self._last_frac = mask, frac
@@ -577,7 +597,7 @@ class Propagator:
             frac = float((mask > 0.5).mean())
             tm['iam'] = time.perf_counter() - t1
         if self.refiner is not None and mask is not None and new.probs is not None and e.image is not None \
-                and frac > 0.0:
+                and frac > 0.0 and not self._skip_refine:
             t3 = time.perf_counter()
             new = self._refine(new, mask, e.image)
             self.stats['refined_frames'] += 1

@@ -330,6 +330,7 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
                                              'keyframes_on_time', 'keyframe_wait_expired', 'two_sided_fused',
                                              'two_sided_forward_only', 'two_sided_keyframes',
                                              'propagator_repropagated_steps', 'propagator_refined_frames',
+                                             'propagator_refine_skipped', 'propagator_catch_up_refine_skipped',
                                              'region_context_used', 'region_context_missing')),
             'keyframe_node': _diag_delta(diag_before, diag_after, 'vidseg: keyframe_node',
                                          ('frames', 'keyframes', 'skipped_busy', 'errors')),

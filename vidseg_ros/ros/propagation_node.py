@@ -58,6 +58,7 @@ from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 
 STATUS_TOPIC = graph.STATUS_TOPIC   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
+PLAUSIBLE_AGE_S = 60.0   # a frame's stamp age on the ROS clock beyond this (or negative) is another clock's
 
 
 class _Slot:
@@ -141,6 +142,10 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('region_catch_up', 'all', "temporal_mode region(-ctx): a late keyframe is carried through the "
                      "frames buffered since with a region pass on each ('all': the in-order state) or on the "
                      "newest only ('newest': one network pass instead of one per buffered frame)")
+        self.declare('refine_max_lag', 0.1, 'load shedding: a propagated frame this many seconds behind the newest '
+                     'camera frame received (camera time), or waiting this long in this node, gets the plain warp '
+                     'instead of the temporal module, until the node has caught up (live mode only; 0 = never skip)',
+                     float_range=(0.0, 60.0))
         self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
                      'keyframe is in, fused with it carried back (delayed; plain warp only; core/bidirectional.py)')
         self.declare('two_sided_max_delay', 30, 'two_sided: frames a frame waits for the next keyframe before '
@@ -180,7 +185,7 @@ class PropagationNode(VidsegLifecycleNode):
         from vidseg_ros.core.classes import get_class_set
         from vidseg_ros.core.propagation import Propagator
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
-                        'region_shape', 'region_catch_up', 'model', 'weights', 'device', 'history',
+                        'region_shape', 'region_catch_up', 'refine_max_lag', 'model', 'weights', 'device', 'history',
                         'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
                         'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s', 'two_sided_trust',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
@@ -535,7 +540,9 @@ class PropagationNode(VidsegLifecycleNode):
                 feats = {k[5:]: v for k, v in parts.items() if k.startswith('feat:')}
                 if feats:
                     sem.features = features_from_msgs(feats)
-                res = self.prop.set_keyframe(ns, sem)
+                # a late keyframe's catch-up runs the temporal module on the frames buffered since: not
+                # while the node is behind the camera (load shedding, refine_max_lag)
+                res = self.prop.set_keyframe(ns, sem, refine=not self._behind(self.done_ns))
             except VidsegError as e:
                 self.counts['bad_keyframes'] += 1
                 self.get_logger().error(f'keyframe rejected: {e}', throttle_duration_sec=5.0)
@@ -614,7 +621,7 @@ class PropagationNode(VidsegLifecycleNode):
         fwd_link = fwd if (s.flow_ref is None or s.flow_ref == self.done_ns) and not self.two_chain_broken else None
         reasons = []
         try:
-            out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref)
+            out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref, refine=not (s.image is not None and self._behind(s.ns, s.t_image)))
         except VidsegError as e:  # still one (degraded) output for the frame
             self.counts['step_errors'] += 1
             self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)
@@ -648,6 +655,25 @@ class PropagationNode(VidsegLifecycleNode):
         if out.degraded and not reasons:
             reasons.append('labels_held')
         self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0, reasons)
+
+    def _behind(self, ns, t_image=None) -> bool:
+        """Load shedding (``refine_max_lag``): is the frame stamped ``ns`` (received at monotonic ``t_image``)
+        so far behind that the temporal module should be skipped on it (or, for the newest stepped frame,
+        on a late keyframe's catch-up)? Behind = more than refine_max_lag by any of: the frame's age on the
+        ROS clock (now - its stamp; only where that is plausible, 0-60 s: a bag replayed with its old
+        stamps and no /clock has none), the newest camera frame received (camera time: the flows or this
+        node lag the camera), the time it waited here. Live mode with a temporal module only:
+        deterministic mode (keyframe_wait > 0) waits by design and never skips."""
+        p = self.cfg
+        lim = p['refine_max_lag']
+        if lim <= 0 or p['keyframe_wait'] > 0 or self.prop.refiner is None or ns is None:
+            return False
+        newest = next((n for n, o in reversed(self.slots.items()) if o.image is not None), ns)
+        lag = max((newest - ns) * 1e-9, time.monotonic() - t_image if t_image is not None else 0.0)
+        age = (self.get_clock().now().nanoseconds - ns) * 1e-9
+        if 0.0 <= age <= PLAUSIBLE_AGE_S:
+            lag = max(lag, age)
+        return lag > lim
 
     def _two_sided_publish(self, outs):
         """Publish released two-sided outputs on their camera headers (labels resized to the image)."""
@@ -724,7 +750,8 @@ class PropagationNode(VidsegLifecycleNode):
         from std_msgs.msg import String
         st = {'stamp_ns': stamp_to_ns(hdr.stamp), 'cost_s': cost, 'distance': int(out.distance),
               'degraded': degraded, 'reasons': list(reasons), 'temporal_mode': self.temporal_mode,
-              'refined_frames': int(self.prop.stats.get('refined_frames', 0))}
+              'refined_frames': int(self.prop.stats.get('refined_frames', 0)),
+              'refine_skipped': int(self.prop.stats.get('refine_skipped', 0))}
         if out.mask is not None:
             st['inconsistent_fraction'] = float(out.inconsistent_fraction)
         st.update(self._context_counts())
@@ -758,6 +785,14 @@ class PropagationNode(VidsegLifecycleNode):
             level = diag_level('WARN')
             msg = ('' if msg == 'running' else msg + '; ') + \
                 f'temporal module {self.temporal_mode} failed on {merr} frame(s), plain warp used: {err}'
+        ps = self.prop.stats
+        shed, shed_cu = int(ps.get('refine_skipped', 0)), int(ps.get('catch_up_refine_skipped', 0))
+        if shed or shed_cu:   # load shedding: the node fell behind the camera and skipped its temporal module
+            level = diag_level('WARN')
+            msg = ('' if msg == 'running' else msg + '; ') + \
+                (f'temporal module {self.temporal_mode} skipped on {shed} of {ps["frames"]} frame(s) '
+                 f'and {shed_cu} catch-up step(s) to keep up (behind the camera by > refine_max_lag '
+                 f'{self.cfg["refine_max_lag"]} s)')
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
