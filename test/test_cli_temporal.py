@@ -25,6 +25,31 @@ def test_run_with_temporal_mode(tmp_path, shared, mode):
         assert s['region_context'] == {'used': 2, 'missing': 0}
 
 
+def test_run_two_sided_with_region_refresh(tmp_path, shared):
+    """`--two-sided --temporal-mode region`: the region-refreshed forward states are fused with the next
+    keyframe carried back; keyframes keep the network's labels, the propagated frames change."""
+    import cv2
+    src = tmp_path / 'frames'
+    src.mkdir()
+    for f in sorted((shared / 'data' / 'cityscapes_seq' / 'seq0001').glob('*.jpg'))[:7]:
+        shutil.copy(f, src / f.name)
+    base = ['run', str(src), '--model', 'espnetv2_s0.5_512x256', '--interval', '3', '--temporal-mode', 'region',
+            '--no-overlay', '-q']
+    assert cli.main(base + ['--out', str(tmp_path / 'fwd')]) == 0
+    assert cli.main(base + ['--out', str(tmp_path / 'two'), '--two-sided']) == 0
+    s = json.loads((tmp_path / 'two' / 'summary.json').read_text())
+    assert s['frames'] == 7 and s['keyframes'] == 3 and s['temporal_mode'] == 'region'
+    assert s['propagator']['refined_frames'] == 4 and s['two_sided']['fused'] == 4
+    names = sorted(p.name for p in (tmp_path / 'two' / 'labels').glob('*.png'))
+    assert len(names) == 7
+
+    def lab(d, i):
+        return cv2.imread(str(tmp_path / d / 'labels' / names[i]), cv2.IMREAD_UNCHANGED)
+    for i in (0, 3, 6):
+        assert (lab('fwd', i) == lab('two', i)).all()
+    assert any((lab('fwd', i) != lab('two', i)).any() for i in (1, 2, 4, 5))
+
+
 def test_unknown_temporal_mode_is_rejected(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(['run', str(tmp_path), '--out', str(tmp_path / 'o'), '--temporal-mode', 'magic'])
@@ -62,7 +87,8 @@ def test_bench_temporal_tradeoff_plot(tmp_path, capsys):
     rows = {'warp': {'recovered': None, 'cost_rel': 0.0, 'frame_rel': 0.04},
             'grfp': {'recovered': 0.29, 'cost_rel': 0.235, 'frame_rel': 0.273},
             'iam-lowres': {'recovered': -1.03, 'cost_rel': 0.24, 'frame_rel': 0.28},
-            'cache1': {'recovered': 0.52, 'cost_rel': 1.2, 'frame_rel': None}}
+            'cache1': {'recovered': 0.52, 'cost_rel': 1.2, 'frame_rel': None},
+            'warp+2s': {'recovered': 0.35, 'cost_rel': 0.02, 'frame_rel': 0.06, 'delayed': True}}
     png = plot_tradeoff(_bench_result(rows), tmp_path / 'a.png')
     assert png == tmp_path / 'a.png' and png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert plot_tradeoff(_bench_result({'warp': rows['warp']}), tmp_path / 'b.png') is None   # nothing to plot

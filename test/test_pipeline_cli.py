@@ -665,7 +665,8 @@ def test_cli_run_two_sided(tmp_path, capsys, monkeypatch):
     for argv, msg in ((['--max-delay', '2'], '--two-sided only'),
                       (['--no-trust'], '--two-sided only'),
                       (['--two-sided', '--no-warp'], 'needs warping'),
-                      (['--two-sided', '--temporal-mode', 'refiner'], 'does not combine')):
+                      (['--two-sided', '--temporal-mode', 'refiner'],
+                       'combines with --temporal-mode warp / region / region-ctx only, not refiner')):
         rc, so, se = _run_cli(['run', str(src), '--out', str(tmp_path / 'e'), '-q'] + argv, capsys)
         assert rc == 2 and msg in se and len(se.strip().splitlines()) == 1, se
 

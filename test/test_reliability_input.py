@@ -1060,6 +1060,41 @@ def test_propagation_node_two_sided_time_bound(ros_domain):
         _close(node)
 
 
+def test_propagation_node_two_sided_with_region_refresh(ros_domain, shared):
+    """two_sided:=true with temporal_mode region: the region-refreshed forward states go to the two-sided
+    topic fused with the next keyframe carried back; a mode the fusion does not take fails configure."""
+    from vidseg_ros.ros.conversions import stamp_to_ns
+    from vidseg_ros.ros.propagation_node import PropagationNode
+    W, H = 64, 32
+    node = _prop({'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256', 'region_tile_area': 0.3,
+                  'two_sided': True, 'two_sided_max_wait_s': 0.0, 'flow_timeout': 5.0, 'refine_max_lag': 0.0})
+    node.two_pub = two = Rec()
+    try:
+        T = [10**10 + i * 33_000_000 for i in range(4)]
+        _first_frame(node, T[0], W, H, _keyframe)
+        for t in T[1:3]:
+            _decision(node, t)
+            node.on_image(_img(W, H, t))
+            node.on_flow(_flow(W, H, t))
+        assert node.prop.stats['refined_frames'] == 2 and len(node.labels_pub.msgs) == 3
+        assert [stamp_to_ns(m.header.stamp) for m in two.msgs] == T[:1]     # the propagated frames wait
+        _keyframe(node, T[3], W, H, cls=5)
+        node.on_image(_img(W, H, T[3]))
+        node.on_flow(_flow(W, H, T[3]))
+        assert [stamp_to_ns(m.header.stamp) for m in two.msgs] == T
+        assert node.counts['two_sided_fused'] == 2
+    finally:
+        _close(node)
+    node = _node(PropagationNode, {'temporal_mode': 'grfp', 'two_sided': True})
+    try:
+        assert node.trigger_configure().name == 'FAILURE'
+        with pytest.raises(Exception, match='two_sided:=true combines with temporal_mode warp / region / region-ctx '
+                                            'only, not grfp'):
+            node.configure()
+    finally:
+        _close(node)
+
+
 def test_propagation_node_two_sided_topic(ros_domain):
     """two_sided:=true: every camera frame reaches /semantic/labels_two_sided once, in stamp order, on its
     own header. A late keyframe result fuses the frames before it; a flow stepped without its image

@@ -547,6 +547,40 @@ def test_bench_on_a_video_without_labels(shared, tmp_path, capsys):
               '--modes', 'warp', '--out', str(tmp_path / 'x.json')])
 
 
+def test_bench_two_sided_rows(shared, tmp_path, monkeypatch):
+    """`bench-temporal --two-sided`: each propagator row gets a delayed twin LABEL+2s whose frames are the
+    forward row's outputs fused by the two-sided buffer (checked against it here), scored like the others,
+    its cost the forward row's plus the two-sided work; caching rows get none."""
+    import json
+    from vidseg_ros.core import bidirectional, temporal_bench
+    from vidseg_ros.core.temporal_bench import main
+    fused = []
+    real_push = bidirectional.TwoSidedBuffer.push
+
+    def spy(self, out, *a, **kw):
+        rel = real_push(self, out, *a, **kw)
+        fused.extend(o.frame_id for o in rel)
+        return rel
+    monkeypatch.setattr(bidirectional.TwoSidedBuffer, 'push', spy)
+    out = tmp_path / 't.json'
+    assert main(['--seqs', 'seq0002', '--frames', '7', '--size', '128x64', '--model', 'espnetv2_s0.5_512x256',
+                 '--modes', 'warp', 'region', 'cache1', '--intervals', '3', '--cost-rounds', '1', '--two-sided',
+                 '--out', str(out)]) == 0
+    rows = json.loads(out.read_text())['intervals']['3']
+    assert set(rows) == {'warp', 'region', 'cache1', 'warp+2s', 'region+2s'}
+    # keyframes 0, 3, 6: the frames before each keyframe come out when it is pushed (7 frames, two buffers)
+    assert fused == [0, 1, 2, 3, 4, 5, 6] * 2
+    for m in ('warp', 'region'):
+        two = rows[m + temporal_bench.TWO_SIDED_SUFFIX]
+        assert two['delayed'] is True and two['two_sided_rel'] > 0
+        assert two['cost_rel'] == pytest.approx(rows[m]['cost_rel'] + two['two_sided_rel'])
+        assert two['miou'] != rows[m]['miou'] and 0 < two['miou'] <= 1
+    assert 'recovered' in rows['warp+2s']   # (None here: on these 7 tiny frames warping loses nothing)
+    with pytest.raises(ConfigError, match='--two-sided needs a propagator mode'):
+        temporal_bench.run(temporal_bench.argparse.Namespace(
+            modes=['cache1'], variants=None, weights_dir=None, two_sided=True))
+
+
 def test_bench_table_entries():
     """bench-temporal rows: --modes with --weights-dir, then --variants LABEL=MODE:WEIGHTS."""
     from argparse import Namespace

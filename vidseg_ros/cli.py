@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--two-sided', action='store_true',
                    help='delayed two-sided propagation: each propagated frame waits for the next keyframe, '
                         'whose labels are carried back with the forward flow and fused with the forward '
-                        'ones (core/bidirectional.py; plain warping only; adds up to S-1 frames of latency)')
+                        'ones (core/bidirectional.py; with plain warping or --temporal-mode region / region-ctx, '
+                        'whose refreshed states it then fuses; adds up to S-1 frames of latency)')
     r.add_argument('--max-delay', type=positive_int, default=None,
                    help='--two-sided: the most frames a frame waits for the next keyframe (default: no '
                         'limit; frames that wait longer are written forward-only)')
@@ -219,7 +220,7 @@ def cmd_run(args) -> int:
         elif s == 'budget':
             s = {'type': 'budget', 'camera_rate_hz': src.fps or 25.0}
         schedule = s
-    from .core.temporal import REGION_MODES
+    from .core.temporal import REGION_MODES, TWO_SIDED_MODES
     if args.region_tile_area is not None and args.temporal_mode not in REGION_MODES:
         raise ConfigError('--region-tile-area applies to --temporal-mode region / region-ctx only')
     if args.region_shape is not None and args.temporal_mode not in REGION_MODES:
@@ -228,9 +229,9 @@ def cmd_run(args) -> int:
         raise ConfigError('--max-delay applies to --two-sided only')
     if args.no_trust and not args.two_sided:
         raise ConfigError('--no-trust applies to --two-sided only')
-    if args.two_sided and args.temporal_mode not in (None, 'warp'):
-        raise ConfigError('--two-sided fuses plain warping from both sides; it does not combine with '
-                          f'--temporal-mode {args.temporal_mode}')
+    if args.two_sided and args.temporal_mode not in TWO_SIDED_MODES:
+        raise ConfigError(f'--two-sided combines with --temporal-mode {" / ".join(m for m in TWO_SIDED_MODES if m)} '
+                          f'only, not {args.temporal_mode}')
     if args.two_sided and not op.warp:
         raise ConfigError('--two-sided needs warping (drop --no-warp or the hold preset)')
     seg = VideoSegmenter(model, op, flow=FlowEstimator('dis', preset=args.flow_preset), schedule=schedule)

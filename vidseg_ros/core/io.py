@@ -484,6 +484,6 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches='tight')   # (legends placed outside the axes too)
     plt.close(fig)
     return path

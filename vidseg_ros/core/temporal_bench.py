@@ -6,6 +6,8 @@ temporal module at keyframe intervals S (default 2 and 5) on a held-out Cityscap
         (cost and accuracy of candidate cheap current-frame networks of GRFP/DAVSS, ``run_cheap``)
     ... --variants grfp-b=grfp:runs/x/grfp.pt   (extra rows: a learned mode with other weights)
     ... --variants r30=region@0.30               (region refresh of 30 % of the frame; tile@0.30: 2:1 tile)
+    ... --two-sided                              (each propagator row also delayed, fused with the next
+                                                  keyframe carried back: rows LABEL+2s; not causal)
 
 Ground truth: the snippet's pseudo labels (Cityscapes label ids -> train ids), resized (nearest) to
 the working size, where everything is evaluated. The keyframe network runs (``--backend``, default the
@@ -36,6 +38,7 @@ from .errors import ConfigError, InputError
 from .paths import shared_dir
 from .temporal_train import UDACITY_VIDEO, video_frames
 
+TWO_SIDED_SUFFIX = '+2s'   # a row's delayed two-sided twin (--two-sided)
 PROP_MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'region', 'region-ctx')
 CACHE_MODES = ('cache1', 'cache2')
 #: feature caching as the ROS graph runs it (caching.CachedFeatureRefresher in a TemporalPropagator: the
@@ -293,6 +296,7 @@ def run(args) -> dict:
     evaluated with the weights its ``{seq}`` path names); costs measured on the last snippet."""
     from tqdm import tqdm
 
+    from .bidirectional import TwoSidedBuffer
     from .flow import FlowEstimator
     from .metrics import ConfusionMatrix
     from .models import load_model
@@ -300,15 +304,22 @@ def run(args) -> dict:
     from .temporal import TemporalPropagator, make_temporal_module
 
     entries = table_entries(args)
+    two_sided = bool(getattr(args, 'two_sided', False))
+    if two_sided and not any(mode in PROP_MODES for _, mode, *_ in entries):
+        raise ConfigError('--two-sided needs a propagator mode among the rows (warp, region, ...)')
     size, root, spec, model = _setup_model(args)
     k = CITYSCAPES.num_classes
     cmap = np.asarray(model.output_to_class, np.uint8)
     flow = FlowEstimator('dis', preset=args.flow_preset)
     torch_model = model if getattr(model, 'backend', 'torch') == 'torch' else None
     cm_pf = ConfusionMatrix(k)
+    labels = [label for label, *_ in entries]
+    if two_sided:   # each propagator row also delayed: fused with the next keyframe carried back
+        labels += [label + TWO_SIDED_SUFFIX for label, mode, *_ in entries if mode in PROP_MODES]
     pooled = {S: {label: (ConfusionMatrix(k), ConfusionMatrix(k), ConfusionMatrix(k))
-                  for label, *_ in entries} for S in args.intervals}
-    inloop = {S: {label: ([], []) for label, *_ in entries} for S in args.intervals}
+                  for label in labels} for S in args.intervals}
+    inloop = {S: {label: ([], []) for label in labels} for S in args.intervals}
+    fuse_s = {S: {label: [0.0, 0] for label in labels} for S in args.intervals}   # two-sided work, frames
     kf_times, flow_times, n_total = [], [], 0
     res = {'config': {'seq': ' '.join(args.seqs), 'seqs': list(args.seqs), 'frames': 0, 'size': list(size),
                       'model': spec, 'device': args.device, 'backend': getattr(model, 'backend', None),
@@ -389,6 +400,8 @@ def run(args) -> dict:
                             frame_costs.append(r.timings['total'])
                 else:
                     prop = TemporalPropagator(refiner=module)
+                    buf = TwoSidedBuffer(fill_holes=prop.fill_holes) if two_sided and mode in PROP_MODES else None
+                    fused = []
                     for i in tqdm(range(n), desc=f'{seq}: S={S} {label}', mininterval=5):
                         if i % S == 0:   # (the graph's caching / region context: the keyframe with its maps)
                             prop.set_keyframe(i, module.keyframe_semantics(imgs[i], size)[0]
@@ -402,6 +415,21 @@ def run(args) -> dict:
                             cm_prop.update(out.labels, gts[i])
                             cm_net.update(out.labels, pf_labels[i])
                         cm_all.update(out.labels, gts[i])
+                        if buf is not None:   # the flows into a keyframe link it to the frames before
+                            t0 = time.perf_counter()
+                            fused += buf.push(out, fwd[i], flow_bwd=bwd[i])
+                            fuse_s[S][label + TWO_SIDED_SUFFIX][0] += time.perf_counter() - t0
+                    if buf is not None:
+                        fused += buf.flush()
+                        acc = fuse_s[S][label + TWO_SIDED_SUFFIX]
+                        acc[1] += sum(1 for i in range(n) if i % S)
+                        cm2_all, cm2_prop, cm2_net = pooled[S][label + TWO_SIDED_SUFFIX]
+                        for o in fused:
+                            i = o.frame_id
+                            cm2_all.update(o.labels, gts[i])
+                            if i % S:
+                                cm2_prop.update(o.labels, gts[i])
+                                cm2_net.update(o.labels, pf_labels[i])
     res['config']['frames'] = n_total
     res['keyframe_network_s'] = float(np.median(kf_times))
     res['flow_pair_s'] = float(np.median(flow_times)) if flow_times else 0.0
@@ -409,7 +437,7 @@ def run(args) -> dict:
     res['intervals'] = {}
     for S in args.intervals:
         rows = {}
-        for label, *_ in entries:
+        for label in labels:
             cm_all, cm_prop, cm_net = pooled[S][label]
             costs, frame_costs = inloop[S][label]
             row = _iou_row(cm_all)
@@ -424,9 +452,19 @@ def run(args) -> dict:
     # costs: interleaved rounds on the last snippet, with the modules built for it
     costs = measure_costs(model, built, imgs, sems, bwd, fwd, flow, rounds=args.cost_rounds)
     res['costs'] = costs
-    for rows in res['intervals'].values():
-        for mode, row in rows.items():
-            row.update(costs[mode])
+    for S, rows in res['intervals'].items():
+        for label, row in rows.items():
+            if label.endswith(TWO_SIDED_SUFFIX):
+                # the forward row's costs plus the two-sided work (checks, trust, carrying back, fusing) per
+                # propagated frame, in the loop, against the in-loop keyframe pass
+                tot, nf = fuse_s[int(S)][label]
+                extra = (tot / nf if nf else 0.0) / res['keyframe_network_s']
+                base = costs[label[:-len(TWO_SIDED_SUFFIX)]]
+                row.update({'module_s': base['module_s'] + (tot / nf if nf else 0.0), 'two_sided_rel': extra,
+                            'cost_rel': base['cost_rel'] + extra, 'frame_rel': base['frame_rel'] + extra,
+                            'delayed': True})
+            else:
+                row.update(costs[label])
     return res
 
 
@@ -482,7 +520,8 @@ GOAL = {'recovered': 0.5, 'cost': 0.25}   # issue 4: >= half of the S=5 drop at 
 def plot_tradeoff(res: dict, path, interval: str | None = None) -> Path | None:
     """Recovered share of the warping drop vs cost / keyframe at one interval (default: the largest),
     one marker per module, for the module alone (filled) and the whole propagated frame (open,
-    joined); the issue-4 goal region shaded. None when there is nothing to plot (no 'warp' row)."""
+    joined; delayed two-sided rows as diamonds); the issue-4 goal region shaded. None when there is
+    nothing to plot (no 'warp' row)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -509,7 +548,10 @@ def plot_tradeoff(res: dict, path, interval: str | None = None) -> Path | None:
         y = 100 * r['recovered']
         yc = max(y, lo + 2)
         name = m if y >= lo + 2 else f'{m} ({y:.0f} %, off the scale)'
-        ax.scatter(r['cost_rel'], yc, color=c, s=40, zorder=3, label=name, marker='o' if y >= lo + 2 else 'v')
+        if r.get('delayed'):
+            name += ' (delayed: waits for the next keyframe)'
+        ax.scatter(r['cost_rel'], yc, color=c, s=40, zorder=3, label=name,
+                   marker='v' if y < lo + 2 else ('D' if r.get('delayed') else 'o'))
         if r.get('frame_rel') is not None:
             ax.scatter(r['frame_rel'], yc, facecolors='none', edgecolors=c, s=40, zorder=3)
             ax.plot([r['cost_rel'], r['frame_rel']], [yc, yc], color=c, lw=1, zorder=2)
@@ -549,6 +591,10 @@ def main(argv=None) -> int:
                    help='keyframe network backend (auto: the fastest exact one, onnxruntime on the CPU, as '
                         'deployed); the cheap networks of GRFP/DAVSS use the same auto choice; caching splits '
                         'the torch network')
+    p.add_argument('--two-sided', action='store_true',
+                   help='also a delayed row LABEL+2s for every propagator row: its outputs fused with the next '
+                        'keyframe carried back (core/bidirectional.py, as vidseg run --two-sided); cost = the '
+                        "row's plus the two-sided work per propagated frame, timed in the loop")
     p.add_argument('--cost-rounds', type=int, default=7, help='interleaved timing rounds')
     p.add_argument('--threads', type=int, default=1, help='torch threads (0 = leave as is)')
     p.add_argument('--shared', default=None)

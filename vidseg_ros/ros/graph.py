@@ -70,7 +70,8 @@ LAUNCH_ARGUMENTS = (
     ('temporal_mode', '', 'propagation mode of the propagation node: warp, iam-lowres, refiner, grfp, '
                           'davss, region, region-ctx, cache1 or cache2 (default: from the config)'),
     ('two_sided', '', 'true: also publish ' + LABELS_TWO_SIDED_TOPIC + ', each frame delayed until the next '
-                      'keyframe and fused with it carried back (plain warp only; default: from the config)'),
+                      'keyframe and fused with it carried back (temporal_mode warp, region or region-ctx; '
+                      'default: from the config)'),
     ('two_sided_max_wait_s', '', 'with two_sided: seconds a frame may wait for the next keyframe before it goes '
                                  'out forward-only on the two-sided topic (0 = no time bound; default: from '
                                  'the config)'),

@@ -147,7 +147,8 @@ class PropagationNode(VidsegLifecycleNode):
                      'instead of the temporal module, until the node has caught up (live mode only; 0 = never skip)',
                      float_range=(0.0, 60.0))
         self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
-                     'keyframe is in, fused with it carried back (delayed; plain warp only; core/bidirectional.py)')
+                     'keyframe is in, fused with it carried back (delayed; temporal_mode warp, region or region-ctx; '
+                     'core/bidirectional.py)')
         self.declare('two_sided_max_delay', 30, 'two_sided: frames a frame waits for the next keyframe before '
                      'it is published forward-only (the frames that arrive during the keyframe pass count; a '
                      'memory cap behind two_sided_max_wait_s: raise it for cameras above 25 Hz)',
@@ -221,8 +222,10 @@ class PropagationNode(VidsegLifecycleNode):
                     self.cache_keys = CONTEXT_KEYS
             if mode != 'iam-lowres':
                 prop_cls = TemporalPropagator
-        check(not p['two_sided'] or mode == 'warp',
-              f'two_sided:=true fuses plain warping from both sides; it does not combine with temporal_mode {mode}')
+        if p['two_sided']:
+            from vidseg_ros.core.temporal import TWO_SIDED_MODES
+            check(mode in TWO_SIDED_MODES, f'two_sided:=true combines with temporal_mode '
+                  f'{" / ".join(m for m in TWO_SIDED_MODES if m)} only, not {mode}')
         check(not p['two_sided'] or p['warp'], 'two_sided:=true needs warp:=true')
         self.temporal_mode = mode
         self.prop = prop_cls(warp=p['warp'], refiner=refiner, use_iam=p['use_iam'], history=p['history'],
