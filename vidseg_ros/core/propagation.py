@@ -313,7 +313,8 @@ class Propagator:
     ``stats`` counters: frames, keyframes (received), late_keyframes (applied after newer frames were
     stepped), repropagated_steps, dropped_keyframes_too_old (flows no longer buffered), stale_keyframes
     (older than the current keyframe), orphan_keyframes (for frame ids never stepped), degraded_frames,
-    refined_frames.
+    refined_frames, refine_skipped / catch_up_refine_skipped (frames stepped / carried by a late keyframe
+    with ``refine=False``), amended_flows.
     """
 
     def __init__(self, warp: bool = True, refiner: Refiner | None = None, use_iam: bool = True,
@@ -349,7 +350,7 @@ class Propagator:
         self._state_degraded = False
         self._anchor = None     # (frame id the state is exact for, degraded flag there); holds keep it
         self._skip_iam = False  # catch-up: no IAM for frames whose mask nobody reads
-        self._skip_refine = False  # step(refine=False): this frame gets the plain warp
+        self._skip_refine = False  # step / set_keyframe(refine=False): the plain warp (load shedding)
         self._last_mask = None
         self._last_frac = 0.0
         self._hist: OrderedDict = OrderedDict()

@@ -59,6 +59,7 @@ from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 STATUS_TOPIC = graph.STATUS_TOPIC   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
 PLAUSIBLE_AGE_S = 60.0   # a frame's stamp age on the ROS clock beyond this (or negative) is another clock's
+LAG_WINDOW_S = 5.0       # load shedding: the pipeline's own latency = the lowest frame lag over this window
 
 
 class _Slot:
@@ -142,10 +143,10 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('region_catch_up', 'all', "temporal_mode region(-ctx): a late keyframe is carried through the "
                      "frames buffered since with a region pass on each ('all': the in-order state) or on the "
                      "newest only ('newest': one network pass instead of one per buffered frame)")
-        self.declare('refine_max_lag', 0.1, 'load shedding: a propagated frame this many seconds behind the newest '
-                     'camera frame received (camera time), or waiting this long in this node, gets the plain warp '
-                     'instead of the temporal module, until the node has caught up (live mode only; 0 = never skip)',
-                     float_range=(0.0, 60.0))
+        self.declare('refine_max_lag', 0.1, 'load shedding: a propagated frame that lags the camera this many seconds '
+                     'more than the recent frames did at their lowest (the pipeline\'s own latency) gets the plain '
+                     'warp instead of the temporal module, until the node has caught up; so does a late '
+                     'keyframe\'s catch-up then (live mode only; 0 = never skip)', float_range=(0.0, 60.0))
         self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
                      'keyframe is in, fused with it carried back (delayed; temporal_mode warp, region or region-ctx; '
                      'core/bidirectional.py)')
@@ -281,6 +282,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.kf_overdue = None       # (stamp_ns, t) of the oldest announced keyframe without a result
         self.last_in_ns = None       # newest input stamp (gap estimate)
         self.intervals = collections.deque(maxlen=31)
+        self.lags = collections.deque()   # (monotonic t, lag s) of the frames processed lately (_behind)
 
     def activate(self):
         self.flow_owed_since = self.kf_owed_since = None
@@ -624,7 +626,7 @@ class PropagationNode(VidsegLifecycleNode):
         fwd_link = fwd if (s.flow_ref is None or s.flow_ref == self.done_ns) and not self.two_chain_broken else None
         reasons = []
         try:
-            out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref, refine=not (s.image is not None and self._behind(s.ns, s.t_image)))
+            out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref, refine=not (s.image is not None and self._behind(s.ns, s.t_image, record=True)))
         except VidsegError as e:  # still one (degraded) output for the frame
             self.counts['step_errors'] += 1
             self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)
@@ -659,24 +661,35 @@ class PropagationNode(VidsegLifecycleNode):
             reasons.append('labels_held')
         self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0, reasons)
 
-    def _behind(self, ns, t_image=None) -> bool:
-        """Load shedding (``refine_max_lag``): is the frame stamped ``ns`` (received at monotonic ``t_image``)
-        so far behind that the temporal module should be skipped on it (or, for the newest stepped frame,
-        on a late keyframe's catch-up)? Behind = more than refine_max_lag by any of: the frame's age on the
-        ROS clock (now - its stamp; only where that is plausible, 0-60 s: a bag replayed with its old
-        stamps and no /clock has none), the newest camera frame received (camera time: the flows or this
-        node lag the camera), the time it waited here. Live mode with a temporal module only:
-        deterministic mode (keyframe_wait > 0) waits by design and never skips."""
+    def _behind(self, ns, t_image=None, record: bool = False) -> bool:
+        """Load shedding (``refine_max_lag``): has the node fallen so far behind the camera, at the frame
+        stamped ``ns`` (received at monotonic ``t_image``), that the temporal module should be skipped on it
+        (or, for the newest stepped frame, on a late keyframe's catch-up)? The frame's lag is the largest of:
+        its age on the ROS clock (now - its stamp; only where that is plausible, 0-60 s: a bag replayed with
+        its old stamps and no /clock has none), how much newer the newest camera frame received is (camera
+        time), and how long it waited here. Behind = that lag exceeds the lowest lag of the frames
+        processed in the last LAG_WINDOW_S seconds (the pipeline's own latency: the flow's computation and
+        transport, which a larger camera image or a slower machine raises without the node falling
+        behind) by more than refine_max_lag. ``record``: add the lag to that window (once per processed
+        frame). Live mode with a temporal module only: deterministic mode (keyframe_wait > 0) waits by
+        design and never skips."""
         p = self.cfg
         lim = p['refine_max_lag']
         if lim <= 0 or p['keyframe_wait'] > 0 or self.prop.refiner is None or ns is None:
             return False
+        now = time.monotonic()
         newest = next((n for n, o in reversed(self.slots.items()) if o.image is not None), ns)
-        lag = max((newest - ns) * 1e-9, time.monotonic() - t_image if t_image is not None else 0.0)
+        lag = max((newest - ns) * 1e-9, now - t_image if t_image is not None else 0.0)
         age = (self.get_clock().now().nanoseconds - ns) * 1e-9
         if 0.0 <= age <= PLAUSIBLE_AGE_S:
             lag = max(lag, age)
-        return lag > lim
+        w = self.lags
+        while w and now - w[0][0] > LAG_WINDOW_S:
+            w.popleft()
+        base = min([v for _, v in w] + [lag])
+        if record:
+            w.append((now, lag))
+        return lag - base > lim
 
     def _two_sided_publish(self, outs):
         """Publish released two-sided outputs on their camera headers (labels resized to the image)."""
