@@ -552,7 +552,10 @@ def test_bench_iam_rows_with_a_learned_refiner(shared, tmp_path):
     res = run_bench(model=net, data=data, frames=6, scale=1, refiner='region-ctx', out=tmp_path / 'f',
                     progress=False)
     ctx_rows = {r['name']: r for r in res['rows']}
-    refined = sum(r['frames'] - r['keyframes'] for n, r in ctx_rows.items() if n.startswith('warp_iam'))
+    refined = sum(r['frames'] - r['keyframes'] for n, r in ctx_rows.items()
+                  if n.startswith('warp_iam') or n == 'two_sided_iam_s5')
+    assert ctx_rows['two_sided_iam_s5']['propagated_stage_ms']['refine'] > 0   # refined, then fused
+    assert ctx_rows['two_sided_iam_s5']['propagated_stage_ms']['two_sided'] > 0
     assert refined > 0 and res['refiner'] == {'type': 'ContextRegionRefresher', 'mode': 'region-ctx',
                                               'shape': 'strip', 'context_used': refined, 'context_missing': 0}
     assert ctx_rows['warp_s5']['miou'] == rows['warp_s5']['miou']
@@ -633,8 +636,9 @@ def test_two_sided_segmenter_fuses_the_next_keyframe():
     assert [o.lookahead for o in outs] == [0, 0, 2, 1, 0, 0, 0]   # frame 1 waited too long
     with pytest.raises(ConfigError, match='warping'):
         TwoSidedSegmenter(VideoSegmenter(ColourNet(), OperatingPoint('h', 2, 4, warp=False)))
-    with pytest.raises(ConfigError, match='two_sided'):
-        OperatingPoint('x', 2, 4, warp=True, refine=True, two_sided=True)
+    with pytest.raises(ConfigError, match='two_sided=True fuses warped states from both sides: it needs warp=True'):
+        OperatingPoint('x', 2, 4, warp=False, two_sided=True)
+    assert OperatingPoint('x', 2, 4, warp=True, refine=True, two_sided=True).label() == 'D2 S4 W+ R+ 2-sided'
     assert OperatingPoint('x', 2, 4, two_sided=True).label() == 'D2 S4 W+ R- 2-sided'
     assert OperatingPoint.from_dict({'name': 'x', 'interval': 3, 'two_sided': True}).two_sided
 

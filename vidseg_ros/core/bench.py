@@ -23,6 +23,8 @@ pseudo labels in Cityscapes label ids -> train ids). Rows (operating points, wor
   check), and where the sides disagree an untrusted side counts half. Charged on top of warp_sN: the
   checks, the backward warps and the fusion (to the propagated frames) and the flow pair into each
   keyframe (to the keyframe);
+* ``two_sided_iam_s5`` -- (with refinement) two_sided_s5 whose forward states are warp_iam_s5's, refined
+  by the refiner (e.g. ``--refiner region-ctx``); charged both;
 * ``two_sided_s5_no_trust`` -- two_sided_s5 without the trust maps (the fusion of sessions 7-9);
 * ``two_sided_s5_dN`` -- (``--two-sided-delays N ...``) as two_sided_s5 with at most N frames waiting for
   the next keyframe (``max_delay``): a frame more than N frames before it goes out forward-only. N = 0
@@ -127,6 +129,8 @@ def _rows(refine: bool, adaptive_threshold: float, scale: int, two_sided_delays=
             rows.append(OperatingPoint(f'warp_iam_s{s}', scale, s, True, True))
     for s in (2, 3, 5, 10):
         rows.append(OperatingPoint(f'two_sided_s{s}', scale, s, True, False, two_sided=True))
+    if refine:   # the refined forward states fused two-sided (the carried-back chain is plain warping)
+        rows.append(OperatingPoint('two_sided_iam_s5', scale, 5, True, True, two_sided=True))
     # the same fusion without the chains' trust (sessions 7-9): what the trust buys, and costs
     rows.append(OperatingPoint('two_sided_s5_no_trust', scale, 5, True, False, two_sided=True, trust=False))
     for d in sorted(set(int(d) for d in two_sided_delays or ())):
@@ -433,8 +437,9 @@ def _plots(result: dict, out_dir: Path) -> None:
     from .io import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    # colour = keyframe interval, line style = family (plain warp, warp + IAM refine, two-sided, hold)
-    styles = (('warp_iam', ':'), ('two_sided', '--'), ('hold', '-.'), ('warp', '-'))
+    # colour = keyframe interval, line style = family (plain warp, warp + IAM refine, two-sided (refined), hold)
+    styles = (('warp_iam', ':'), ('two_sided_iam', (0, (5, 1, 1, 1))), ('two_sided', '--'), ('hold', '-.'),
+              ('warp', '-'))
     colours = {}
     for r in result['rows']:
         if r['name'] in ('per_frame',) or not r['miou_by_distance'] or r['operating_point'].get('max_delay') is not None \

@@ -98,9 +98,8 @@ class OperatingPoint:
         if self.refine and not self.warp:
             raise ConfigError('refine=True needs warp=True (refinement repairs warped labels)')
         self.two_sided = _to_bool('two_sided', self.two_sided)
-        if self.two_sided and (self.refine or not self.warp):
-            raise ConfigError('two_sided=True fuses plain warping from both sides: it needs warp=True and '
-                              'refine=False')
+        if self.two_sided and not self.warp:
+            raise ConfigError('two_sided=True fuses warped states from both sides: it needs warp=True')
         if self.max_delay is not None:
             if not self.two_sided:
                 raise ConfigError('max_delay bounds the wait of two-sided propagation: it needs two_sided=True')
