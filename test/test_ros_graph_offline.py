@@ -6,7 +6,8 @@ mode: reliable inputs, frames wait for their flow and keyframe result):
   (VideoSegmenter + CachedFeatureRefresher);
 * two-sided labels: `vidseg_graph --two-sided` makes the propagation node publish
   /semantic/labels_two_sided (each frame once the next keyframe is in), equal to `vidseg run --two-sided`
-  (TwoSidedSegmenter), while /semantic/labels stays causal."""
+  (TwoSidedSegmenter), while /semantic/labels stays causal; with region-ctx too (the refreshed states
+  fused)."""
 import json
 
 import numpy as np
@@ -94,9 +95,11 @@ def test_graph_feature_caching_matches_offline(ros_domain, shared, tmp_path):
 def test_graph_region_context_matches_offline(ros_domain, shared, tmp_path):
     """temporal_mode region-ctx: the keyframe node sends its context grids with each keyframe, the
     propagation node's tiles use them, and the labels equal the offline pipeline's (where the context
-    changes the tile's labels)."""
+    changes the tile's labels). With two_sided the delayed topic fuses the refreshed states, as
+    `vidseg run --two-sided --temporal-mode region-ctx` does."""
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
+    from vidseg_ros.core.bidirectional import TwoSidedSegmenter
     from vidseg_ros.core.models import load_model
     from vidseg_ros.core.pipeline import VideoSegmenter
     from vidseg_ros.core.schedule import OperatingPoint
@@ -112,10 +115,20 @@ def test_graph_region_context_matches_offline(ros_domain, shared, tmp_path):
     assert seg.refiner.context_used == 4 and seg.refiner.context_missing == 0
     changed = max((a != b).mean() for a, b in zip(expect['region'], expect['region-ctx']))
     assert changed > 0.002, changed   # the context changes what the tiles say
+    seg = VideoSegmenter(model, OperatingPoint('t', SCALE, 3, True, False))   # as vidseg run --two-sided does
+    two = TwoSidedSegmenter(seg)
+    attach(seg, make_temporal_module('region-ctx', model))
+    expect_two = [o.labels.copy() for f in frames for o in two.process(f)] + [o.labels.copy() for o in two.flush()]
+    assert two.buffer.stats['fused'] == 4 and seg.propagator.stats['refined_frames'] == 4
+    assert max((a != b).mean() for a, b in zip(expect_two, expect['region-ctx'])) > 0.002   # fusion changes them
 
-    got = _run_graph(tmp_path, frames, ['--temporal-mode', 'region-ctx'],
-                     [(Image, graph.KEYFRAME_FEATURES_TOPIC), (String, graph.STATS_TOPIC)], lambda p: True)
+    # frames 0..6 final once keyframe 6 is in (no time bound: a loaded machine must not release one early)
+    got = _run_graph(tmp_path, frames, ['--temporal-mode', 'region-ctx', '--two-sided', '--two-sided-max-wait', '0'],
+                     [(Image, graph.KEYFRAME_FEATURES_TOPIC), (String, graph.STATS_TOPIC),
+                      (Image, graph.LABELS_TWO_SIDED_TOPIC)],
+                     lambda p: p.count(graph.LABELS_TWO_SIDED_TOPIC) == 7)
     _assert_equal_labels(got[graph.LABELS_TOPIC], expect['region-ctx'], 'region-ctx')
+    _assert_equal_labels(got[graph.LABELS_TWO_SIDED_TOPIC], expect_two, 'region-ctx two-sided')
     # 3 keyframes (0, 3, 6), four grids each; the 4 frames between refreshed with them
     assert len(got[graph.KEYFRAME_FEATURES_TOPIC]) == 12
     st = [json.loads(m.data) for _, m in got[graph.STATS_TOPIC]]
