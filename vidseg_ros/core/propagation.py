@@ -492,14 +492,14 @@ class Propagator:
         elif self._sem is None:
             return self._no_keyframe_output(frame_id, image, flow_bwd)
         else:
-            self._skip_refine = not refine and self.refiner is not None
+            shed = not refine and self.refiner is not None
             try:
+                self._skip_refine = shed
                 self._sem, self._state_degraded, self._anchor, mask, frac = self._carry(
                     self._sem, self._state_degraded, self._anchor, entry)
             finally:
                 self._skip_refine = False
-            if not refine and self.refiner is not None:
-                self.stats['refine_skipped'] += 1
+            self.stats['refine_skipped'] += int(shed)
             self._dist += 1
             is_kf = False
         self._last_mask, self._last_frac = mask, frac

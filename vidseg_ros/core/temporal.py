@@ -226,8 +226,10 @@ class TemporalPropagator(Propagator):
         finally:
             self.refiner = ref
         # (_skip_iam: a late keyframe's catch-up through a frame before the newest, for a module that asks
-        # for it with ``catch_up_newest_only``; _skip_refine: ``step(refine=False)``: the plain warp)
-        if self._skip_iam or self._skip_refine or not self.warp or e.flow_bwd is None or e.image is None or new.probs is None:
+        # for it with ``catch_up_newest_only``; _skip_refine: ``step`` / ``set_keyframe(refine=False)``, load
+        # shedding: the plain warp)
+        if self._skip_iam or self._skip_refine or not self.warp or e.flow_bwd is None or e.image is None \
+                or new.probs is None:
             return new, mask, frac, deg
         t0 = time.perf_counter()
         prev = self._hist.get(e.prev_id) if e.prev_id is not None else None

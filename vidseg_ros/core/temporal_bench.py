@@ -319,7 +319,8 @@ def run(args) -> dict:
     pooled = {S: {label: (ConfusionMatrix(k), ConfusionMatrix(k), ConfusionMatrix(k))
                   for label in labels} for S in args.intervals}
     inloop = {S: {label: ([], []) for label in labels} for S in args.intervals}
-    fuse_s = {S: {label: [0.0, 0] for label in labels} for S in args.intervals}   # two-sided work, frames
+    fuse_s = {S: {label: [0.0, 0] for label in labels if label.endswith(TWO_SIDED_SUFFIX)}   # work (s), frames
+              for S in args.intervals}
     kf_times, flow_times, n_total = [], [], 0
     res = {'config': {'seq': ' '.join(args.seqs), 'seqs': list(args.seqs), 'frames': 0, 'size': list(size),
                       'model': spec, 'device': args.device, 'backend': getattr(model, 'backend', None),
