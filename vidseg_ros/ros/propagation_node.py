@@ -626,7 +626,8 @@ class PropagationNode(VidsegLifecycleNode):
         fwd_link = fwd if (s.flow_ref is None or s.flow_ref == self.done_ns) and not self.two_chain_broken else None
         reasons = []
         try:
-            out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref, refine=not (s.image is not None and self._behind(s.ns, s.t_image, record=True)))
+            shed = s.image is not None and self._behind(s.ns, s.t_image, record=True)   # load shedding
+            out = self.prop.step(s.ns, bwd, fwd, image, flow_ref=s.flow_ref, refine=not shed)
         except VidsegError as e:  # still one (degraded) output for the frame
             self.counts['step_errors'] += 1
             self.get_logger().error(f'propagation failed: {e}', throttle_duration_sec=5.0)
@@ -807,8 +808,8 @@ class PropagationNode(VidsegLifecycleNode):
             level = diag_level('WARN')
             msg = ('' if msg == 'running' else msg + '; ') + \
                 (f'temporal module {self.temporal_mode} skipped on {shed} of {ps["frames"]} frame(s) '
-                 f'and {shed_cu} catch-up step(s) to keep up (behind the camera by > refine_max_lag '
-                 f'{self.cfg["refine_max_lag"]} s)')
+                 f'and {shed_cu} catch-up step(s) to keep up (lagging the camera by more than refine_max_lag '
+                 f'{self.cfg["refine_max_lag"]} s beyond the pipeline\'s own latency)')
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
