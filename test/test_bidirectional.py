@@ -46,6 +46,24 @@ def test_fuse_agreement_distance_and_confidence():
     assert (g.labels[:, 5] == 2).all()
 
 
+def test_fuse_keeps_the_forward_pixels_the_network_labelled_on_this_frame():
+    """A region-refreshed forward state (with an age map): where the sides disagree, its pixels of age 0
+    (the network's labels of this very frame) keep their label even though the nearer, surer keyframe
+    carried back would win there; older pixels are fused as before; without an age map nothing changes."""
+    from dataclasses import replace
+    fwd, bwd = uniform(0, 0.6), uniform(1, 0.9)
+    plain = fuse_two_sided(fwd, 4, bwd, 1)
+    assert (plain.labels == 1).all()
+    age = np.full((H, W), 3, np.uint16)
+    age[:, 8:16] = 0                       # the strip refreshed on this frame
+    f = fuse_two_sided(replace(fwd, age=age), 4, bwd, 1)
+    assert (f.labels[:, 8:16] == 0).all() and (f.labels[:, :8] == 1).all() and (f.labels[:, 16:] == 1).all()
+    np.testing.assert_array_equal(f.probs, plain.probs)          # the fused probabilities are the same
+    # an age map of another size (not this state's) is ignored
+    g = fuse_two_sided(replace(fwd, age=np.zeros((H // 2, W // 2), np.uint16)), 4, bwd, 1)
+    assert (g.labels == 1).all()
+
+
 def test_fuse_errors():
     with pytest.raises(InputError, match='sizes'):
         fuse_two_sided(uniform(0), 1, Semantics(np.zeros((8, 8), np.uint8)), 1)

@@ -21,6 +21,9 @@ Fusion (:func:`fuse_two_sided`, per pixel, distances d_f = t - k0 and d_b = k1 -
   sides disagree and exactly one of them is trusted, the untrusted side's fused probability counts
   only half (``UNTRUSTED_WEIGHT``): a chain that crossed an occlusion or a flow failure is the
   likelier one to be wrong there.
+* fresh pixels (session 12): where the forward state carries an age map (region refresh, ``core/region.py``:
+  frames since the network last labelled the pixel) the pixels it labelled on this very frame (age 0)
+  keep their forward label: that is this frame's own network evidence, nearer than either keyframe.
 
 Cost per propagated frame on top of forward propagation: one more warp (labels nearest, probabilities
 bilinear) and the fusion; with the trust, two forward-backward checks per flow link and the two trust
@@ -126,7 +129,8 @@ def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int, trust
     carried back from the next one (``d_bwd`` frames away); see the module docstring. ``trust_fwd`` /
     ``trust_bwd``: the chains' trust maps (:func:`carry_trust`, any resolution); used only when both
     are given, to weigh the untrusted side's vote by ``untrusted_weight`` (0: the trusted side wins
-    outright; 1: trust is ignored)."""
+    outright; 1: trust is ignored). Where ``fwd`` has an age map (region refresh), its pixels of age 0
+    (labelled by the network on this frame) keep the forward label."""
     if not 0.0 <= float(untrusted_weight) <= 1.0:
         raise ConfigError(f'untrusted_weight must be in [0, 1], got {untrusted_weight}')
     if not isinstance(fwd, Semantics) or not isinstance(bwd, Semantics):
@@ -174,6 +178,9 @@ def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int, trust
                 vb = sb[sel] * np.where(only_f, a, 1.0)
                 vf = sf[sel] * np.where(only_f, 1.0, a)
                 take_b[sel] = (vb > vf) & (cb[sel] != IGNORE)
+        age = fwd.age
+        if age is not None and age.shape == lf.shape:
+            take_b &= age.reshape(-1).take(idx) != 0   # fresh: labelled by the network on this frame
         labels.reshape(-1)[idx[take_b]] = cb[take_b]
     return Semantics(labels, probs, fwd.class_map)
 
