@@ -46,22 +46,29 @@ def test_fuse_agreement_distance_and_confidence():
     assert (g.labels[:, 5] == 2).all()
 
 
-def test_fuse_keeps_the_forward_pixels_the_network_labelled_on_this_frame():
-    """A region-refreshed forward state (with an age map): where the sides disagree, its pixels of age 0
-    (the network's labels of this very frame) keep their label even though the nearer, surer keyframe
-    carried back would win there; older pixels are fused as before; without an age map nothing changes."""
+def test_fuse_decides_with_each_pixels_own_forward_distance():
+    """A region-refreshed forward state (with an age map): where the sides disagree, each pixel counts its
+    own forward distance, its age clipped to [1, d_fwd]. A pixel the network labelled on this frame (age 0)
+    weighs like one next to a keyframe and, surer, keeps its label against the nearer keyframe carried
+    back; pixels labelled 3 frames ago or at the keyframe (age clipped to 4) lose as before; the fused
+    probabilities do not change; without an age map (or one of another size) nothing changes."""
     from dataclasses import replace
-    fwd, bwd = uniform(0, 0.6), uniform(1, 0.9)
+    fwd, bwd = uniform(0, 0.9), uniform(1, 0.6)
     plain = fuse_two_sided(fwd, 4, bwd, 1)
     assert (plain.labels == 1).all()
-    age = np.full((H, W), 3, np.uint16)
+    age = np.full((H, W), 9, np.uint16)
     age[:, 8:16] = 0                       # the strip refreshed on this frame
+    age[:, 16:24] = 3                      # ... and 3 frames ago
     f = fuse_two_sided(replace(fwd, age=age), 4, bwd, 1)
-    assert (f.labels[:, 8:16] == 0).all() and (f.labels[:, :8] == 1).all() and (f.labels[:, 16:] == 1).all()
-    np.testing.assert_array_equal(f.probs, plain.probs)          # the fused probabilities are the same
-    # an age map of another size (not this state's) is ignored
+    assert (f.labels[:, 8:16] == 0).all()
+    assert (f.labels[:, :8] == 1).all() and (f.labels[:, 16:] == 1).all()
+    np.testing.assert_array_equal(f.probs, plain.probs)
     g = fuse_two_sided(replace(fwd, age=np.zeros((H // 2, W // 2), np.uint16)), 4, bwd, 1)
     assert (g.labels == 1).all()
+    # where both sides agree the age plays no part; a void forward label never wins
+    assert (fuse_two_sided(replace(uniform(1, 0.9), age=age), 4, bwd, 1).labels == 1).all()
+    void = replace(fwd, labels=np.full((H, W), 255, np.uint8), age=np.zeros((H, W), np.uint16))
+    assert (fuse_two_sided(void, 4, bwd, 1).labels == 1).all()
 
 
 def test_fuse_errors():

@@ -21,9 +21,11 @@ Fusion (:func:`fuse_two_sided`, per pixel, distances d_f = t - k0 and d_b = k1 -
   sides disagree and exactly one of them is trusted, the untrusted side's fused probability counts
   only half (``UNTRUSTED_WEIGHT``): a chain that crossed an occlusion or a flow failure is the
   likelier one to be wrong there.
-* fresh pixels (session 12): where the forward state carries an age map (region refresh, ``core/region.py``:
-  frames since the network last labelled the pixel) the pixels it labelled on this very frame (age 0)
-  keep their forward label: that is this frame's own network evidence, nearer than either keyframe.
+* per-pixel forward distance (session 12): where the forward state carries an age map (region refresh,
+  ``core/region.py``: frames since the network last labelled the pixel), a disagreement is decided with
+  each pixel's own forward distance, its age (at least 1: a pixel the network labelled on this very frame
+  counts like one next to a keyframe; at most d_f), instead of d_f: ``w_f P_f(c) + w_b P_b(c)`` for
+  both candidate labels c, w = 1 / distance.
 
 Cost per propagated frame on top of forward propagation: one more warp (labels nearest, probabilities
 bilinear) and the fusion; with the trust, two forward-backward checks per flow link and the two trust
@@ -129,8 +131,8 @@ def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int, trust
     carried back from the next one (``d_bwd`` frames away); see the module docstring. ``trust_fwd`` /
     ``trust_bwd``: the chains' trust maps (:func:`carry_trust`, any resolution); used only when both
     are given, to weigh the untrusted side's vote by ``untrusted_weight`` (0: the trusted side wins
-    outright; 1: trust is ignored). Where ``fwd`` has an age map (region refresh), its pixels of age 0
-    (labelled by the network on this frame) keep the forward label."""
+    outright; 1: trust is ignored). Where ``fwd`` has an age map (region refresh), disagreements are decided
+    with each pixel's own forward distance (its age, clipped to [1, d_fwd]; module docstring)."""
     if not 0.0 <= float(untrusted_weight) <= 1.0:
         raise ConfigError(f'untrusted_weight must be in [0, 1], got {untrusted_weight}')
     if not isinstance(fwd, Semantics) or not isinstance(bwd, Semantics):
@@ -160,7 +162,17 @@ def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int, trust
         inv = _plane_index(fwd.class_map).astype(np.int32)
         cf, cb = lf.reshape(-1).take(idx), lb.reshape(-1).take(idx)
         cell = _cells(ys, xs, fwd.size, (hp, wp))
-        sf, sb = _sample(probs, (inv[cf], inv[cb]), ys, xs, fwd.size, cell=cell)
+        age = fwd.age
+        if age is not None and age.shape == lf.shape:
+            # region refresh: each pixel's own forward distance, the frames since the network last labelled
+            # it (this frame's own evidence counts like a neighbouring keyframe: 1), at most d_fwd
+            wfp = 1.0 / np.clip(age.reshape(-1).take(idx), 1, d_fwd).astype(np.float32)
+            planes = (inv[cf], inv[cb])
+            (f_cf, f_cb), (b_cf, b_cb) = (_sample(x.probs, planes, ys, xs, fwd.size, cell=cell) for x in (fwd, bwd))
+            sf = np.where(planes[0] < 0, -1.0, wfp * f_cf + wb * b_cf)
+            sb = np.where(planes[1] < 0, -1.0, wfp * f_cb + wb * b_cb)
+        else:
+            sf, sb = _sample(probs, (inv[cf], inv[cb]), ys, xs, fwd.size, cell=cell)
         take_b = sb > sf
         if trust_fwd is not None and trust_bwd is not None:
             # one code per trust cell: 2 = only the forward chain trusted, 1 = only the carried-back one
@@ -178,9 +190,6 @@ def fuse_two_sided(fwd: Semantics, d_fwd: int, bwd: Semantics, d_bwd: int, trust
                 vb = sb[sel] * np.where(only_f, a, 1.0)
                 vf = sf[sel] * np.where(only_f, 1.0, a)
                 take_b[sel] = (vb > vf) & (cb[sel] != IGNORE)
-        age = fwd.age
-        if age is not None and age.shape == lf.shape:
-            take_b &= age.reshape(-1).take(idx) != 0   # fresh: labelled by the network on this frame
         labels.reshape(-1)[idx[take_b]] = cb[take_b]
     return Semantics(labels, probs, fwd.class_map)
 
