@@ -329,6 +329,41 @@ def test_refine_false_skips_the_module_on_a_step_and_on_a_late_keyframes_catch_u
         assert prop.stats['refine_skipped'] == 2 and prop.stats['catch_up_refine_skipped'] == 1
 
 
+def test_a_skipped_region_refresh_ages_every_pixel():
+    """A module that keeps an age map (region refresh): on a frame where it is skipped (load shedding) the
+    state keeps the map, one frame older, instead of losing it (which the next refresh would read as a
+    fresh keyframe); a refresh then starts from it again."""
+    from vidseg_ros.core.propagation import Semantics as Sem
+
+    class Refresh:
+        def __init__(self):
+            self.prev_ages = []
+
+        def refresh(self, image, warped, mask, prev=None, flow_bwd=None):
+            self.prev_ages.append(None if prev is None or prev.age is None else int(prev.age.max()))
+            age = np.ones(warped.labels.shape, np.uint16)
+            age[:, :8] = 0
+            return Sem(warped.labels, warped.probs, warped.class_map, age)
+
+        def __call__(self, image, warped, mask):
+            return warped.probs.astype(np.float32) / 255
+
+    rng = _rng(8)
+    f = np.zeros((H // 4, W // 4, 2), np.float32)
+    mod = Refresh()
+    prop = TemporalPropagator(refiner=mod)
+    prop.set_keyframe(0, _semantics(rng))
+    prop.step(0, image=_image(rng))
+    prop.step(1, f, f, _image(rng))
+    assert prop.semantics.age.max() == 1
+    prop.step(2, f, f, _image(rng), refine=False)
+    prop.step(3, f, f, _image(rng), refine=False)
+    age = prop.semantics.age
+    assert age is not None and age[:, :8].max() == 2 and age[:, 8:].min() == 3
+    prop.step(4, f, f, _image(rng))
+    assert mod.prev_ages == [None, 3]   # the refresh on frame 4 saw the aged map
+
+
 class _FakeESPModel:
     """Minimal KeyframeModel stand-in around a random-init ESPNetv2 (torch)."""
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -230,6 +231,10 @@ class TemporalPropagator(Propagator):
         # shedding: the plain warp)
         if self._skip_iam or self._skip_refine or not self.warp or e.flow_bwd is None or e.image is None \
                 or new.probs is None:
+            if new is not sem and new.age is None and sem.age is not None and sem.age.shape == new.labels.shape:
+                # region refresh skipped: every pixel is one frame older (the age map stays positional, as
+                # the module keeps it), so the next refresh and two-sided fusion see the real staleness
+                new = replace(new, age=np.minimum(sem.age.astype(np.uint32) + 1, 65535).astype(np.uint16))
             return new, mask, frac, deg
         t0 = time.perf_counter()
         prev = self._hist.get(e.prev_id) if e.prev_id is not None else None
