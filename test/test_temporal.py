@@ -611,6 +611,24 @@ def test_bench_two_sided_rows(shared, tmp_path, monkeypatch):
         assert two['cost_rel'] == pytest.approx(rows[m]['cost_rel'] + two['two_sided_rel'])
         assert two['miou'] != rows[m]['miou'] and 0 < two['miou'] <= 1
     assert 'recovered' in rows['warp+2s']   # (None here: on these 7 tiny frames warping loses nothing)
+    # --phase: keyframes at frame 0, then every S-th from the phase on (0, 2, 5 here): other results
+    kf_steps = []
+    real_set = TemporalPropagator.set_keyframe
+
+    def spy_kf(self, frame_id, *a, **kw):
+        kf_steps.append(frame_id)
+        return real_set(self, frame_id, *a, **kw)
+    monkeypatch.setattr(TemporalPropagator, 'set_keyframe', spy_kf)
+    out2 = tmp_path / 'p.json'
+    assert main(['--seqs', 'seq0002', '--frames', '7', '--size', '128x64', '--model', 'espnetv2_s0.5_512x256',
+                 '--modes', 'warp', '--intervals', '3', '--cost-rounds', '1', '--two-sided', '--phase', '2',
+                 '--out', str(out2)]) == 0
+    res2 = json.loads(out2.read_text())
+    assert res2['config']['phase'] == 2 and kf_steps == [0, 2, 5]
+    assert res2['intervals']['3']['warp']['miou'] != rows['warp']['miou']
+    with pytest.raises(ConfigError, match='--phase must be in'):
+        main(['--seqs', 'seq0002', '--frames', '7', '--modes', 'warp', '--intervals', '3', '--phase', '3',
+              '--out', str(tmp_path / 'x.json')])
     with pytest.raises(ConfigError, match='--two-sided needs a propagator mode'):
         temporal_bench.run(temporal_bench.argparse.Namespace(
             modes=['cache1'], variants=None, weights_dir=None, two_sided=True))

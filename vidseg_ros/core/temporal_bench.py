@@ -307,6 +307,13 @@ def run(args) -> dict:
     two_sided = bool(getattr(args, 'two_sided', False))
     if two_sided and not any(mode in PROP_MODES for _, mode, *_ in entries):
         raise ConfigError('--two-sided needs a propagator mode among the rows (warp, region, ...)')
+    phase = int(getattr(args, 'phase', 0) or 0)
+    if not 0 <= phase < min(args.intervals):
+        raise ConfigError(f'--phase must be in [0, {min(args.intervals) - 1}] (below the smallest interval), got {phase}')
+
+    def is_kf(i, S):   # frame 0, then every S-th frame from ``phase`` on
+        return i == 0 or (i >= phase and (i - phase) % S == 0)
+
     size, root, spec, model = _setup_model(args)
     k = CITYSCAPES.num_classes
     cmap = np.asarray(model.output_to_class, np.uint8)
@@ -326,7 +333,7 @@ def run(args) -> dict:
                       'model': spec, 'device': args.device, 'backend': getattr(model, 'backend', None),
                       'flow': flow.describe(), 'intervals': list(args.intervals),
                       'threads': torch.get_num_threads(), 'weights_dir': args.weights_dir,
-                      'variants': args.variants, 'cheap': {}, 'weights': {}, 'seen': {}}}
+                      'variants': args.variants, 'cheap': {}, 'weights': {}, 'seen': {}, 'phase': phase}}
     video = getattr(args, 'video', None)
     if video:   # no labels: the reference is the keyframe network's own per-frame output
         args.seqs = [Path(video).stem]
@@ -392,7 +399,7 @@ def run(args) -> dict:
                         res['config']['gated'].append(label)
                 if mode in CACHE_MODES:
                     for i in tqdm(range(n), desc=f'{seq}: S={S} {label}', mininterval=5):
-                        r = module.process(imgs[i], keyframe=(i % S == 0))
+                        r = module.process(imgs[i], keyframe=is_kf(i, S))
                         cm_all.update(r.labels, gts[i])
                         if not r.is_keyframe:
                             cm_prop.update(r.labels, gts[i])
@@ -404,7 +411,7 @@ def run(args) -> dict:
                     buf = TwoSidedBuffer(fill_holes=prop.fill_holes) if two_sided and mode in PROP_MODES else None
                     fused = []
                     for i in tqdm(range(n), desc=f'{seq}: S={S} {label}', mininterval=5):
-                        if i % S == 0:   # (the graph's caching / region context: the keyframe with its maps)
+                        if is_kf(i, S):   # (the graph's caching / region context: the keyframe with its maps)
                             prop.set_keyframe(i, module.keyframe_semantics(imgs[i], size)[0]
                                               if hasattr(module, 'keyframe_semantics') else sems[i])
                             out = prop.step(i, None, None, imgs[i] if module is not None else None)
@@ -423,12 +430,12 @@ def run(args) -> dict:
                     if buf is not None:
                         fused += buf.flush()
                         acc = fuse_s[S][label + TWO_SIDED_SUFFIX]
-                        acc[1] += sum(1 for i in range(n) if i % S)
+                        acc[1] += sum(1 for i in range(n) if not is_kf(i, S))
                         cm2_all, cm2_prop, cm2_net = pooled[S][label + TWO_SIDED_SUFFIX]
                         for o in fused:
                             i = o.frame_id
                             cm2_all.update(o.labels, gts[i])
-                            if i % S:
+                            if not is_kf(i, S):
                                 cm2_prop.update(o.labels, gts[i])
                                 cm2_net.update(o.labels, pf_labels[i])
     res['config']['frames'] = n_total
@@ -596,6 +603,9 @@ def main(argv=None) -> int:
                    help='also a delayed row LABEL+2s for every propagator row: its outputs fused with the next '
                         'keyframe carried back (core/bidirectional.py, as vidseg run --two-sided); cost = the '
                         "row's plus the two-sided work per propagated frame, timed in the loop")
+    p.add_argument('--phase', type=int, default=0,
+                   help='keyframe phase: frame 0, then every S-th frame from this one on (default 0: every S-th '
+                        'frame); how much a result depends on where the keyframes fall')
     p.add_argument('--cost-rounds', type=int, default=7, help='interleaved timing rounds')
     p.add_argument('--threads', type=int, default=1, help='torch threads (0 = leave as is)')
     p.add_argument('--shared', default=None)
