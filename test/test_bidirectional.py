@@ -337,3 +337,10 @@ def test_graph_bench_reports_the_delayed_topic():
     r['paced'] = summarize(rec, sent, before, after)
     assert r['paced']['diagnostics']['propagation_node']['two_sided_fused'] == 2
     assert 'in stamp order: True; fused 2, forward-only 1, keyframes 1' in format_table(r)
+    assert 'temporal module on' not in format_table(r)       # no temporal module: no load-shedding line
+    # a temporal module that was shed (refine_max_lag): the counts over the phase
+    after['vidseg: propagation_node'].update(propagator_refined_frames='7', propagator_refine_skipped='5',
+                                             propagator_catch_up_refine_skipped='3')
+    r['paced'] = summarize(rec, sent, before, after)
+    assert ('paced: temporal module on 7 frame(s); skipped to keep up (refine_max_lag) on 5 frame(s) and '
+            '3 catch-up step(s)') in format_table(r)

@@ -652,6 +652,13 @@ def format_table(r: dict) -> str:
                        f"p99 {t['latency_p99_ms']:.0f} ms, in stamp order: {t['in_stamp_order']}"
                        + _two_sided_kinds(r[ph]))
     for ph in ('paced', 'max'):
+        d = r.get(ph, {}).get('diagnostics', {}).get('propagation_node', {})
+        shed = [d.get(k) for k in ('propagator_refined_frames', 'propagator_refine_skipped',
+                                   'propagator_catch_up_refine_skipped')]
+        if shed[0] is not None and (shed[0] or shed[1] or shed[2]):   # a temporal module ran (or was shed)
+            out.append(f"{ph}: temporal module on {int(shed[0])} frame(s); skipped to keep up (refine_max_lag) on "
+                       f"{int(shed[1] or 0)} frame(s) and {int(shed[2] or 0)} catch-up step(s)")
+    for ph in ('paced', 'max'):
         if r.get(ph, {}).get('node_cost_mean_ms'):
             out.append(f"{ph}: mean cost per call (ms, last 100): " + ', '.join(
                 f'{k} {f(v)}' for k, v in r[ph]['node_cost_mean_ms'].items()))
