@@ -49,6 +49,17 @@ def _node(cls, params=None, extra_args=()):
     return node
 
 
+def _assert_configure_fails(cls, params, match):
+    """A node of ``cls`` with ``params``: the configure transition fails, and configuring raises ``match``."""
+    node = _node(cls, params)
+    try:
+        assert node.trigger_configure().name == 'FAILURE'
+        with pytest.raises(Exception, match=match):
+            node.configure()
+    finally:
+        _close(node)
+
+
 def _close(node):
     import rclpy
     ctx = node._test_ctx
@@ -876,13 +887,8 @@ def test_propagation_node_region_shape_parameter(ros_domain, shared):
     from vidseg_ros.ros.propagation_node import PropagationNode
     for param, msg in (('region_shape', "region shape must be one of strip, tile, got 'round'"),
                        ('region_catch_up', "region catch_up must be one of all, newest, got 'round'")):
-        node = _node(PropagationNode, {'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256', param: 'round'})
-        try:
-            assert node.trigger_configure().name == 'FAILURE'
-            with pytest.raises(Exception, match=msg):
-                node.configure()
-        finally:
-            _close(node)
+        _assert_configure_fails(PropagationNode, {'temporal_mode': 'region', 'model': 'espnetv2_s0.5_512x256',
+                                                  param: 'round'}, msg)
 
 
 def test_propagation_node_reorders_pending_frames(ros_domain):
@@ -1091,14 +1097,8 @@ def test_propagation_node_two_sided_with_region_refresh(ros_domain, shared):
         assert node.counts['two_sided_fused'] == 2
     finally:
         _close(node)
-    node = _node(PropagationNode, {'temporal_mode': 'grfp', 'two_sided': True})
-    try:
-        assert node.trigger_configure().name == 'FAILURE'
-        with pytest.raises(Exception, match='two_sided:=true combines with temporal_mode warp / region / region-ctx '
-                                            'only, not grfp'):
-            node.configure()
-    finally:
-        _close(node)
+    _assert_configure_fails(PropagationNode, {'temporal_mode': 'grfp', 'two_sided': True},
+                            'two_sided:=true combines with temporal_mode warp / region / region-ctx only, not grfp')
 
 
 def test_propagation_node_two_sided_topic(ros_domain):
