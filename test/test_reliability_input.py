@@ -49,13 +49,14 @@ def _node(cls, params=None, extra_args=()):
     return node
 
 
-def _assert_configure_fails(cls, params, match):
-    """A node of ``cls`` with ``params``: the configure transition fails, and configuring raises ``match``."""
+def _assert_configure_fails(cls, params, match, exc=Exception, call='configure'):
+    """A node of ``cls`` with ``params``: the configure transition fails, and the node's ``call`` method
+    (its configure step, or validate_params) raises ``exc`` matching ``match``."""
     node = _node(cls, params)
     try:
         assert node.trigger_configure().name == 'FAILURE'
-        with pytest.raises(Exception, match=match):
-            node.configure()
+        with pytest.raises(exc, match=match):
+            getattr(node, call)()
     finally:
         _close(node)
 
@@ -936,13 +937,7 @@ def test_unknown_and_out_of_range_parameters_rejected(ros_domain, node_cls):
             with pytest.raises(ConfigError, match=reason):
                 _node(cls, dict(params, autostart=False))
             continue
-        node = _node(cls, params)
-        try:
-            assert node.trigger_configure().name == 'FAILURE'
-            with pytest.raises(ConfigError, match=reason):
-                node.validate_params()
-        finally:
-            _close(node)
+        _assert_configure_fails(cls, params, reason, ConfigError, 'validate_params')
 
 
 def test_manager_operation_lock_names_its_holder(ros_domain):
