@@ -229,8 +229,8 @@ def cmd_run(args) -> int:
         raise ConfigError('--max-delay applies to --two-sided only')
     if args.no_trust and not args.two_sided:
         raise ConfigError('--no-trust applies to --two-sided only')
-    if args.two_sided and args.temporal_mode not in TWO_SIDED_MODES:
-        raise ConfigError(f'--two-sided combines with --temporal-mode {" / ".join(m for m in TWO_SIDED_MODES if m)} '
+    if args.two_sided and args.temporal_mode not in (None,) + TWO_SIDED_MODES:   # (None: warp)
+        raise ConfigError(f'--two-sided combines with --temporal-mode {" / ".join(TWO_SIDED_MODES)} '
                           f'only, not {args.temporal_mode}')
     if args.two_sided and not op.warp:
         raise ConfigError('--two-sided needs warping (drop --no-warp or the hold preset)')

@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 MODES = ('warp', 'iam-lowres', 'refiner', 'grfp', 'davss', 'cache1', 'cache2', 'region', 'region-ctx')
 REGION_MODES = ('region', 'region-ctx')
 # the modes whose forward output the delayed two-sided fusion (core/bidirectional.py) may take: plain warping
-# and region refresh (measured together, BENCHMARKS.md 7.1); None = no --temporal-mode (warp)
-TWO_SIDED_MODES = (None, 'warp') + REGION_MODES
+# and region refresh (measured together, BENCHMARKS.md 7.1)
+TWO_SIDED_MODES = ('warp',) + REGION_MODES
 LEARNED = ('refiner', 'grfp', 'davss')
 
 

@@ -226,7 +226,7 @@ class PropagationNode(VidsegLifecycleNode):
         if p['two_sided']:
             from vidseg_ros.core.temporal import TWO_SIDED_MODES
             check(mode in TWO_SIDED_MODES, f'two_sided:=true combines with temporal_mode '
-                  f'{" / ".join(m for m in TWO_SIDED_MODES if m)} only, not {mode}')
+                  f'{" / ".join(TWO_SIDED_MODES)} only, not {mode}')
         check(not p['two_sided'] or p['warp'], 'two_sided:=true needs warp:=true')
         self.temporal_mode = mode
         self.prop = prop_cls(warp=p['warp'], refiner=refiner, use_iam=p['use_iam'], history=p['history'],
