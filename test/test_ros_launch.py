@@ -136,6 +136,7 @@ def test_launch_declares_arguments(monkeypatch):
     ({'temporal_mode': 'region'}, ['--temporal-mode', 'region']),
     ({'temporal_mode': 'cache2'}, ['--temporal-mode', 'cache2']),
     ({'two_sided': 'true', 'two_sided_max_wait_s': '0.45'}, ['--two-sided', '--two-sided-max-wait', '0.45']),
+    ({'keyframe_wait': '0.3'}, ['--keyframe-wait', '0.3']),
 ])
 def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     _, actions = _expand(_load(monkeypatch), **overrides)
@@ -177,6 +178,10 @@ def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
         assert prop['two_sided'] is True and prop['two_sided_max_wait_s'] == 0.45
     else:
         assert 'two_sided' not in prop and 'two_sided_max_wait_s' not in prop
+    if overrides.get('keyframe_wait'):
+        assert prop['keyframe_wait'] == 0.3
+    else:
+        assert 'keyframe_wait' not in prop   # the config's value (0: live mode)
 
 
 def test_bad_schedule_is_a_clear_error(monkeypatch):
@@ -187,6 +192,8 @@ def test_bad_schedule_is_a_clear_error(monkeypatch):
     for bad in ('-1', 'soon', 'nan'):
         with pytest.raises(ConfigError, match='two_sided_max_wait_s'):
             _expand(mod, two_sided='true', two_sided_max_wait_s=bad)
+        with pytest.raises(ConfigError, match='keyframe_wait'):
+            _expand(mod, keyframe_wait=bad)
     assert runner.main(['--schedule', 'fixed:0']) == 2
     assert runner.main(['--param', 'nonode:x=1']) == 2
     with pytest.raises(ConfigError, match="temporal_mode 'magic' is not available in the propagation node"):

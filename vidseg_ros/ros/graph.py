@@ -75,6 +75,9 @@ LAUNCH_ARGUMENTS = (
     ('two_sided_max_wait_s', '', 'with two_sided: seconds a frame may wait for the next keyframe before it goes '
                                  'out forward-only on the two-sided topic (0 = no time bound; default: from '
                                  'the config)'),
+    ('keyframe_wait', '', 'seconds a frame announced as a keyframe waits for the network before it is '
+                          'propagated from the previous keyframe (0 = never wait: lowest latency; about 0.3 on '
+                          'a 2-core CPU: the offline accuracy, BENCHMARKS section 9; default: from the config)'),
 )
 
 #: temporal modes the propagation node runs (cache1/cache2: with the keyframe node's cached maps)
@@ -136,7 +139,7 @@ def _truthy(v) -> bool:
 def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time=False,
                 model: str = '', weights: str = '', device: str = '', schedule: str = '',
                 operating_point: str = '', temporal_mode: str = '', two_sided='',
-                two_sided_max_wait_s='') -> list:
+                two_sided_max_wait_s='', keyframe_wait='') -> list:
     """The processes of the graph (managed nodes in activation order, then the manager)."""
     config = config or default_config_path()
     if not Path(config).is_file():
@@ -172,14 +175,9 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
             per_node['keyframe_node']['region_context'] = True
     if str(two_sided).strip():
         per_node['propagation_node']['two_sided'] = _truthy(two_sided)
-    if str(two_sided_max_wait_s).strip():
-        try:
-            wait = float(two_sided_max_wait_s)
-        except ValueError:
-            wait = float('nan')
-        if not 0.0 <= wait <= 3600.0:
-            raise ConfigError(f'two_sided_max_wait_s must be seconds in [0, 3600], got {two_sided_max_wait_s!r}')
-        per_node['propagation_node']['two_sided_max_wait_s'] = wait
+    for key, val in (('two_sided_max_wait_s', two_sided_max_wait_s), ('keyframe_wait', keyframe_wait)):
+        if str(val).strip():
+            per_node['propagation_node'][key] = _seconds(key, val)
     for key, val in (('model', model), ('weights', weights), ('device', device)):
         if val:  # the propagation node's refiner (refine:=true) uses the same network
             per_node['keyframe_node'][key] = val
@@ -190,6 +188,17 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
         out.append(Invocation(spec.name, spec.executable, spec.module, spec.lifecycle,
                               [config, per_node[spec.name]], remaps))
     return out
+
+
+def _seconds(name: str, text) -> float:
+    """A launch argument in seconds, 0-3600; ConfigError naming it otherwise."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float('nan')
+    if not 0.0 <= v <= 3600.0:
+        raise ConfigError(f'{name} must be seconds in [0, 3600], got {text!r}')
+    return v
 
 
 def _parse_schedule(text: str):

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--two-sided-max-wait', default='', metavar='SECONDS',
                     help='with --two-sided: seconds a frame may wait for the next keyframe before it goes out '
                          'forward-only on the two-sided topic (0 = no time bound; default: from the config)')
+    ap.add_argument('--keyframe-wait', default='', metavar='SECONDS',
+                    help='seconds a frame announced as a keyframe waits for the network (0 = never: lowest '
+                         'latency; about 0.3 on a 2-core CPU gives the offline accuracy; default: from the config)')
     ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
                     help='extra parameter override (repeatable), e.g. keyframe_node:input_size=512x256')
     ap.add_argument('--executables', action='store_true',
@@ -88,7 +91,7 @@ def commands(args) -> list:
                              model=args.model, weights=args.weights, device=args.device,
                              schedule=args.schedule, operating_point=args.operating_point,
                              temporal_mode=args.temporal_mode, two_sided='true' if args.two_sided else '',
-                             two_sided_max_wait_s=args.two_sided_max_wait)
+                             two_sided_max_wait_s=args.two_sided_max_wait, keyframe_wait=args.keyframe_wait)
     by_name = {i.name: i for i in invs}
     for text in args.param:
         node, name, val = parse_param(text)
