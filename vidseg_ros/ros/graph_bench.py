@@ -477,6 +477,10 @@ class GraphProcesses:
     def alive(self) -> list:
         return [n for n, p in self.graph.procs.items() if p.poll() is None]
 
+    def dead(self) -> list:
+        """Names of the graph's processes that are no longer running."""
+        return [n for n in [inv.name for inv, _ in self.cmds] if n not in self.alive()]
+
     def logs(self, tail: int = 2000) -> str:
         out = []
         for f in sorted(self.log_dir.glob('*.log')):
@@ -504,6 +508,41 @@ def isolate_domain(domain: int | None = None, transport: str = 'shm') -> int:
             os.environ.update(env)
             os.environ.pop('FASTDDS_BUILTIN_TRANSPORTS', None)  # the profile chooses the transports
     return domain
+
+
+def bring_up(rec: Recorder, procs, frames, warmup: int, timeout: float) -> float:
+    """Wait until the graph is active and takes the camera (the node logs in the error otherwise), then
+    send ``warmup`` unmeasured frames one at a time (the first keyframe, caches, discovery of every
+    endpoint). Returns the seconds the graph took to come up."""
+    t0 = time.monotonic()
+    try:
+        rec.wait_graph(timeout)
+    except VidsegError as e:
+        raise VidsegError(f'{e}\n{procs.logs() if procs else ""}') from None
+    startup = time.monotonic() - t0
+    run_windowed(rec, frames, warmup, window=1, stall=10.0, progress=False)
+    return startup
+
+
+def release_profile(prof: str) -> None:
+    """Remove the Fast DDS profile file ``isolate_domain`` wrote for this process (and unset it); any
+    other profile is left alone."""
+    if os.path.basename(prof) == f'vidseg_fastdds_{os.getpid()}.xml':
+        os.environ.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
+        try:
+            os.remove(prof)
+        except OSError:
+            pass
+
+
+def report(table: str, result: dict, out: str = '') -> int:
+    """Print a benchmark's table, write its JSON to ``out`` (if given); exit status 0."""
+    print(table)
+    if out:
+        from vidseg_ros.core.io import write_json
+        write_json(out, result)
+        print(f'wrote {out}')
+    return 0
 
 
 def run_bench(args) -> dict:
@@ -541,14 +580,7 @@ def run_bench(args) -> dict:
             procs = GraphProcesses(graph_argv(args), log_dir)
             procs.start()
         rec = Recorder()
-        t0 = time.monotonic()
-        try:
-            rec.wait_graph(args.startup_timeout)
-        except VidsegError as e:
-            raise VidsegError(f'{e}\n{procs.logs() if procs else ""}') from None
-        result['startup_s'] = time.monotonic() - t0
-        # warm-up (not measured): the first keyframe, caches, discovery of every endpoint
-        run_windowed(rec, frames, args.warmup, window=1, stall=10.0, progress=False)
+        result['startup_s'] = bring_up(rec, procs, frames, args.warmup, args.startup_timeout)
         time.sleep(1.0)
         d0 = rec.diag_snapshot()
         sent = run_paced(rec, frames, fps, n, settle=args.settle, progress=progress)
@@ -585,17 +617,10 @@ def run_bench(args) -> dict:
         if rec is not None:
             rec.close()
         if procs is not None:
-            dead = [n for n in [inv.name for inv, _ in procs.cmds] if n not in procs.alive()]
-            if dead:
-                result['dead_processes'] = dead
+            if procs.dead():
+                result['dead_processes'] = procs.dead()
             procs.stop()
-        prof = result.get('fastdds_profile', '')
-        if os.path.basename(prof) == f'vidseg_fastdds_{os.getpid()}.xml':  # the one isolate_domain wrote
-            os.environ.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
-            try:
-                os.remove(prof)
-            except OSError:
-                pass
+        release_profile(result.get('fastdds_profile', ''))
     if core is not None and core.frames:
         result['core'] = core.summary()
         result['core']['chunk_fps'] = [r['frames'] / r['core_s'] for r in result['max']['chunks'] if 'core_s' in r]
@@ -748,12 +773,7 @@ def main(argv=None) -> int:
     except VidsegError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    print(format_table(result))
-    if args.out:
-        from vidseg_ros.core.io import write_json
-        write_json(args.out, result)
-        print(f'wrote {args.out}')
-    return 0
+    return report(format_table(result), result, args.out)
 
 
 if __name__ == '__main__':

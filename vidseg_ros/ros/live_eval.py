@@ -207,14 +207,7 @@ def run_live(args, snippets, progress=True) -> dict:
     try:
         procs.start()
         rec = LabelRecorder()
-        t0 = time.monotonic()
-        try:
-            rec.wait_graph(args.startup_timeout)
-        except VidsegError as e:
-            raise VidsegError(f'{e}\n{procs.logs()}') from None
-        result['startup_s'] = time.monotonic() - t0
-        # warm-up (not scored): the first keyframe, caches, discovery of every endpoint
-        gb.run_windowed(rec, snippets[0][1], args.warmup, window=1, stall=10.0, progress=False)
+        result['startup_s'] = gb.bring_up(rec, procs, snippets[0][1], args.warmup, args.startup_timeout)
         d0 = rec.diag_snapshot()
         for name, frames, _ in snippets:
             time.sleep(args.gap)   # > max_gap: the next frame restarts the flow chain and is a keyframe
@@ -224,20 +217,13 @@ def run_live(args, snippets, progress=True) -> dict:
         all_sent = [x for _, s in sent_by_seq for x in s]
         result['summary'] = gb.summarize(rec, all_sent, d0, rec.diag_snapshot())
         result['summary'].pop('latency_series_ms', None)
-        dead = [n for n in [inv.name for inv, _ in procs.cmds] if n not in procs.alive()]
-        if dead:
-            result['dead_processes'] = dead
+        if procs.dead():
+            result['dead_processes'] = procs.dead()
     finally:
         if rec is not None:
             rec.close()
         procs.stop()
-        prof = os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '')
-        if os.path.basename(prof) == f'vidseg_fastdds_{os.getpid()}.xml':   # the one isolate_domain wrote
-            os.environ.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
-            try:
-                os.remove(prof)
-            except OSError:
-                pass
+        gb.release_profile(os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', ''))
     from vidseg_ros.core.classes import get_class_set
     names = get_class_set('cityscapes').names
     rows = {'live': Scorer(names, args.steady_from)}
@@ -432,14 +418,10 @@ def run_combine(args) -> int:
         r['_path'] = p
         results.append(r)
     c = combine(results)
-    print(format_combined(c))
+    table = format_combined(c)
     if args.plot:
-        print(f'wrote {plot_combined(c, args.plot)}')
-    if args.out:
-        from vidseg_ros.core.io import write_json
-        write_json(args.out, c)
-        print(f'wrote {args.out}')
-    return 0
+        table += f'\nwrote {plot_combined(c, args.plot)}'
+    return gb.report(table, c, args.out)
 
 
 def resolve_args(args):
@@ -496,12 +478,7 @@ def main(argv=None) -> int:
     except VidsegError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    print(format_table(result))
-    if args.out:
-        from vidseg_ros.core.io import write_json
-        write_json(args.out, result)
-        print(f'wrote {args.out}')
-    return 0
+    return gb.report(format_table(result), result, args.out)
 
 
 if __name__ == '__main__':
