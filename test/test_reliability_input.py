@@ -807,7 +807,7 @@ def test_propagation_node_sheds_its_temporal_module_when_behind(ros_domain, shar
     recent frames -- by its stamp's age on the ROS clock, by a newer camera frame already received, or by
     its wait in the node -- gets the plain warp instead of the region pass, and a late keyframe's
     catch-up then skips the module too; counted, WARN on /diagnostics; frames that keep up are refined,
-    however large the pipeline's own latency. Deterministic mode and refine_max_lag 0 never skip."""
+    however large the pipeline's own latency. With keyframe_wait too; refine_max_lag 0 never skips."""
     import time
     from vidseg_ros.ros.common import diag_level
     W, H = 64, 32
@@ -864,13 +864,14 @@ def test_propagation_node_sheds_its_temporal_module_when_behind(ros_domain, shar
         for t in T[1:]:
             frame(t)
         assert st()['refined_frames'] == 3 and st()['refine_skipped'] == 0
-        # never in deterministic mode, nor with refine_max_lag 0
+        # while frames wait for keyframes too (keyframe_wait: the module is shed to keep up there as well);
+        # never with refine_max_lag 0
         old = stamp() - 3_000_000_000
-        for cfg in ({'keyframe_wait': 5.0}, {'refine_max_lag': 0.0}):
-            node.cfg = {**node.cfg, 'keyframe_wait': 0.0, **cfg}
+        for wait in (0.0, 5.0):
+            node.cfg = {**node.cfg, 'keyframe_wait': wait, 'refine_max_lag': 0.5}
+            assert node._behind(old)
+            node.cfg = {**node.cfg, 'refine_max_lag': 0.0}
             assert not node._behind(old)
-        node.cfg = {**node.cfg, 'keyframe_wait': 0.0, 'refine_max_lag': 0.5}
-        assert node._behind(old)
     finally:
         _close(node)
 

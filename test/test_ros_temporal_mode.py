@@ -23,7 +23,8 @@ def _propagation_node(tmp_path, params, class_map, info_extra=None, features=Fal
     from vidseg_ros.core.classes import CITYSCAPES
     from vidseg_ros.ros.common import latched_qos
     proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 5.0, 'keyframe_wait': 5.0,
-                                           'model': 'espnetv2_s0.5_512x256', **params}, log_dir=str(tmp_path))
+                                           'refine_max_lag': 0.0, 'model': 'espnetv2_s0.5_512x256', **params},
+                      log_dir=str(tmp_path))
     try:
         probe = Probe()
     except Exception:

@@ -347,7 +347,8 @@ def graph_commands(args, scale: int):
         # frames wait for the keyframe network and for their flow: a stall of the machine then delays
         # labels instead of degrading them (live mode keeps the node's default flow_timeout)
         ra += ['--param', f'propagation_node:keyframe_wait={DETERMINISTIC_WAIT_S}',
-               '--param', f'propagation_node:flow_timeout={DETERMINISTIC_WAIT_S}']
+               '--param', f'propagation_node:flow_timeout={DETERMINISTIC_WAIT_S}',
+               '--param', 'propagation_node:refine_max_lag=0.0']   # a temporal module on every frame
     for p in args.param:
         ra += ['--param', p]
     return runner.commands(runner.build_parser().parse_args(ra))

@@ -146,7 +146,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('refine_max_lag', 0.1, 'load shedding: a propagated frame that lags the camera this many seconds '
                      'more than the recent frames did at their lowest (the pipeline\'s own latency) gets the plain '
                      'warp instead of the temporal module, until the node has caught up; so does a late '
-                     'keyframe\'s catch-up then (live mode only; 0 = never skip)', float_range=(0.0, 60.0))
+                     'keyframe\'s catch-up then (0 = never skip: a replay that must equal the offline pipeline)',
+                     float_range=(0.0, 60.0))
         self.declare('two_sided', False, f'also publish {graph.LABELS_TWO_SIDED_TOPIC}: each frame once the next '
                      'keyframe is in, fused with it carried back (delayed; temporal_mode warp, region or region-ctx; '
                      'core/bidirectional.py)')
@@ -672,11 +673,13 @@ class PropagationNode(VidsegLifecycleNode):
         processed in the last LAG_WINDOW_S seconds (the pipeline's own latency: the flow's computation and
         transport, which a larger camera image or a slower machine raises without the node falling
         behind) by more than refine_max_lag. ``record``: add the lag to that window (once per processed
-        frame). Live mode with a temporal module only: deterministic mode (keyframe_wait > 0) waits by
-        design and never skips."""
+        frame). With a temporal module only. Also while frames wait for keyframes (keyframe_wait > 0): the
+        frames queued behind a keyframe then lag by the network's time and skip the module first (they are
+        the ones nearest the keyframe), which is what keeps a module with keyframe_wait on time at 25 Hz
+        (BENCHMARKS 9.1). A replay that must equal the offline pipeline sets refine_max_lag 0."""
         p = self.cfg
         lim = p['refine_max_lag']
-        if lim <= 0 or p['keyframe_wait'] > 0 or self.prop.refiner is None or ns is None:
+        if lim <= 0 or self.prop.refiner is None or ns is None:
             return False
         now = time.monotonic()
         newest = next((n for n, o in reversed(self.slots.items()) if o.image is not None), ns)

@@ -79,7 +79,8 @@ def start_deterministic_graph(tmp_path, model: str, scale: int, schedule: str, e
     cmd = [sys.executable, '-m', 'vidseg_ros.ros.runner', '--model', model, '--schedule', schedule,
            *extra_args, '--log-dir', str(tmp_path / 'logs'), '--stop-timeout', '20',
            '--param', 'keyframe_node:num_threads=1',
-           '--param', 'propagation_node:keyframe_wait=30.0', '--param', 'propagation_node:flow_timeout=30.0']
+           '--param', 'propagation_node:keyframe_wait=30.0', '--param', 'propagation_node:flow_timeout=30.0',
+           '--param', 'propagation_node:refine_max_lag=0.0']   # no load shedding: every frame as offline
     for spec in graph.MANAGED_NODES:
         cmd += ['--param', f'{spec.name}:input_qos=reliable', '--param', f'{spec.name}:scale={scale}']
     runner = start_process(cmd, str(tmp_path / 'runner.log'))
