@@ -876,6 +876,52 @@ def test_propagation_node_sheds_its_temporal_module_when_behind(ros_domain, shar
         _close(node)
 
 
+def test_propagation_node_waits_for_keyframes_only_while_they_come_within_keyframe_wait(ros_domain):
+    """keyframe_wait: a keyframe frame waits for its network result while the recent results came within
+    the bound (median of the last ones, image -> result); once they come later, keyframe frames go out at
+    once instead of waiting out the bound for nothing (counted, said on /diagnostics), and waiting resumes
+    when the results come back within it."""
+    import time
+    from std_msgs.msg import Header
+    W, H = 32, 24
+    node = _prop({'keyframe_wait': 0.3, 'flow_timeout': 5.0})
+    out = node.labels_pub.msgs
+
+    def result(ns, cls=3):
+        hdr = Header(frame_id='cam', stamp=ns_to_stamp(ns))
+        probs = np.zeros((-(-H // 4), -(-W // 4), 20), np.uint8)
+        probs[..., cls] = 255
+        node.on_kf_probs(ndarray_to_image(probs, '8UC(20)', hdr))
+        node.on_kf_labels(ndarray_to_image(np.full((H, W), cls, np.uint8), 'mono8', hdr))
+
+    def keyframe_frame(ns, delay, waits):
+        n = len(out)
+        _decision(node, ns, kf=True)
+        node.on_image(_img(W, H, ns))
+        node.on_flow(_flow(W, H, ns))
+        assert len(out) == n + (0 if waits else 1), (ns, waits)   # waiting for its result, or out at once
+        time.sleep(delay)
+        result(ns)
+        assert len(out) == n + 1
+
+    try:
+        T = [10**10 + i * 40_000_000 for i in range(7)]
+        _first_frame(node, T[0], W, H, _keyframe)
+        keyframe_frame(T[1], 0.4, waits=True)    # slow results: the first two are waited for (not measured yet)
+        keyframe_frame(T[2], 0.4, waits=True)
+        assert node.counts['keyframe_wait_skipped'] == 0
+        keyframe_frame(T[3], 0.02, waits=False)  # median 0.4 s > 0.3 s: no waiting
+        keyframe_frame(T[4], 0.02, waits=False)  # [0.4, 0.4, 0.02] -> 0.4
+        assert node.counts['keyframe_wait_skipped'] == 2
+        (_, _, msg, vals), = node.diagnostics()
+        assert '2 keyframe frame(s) did not wait' in msg and 'keyframe_wait 0.3 s' in msg, msg
+        keyframe_frame(T[5], 0.02, waits=True)   # [0.4, 0.4, 0.02, 0.02] -> 0.21: waiting again
+        assert node.counts['keyframe_wait_skipped'] == 2 and len(out) == 6
+        assert 0.0 < vals['kf_delay_median_s'] < 1.0
+    finally:
+        _close(node)
+
+
 def test_propagation_node_region_shape_parameter(ros_domain, shared):
     """region_shape picks the refreshed region's shape, region_catch_up how late keyframes are carried; a
     bad value fails configure with the reason."""

@@ -327,7 +327,7 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
             'propagation_node': _diag_delta(diag_before, diag_after, 'vidseg: propagation_node',
                                             ('frames_in', 'frames_out', 'degraded', 'drops', 'dropped_overflow',
                                              'flow_timeouts', 'out_of_order', 'late_flows', 'keyframes_late',
-                                             'keyframes_on_time', 'keyframe_wait_expired', 'two_sided_fused',
+                                             'keyframes_on_time', 'keyframe_wait_expired', 'keyframe_wait_skipped', 'two_sided_fused',
                                              'two_sided_forward_only', 'two_sided_keyframes',
                                              'propagator_repropagated_steps', 'propagator_refined_frames',
                                              'propagator_refine_skipped', 'propagator_catch_up_refine_skipped',

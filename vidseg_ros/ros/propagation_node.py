@@ -60,6 +60,7 @@ STATUS_TOPIC = graph.STATUS_TOPIC   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
 PLAUSIBLE_AGE_S = 60.0   # a frame's stamp age on the ROS clock beyond this (or negative) is another clock's
 LAG_WINDOW_S = 5.0       # load shedding: the pipeline's own latency = the lowest frame lag over this window
+KF_DELAY_HISTORY = 5     # keyframe_wait: the last this many keyframe results' delays (image -> result)
 
 
 class _Slot:
@@ -284,6 +285,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.last_in_ns = None       # newest input stamp (gap estimate)
         self.intervals = collections.deque(maxlen=31)
         self.lags = collections.deque()   # (monotonic t, lag s) of the frames processed lately (_behind)
+        self.t_images = collections.OrderedDict()   # ns -> monotonic arrival of the image (keyframe delays)
+        self.kf_delays = collections.deque(maxlen=KF_DELAY_HISTORY)   # s from image to keyframe result
 
     def activate(self):
         self.flow_owed_since = self.kf_owed_since = None
@@ -376,6 +379,9 @@ class PropagationNode(VidsegLifecycleNode):
             self._status(msg.header, False, True, ['duplicate_stamp'])
             return
         s.image, s.t_image = msg, now
+        self.t_images[ns] = now
+        while len(self.t_images) > self.cfg['history']:
+            self.t_images.popitem(last=False)
         self.pump()
 
     def _on_nonfinite_flow(self, n):
@@ -524,6 +530,9 @@ class PropagationNode(VidsegLifecycleNode):
         self.kf_owed_since = None
         if key == 'labels':
             self.last_kf_result_t = now
+            t_img = self.t_images.get(ns)
+            if t_img is not None:   # how long after its image this keyframe's result came (keyframe_wait)
+                self.kf_delays.append(now - t_img)
             self.newest_kf_result_ns = ns if self.newest_kf_result_ns is None else max(ns, self.newest_kf_result_ns)
             if self.kf_overdue is not None and ns >= self.kf_overdue[0]:
                 self.kf_overdue = None
@@ -586,7 +595,10 @@ class PropagationNode(VidsegLifecycleNode):
             if complete and p['keyframe_wait'] > 0 and not overflow and now - s.t_ready < p['keyframe_wait']:
                 d = self.decisions.get(ns)
                 if d is None or d is True:
-                    return  # deterministic mode: wait for the decision / the keyframe result
+                    if self._waiting_pays():
+                        return  # wait for the decision / the keyframe result
+                    if d is True:
+                        self.counts['keyframe_wait_skipped'] += 1
             del self.slots[ns]
             if overflow and not complete:
                 self.counts['dropped_overflow'] += 1
@@ -662,6 +674,17 @@ class PropagationNode(VidsegLifecycleNode):
         if out.degraded and not reasons:
             reasons.append('labels_held')
         self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0, reasons)
+
+    def _waiting_pays(self) -> bool:
+        """keyframe_wait: does the keyframe result usually come within the bound? The median delay (image
+        -> keyframe result) of the last KF_DELAY_HISTORY results must not exceed keyframe_wait; until two
+        are measured the frame waits. A network slower than the bound (a budget schedule that runs it in
+        parallel over many frames, an overloaded machine, a bound set too short) would otherwise make every
+        keyframe frame wait out the bound and still go out without its result: the latency of waiting and
+        the accuracy of not waiting. Such a frame goes out at once, without waiting for the keyframe
+        node's decision either (that wait only serves the wait for the result); a keyframe frame is counted
+        (``keyframe_wait_skipped``). Waiting resumes when the results come back within the bound."""
+        return len(self.kf_delays) < 2 or float(np.median(self.kf_delays)) <= self.cfg['keyframe_wait']
 
     def _behind(self, ns, t_image=None, record: bool = False) -> bool:
         """Load shedding (``refine_max_lag``): has the node fallen so far behind the camera, at the frame
@@ -813,6 +836,11 @@ class PropagationNode(VidsegLifecycleNode):
                 (f'temporal module {self.temporal_mode} skipped on {shed} of {ps["frames"]} frame(s) '
                  f'and {shed_cu} catch-up step(s) to keep up (lagging the camera by more than refine_max_lag '
                  f'{self.cfg["refine_max_lag"]} s beyond the pipeline\'s own latency)')
+        if c['keyframe_wait_skipped']:   # keyframe results come later than keyframe_wait: frames do not wait
+            msg = ('' if msg == 'running' else msg + '; ') + \
+                (f'{c["keyframe_wait_skipped"]} keyframe frame(s) did not wait: keyframe results came after a median '
+                 f'{float(np.median(self.kf_delays)) if self.kf_delays else float("nan"):.2f} s, more than '
+                 f'keyframe_wait {self.cfg["keyframe_wait"]} s')
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
@@ -823,6 +851,8 @@ class PropagationNode(VidsegLifecycleNode):
         vals.update(dict(c))
         vals.update({f'propagator_{k}': v for k, v in self.prop.stats.items()})
         vals.update(self._context_counts())
+        if self.kf_delays:
+            vals['kf_delay_median_s'] = float(np.median(self.kf_delays))
         if self.two is not None:   # frames waiting for their next keyframe on the two-sided topic
             vals['two_sided_waiting'] = len(self.two)
             vals['two_sided_trusted'] = self.two.stats['trusted']   # fused with both chains' trust maps
