@@ -239,18 +239,10 @@ def cmd_run(args) -> int:
     if args.two_sided:
         from .core.bidirectional import TwoSidedSegmenter
         runner = TwoSidedSegmenter(seg, max_delay=args.max_delay, trust=not args.no_trust)
-    if args.temporal_mode and args.temporal_mode != 'warp':
-        from .core import temporal
-        if args.temporal_mode in ('cache1', 'cache2'):
-            # as the ROS graph runs it: the keyframe's cached maps warped with the state (BENCHMARKS 7.1)
-            from .core.caching import CachedFeatureRefresher
-            temporal.attach(seg, CachedFeatureRefresher(model, levels=int(args.temporal_mode[-1])))
-        else:
-            module = temporal.make_temporal_module(args.temporal_mode, model,
-                                                   weights=args.temporal_weights, device=args.device,
-                                                   tile_area=args.region_tile_area,
-                                                   tile_shape=args.region_shape)
-            temporal.attach(seg, module)
+    if args.temporal_mode:   # as the ROS graph runs it (caching: the keyframe's cached maps warped with the state)
+        from .core.temporal import attach_mode
+        attach_mode(seg, args.temporal_mode, model, weights=args.temporal_weights, device=args.device,
+                    tile_area=args.region_tile_area, tile_shape=args.region_shape)
 
     labels_w = LabelWriter(out_dir / 'labels', class_set=model.class_set, color=args.color)
     overlay = None if args.no_overlay else OverlayVideoWriter(out_dir / 'overlay.mp4', src.fps or 25.0,

@@ -291,6 +291,20 @@ def make_propagator(mode: str, module, **kwargs) -> Propagator:
     return TemporalPropagator(refiner=module, **kwargs)
 
 
+def attach_mode(segmenter, mode, model, **module_kw) -> None:
+    """Attach propagation mode ``mode`` to a ``pipeline.VideoSegmenter`` as ``vidseg run`` and the ROS
+    graph run it: the caching modes warp the keyframe's cached maps with the state
+    (``caching.CachedFeatureRefresher``; ``module_kw`` does not apply to them), the others get
+    ``make_temporal_module(mode, model, **module_kw)``; None / '' / 'warp' attach nothing."""
+    if not mode or mode == 'warp':
+        return
+    if mode in ('cache1', 'cache2'):
+        from .caching import CachedFeatureRefresher
+        attach(segmenter, CachedFeatureRefresher(model, levels=int(mode[-1])))
+    else:
+        attach(segmenter, make_temporal_module(mode, model, **module_kw))
+
+
 def attach(segmenter, module) -> None:
     """Install ``module`` (a refiner-type temporal module, or the graph's feature caching
     ``caching.CachedFeatureRefresher``, which also takes over the keyframe network call) in a

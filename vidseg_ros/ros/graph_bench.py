@@ -617,8 +617,9 @@ def run_bench(args) -> dict:
         if rec is not None:
             rec.close()
         if procs is not None:
-            if procs.dead():
-                result['dead_processes'] = procs.dead()
+            dead = procs.dead()
+            if dead:
+                result['dead_processes'] = dead
             procs.stop()
         release_profile(result.get('fastdds_profile', ''))
     if core is not None and core.frames:

@@ -109,11 +109,7 @@ def make_core(model, schedule: str, scale: int, temporal_mode: str = '', two_sid
     if two_sided:
         from vidseg_ros.core.bidirectional import TwoSidedSegmenter
         runner = TwoSidedSegmenter(seg)
-    if temporal_mode in ('cache1', 'cache2'):
-        from vidseg_ros.core.caching import CachedFeatureRefresher
-        temporal.attach(seg, CachedFeatureRefresher(model, levels=int(temporal_mode[-1])))
-    elif temporal_mode and temporal_mode != 'warp':
-        temporal.attach(seg, temporal.make_temporal_module(temporal_mode, model))
+    temporal.attach_mode(seg, temporal_mode, model)
     return seg, runner
 
 
@@ -197,11 +193,11 @@ def graph_argv(args) -> list:
 
 def run_live(args, snippets, progress=True) -> dict:
     """Start the graph, publish the snippets at the camera rate, score what arrives."""
-    names = None
-    result = {'ros_domain_id': gb.isolate_domain(args.domain, 'shm'), 'graph_argv': graph_argv(args)}
+    argv = graph_argv(args)
+    result = {'ros_domain_id': gb.isolate_domain(args.domain, 'shm'), 'graph_argv': argv}
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix='vidseg_live_eval_'))
     result['log_dir'] = str(log_dir)
-    procs = gb.GraphProcesses(graph_argv(args), log_dir)
+    procs = gb.GraphProcesses(argv, log_dir)
     rec = None
     sent_by_seq = []
     try:
@@ -217,8 +213,9 @@ def run_live(args, snippets, progress=True) -> dict:
         all_sent = [x for _, s in sent_by_seq for x in s]
         result['summary'] = gb.summarize(rec, all_sent, d0, rec.diag_snapshot())
         result['summary'].pop('latency_series_ms', None)
-        if procs.dead():
-            result['dead_processes'] = procs.dead()
+        dead = procs.dead()
+        if dead:
+            result['dead_processes'] = dead
     finally:
         if rec is not None:
             rec.close()

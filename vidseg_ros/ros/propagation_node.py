@@ -31,8 +31,9 @@ Join (own bounded buffer, keyed by stamp): frames are stepped in stamp order; a 
 flow at most ``flow_timeout`` s (then it is output as degraded: labels held). Keyframe results are
 handed to the Propagator as they arrive: before their frame (used there), or late (re-propagated to the
 newest frame by the Propagator; the newest frame's labels always come from the latest semantics
-available). ``keyframe_wait`` > 0 (deterministic mode) lets a frame wait up to that long for the keyframe
-node's decision and, for a keyframe, its result (0 = never wait, the live default). Every dropped or
+available). ``keyframe_wait`` > 0 lets a frame wait up to that long for the keyframe node's decision and,
+for a keyframe, its result (0 = never wait, the live default), while the recent keyframe results came
+within that bound (``_waiting_pays``); a long bound with paced input is the deterministic mode. Every dropped or
 degraded frame is counted.
 """
 from __future__ import annotations
@@ -836,11 +837,11 @@ class PropagationNode(VidsegLifecycleNode):
                 (f'temporal module {self.temporal_mode} skipped on {shed} of {ps["frames"]} frame(s) '
                  f'and {shed_cu} catch-up step(s) to keep up (lagging the camera by more than refine_max_lag '
                  f'{self.cfg["refine_max_lag"]} s beyond the pipeline\'s own latency)')
+        kf_delay = float(np.median(self.kf_delays)) if self.kf_delays else None   # image -> keyframe result
         if c['keyframe_wait_skipped']:   # keyframe results come later than keyframe_wait: frames do not wait
             msg = ('' if msg == 'running' else msg + '; ') + \
                 (f'{c["keyframe_wait_skipped"]} keyframe frame(s) did not wait: keyframe results came after a median '
-                 f'{float(np.median(self.kf_delays)) if self.kf_delays else float("nan"):.2f} s, more than '
-                 f'keyframe_wait {self.cfg["keyframe_wait"]} s')
+                 f'{kf_delay or float("nan"):.2f} s, more than keyframe_wait {self.cfg["keyframe_wait"]} s')
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
@@ -851,8 +852,8 @@ class PropagationNode(VidsegLifecycleNode):
         vals.update(dict(c))
         vals.update({f'propagator_{k}': v for k, v in self.prop.stats.items()})
         vals.update(self._context_counts())
-        if self.kf_delays:
-            vals['kf_delay_median_s'] = float(np.median(self.kf_delays))
+        if kf_delay is not None:
+            vals['kf_delay_median_s'] = kf_delay
         if self.two is not None:   # frames waiting for their next keyframe on the two-sided topic
             vals['two_sided_waiting'] = len(self.two)
             vals['two_sided_trusted'] = self.two.stats['trusted']   # fused with both chains' trust maps
