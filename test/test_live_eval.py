@@ -52,6 +52,12 @@ def test_bad_arguments_are_one_line_errors(argv, msg, capsys):
     assert msg in err and err.startswith('error:') and 'Traceback' not in err
 
 
+def test_a_model_of_another_class_set_is_refused(shared, capsys):
+    assert live_eval.main(['--model', 'espnet_p2q8_camvid', '--skip-live', '--seqs', 'seq0000', '--frames', '2']) == 2
+    err = capsys.readouterr().err
+    assert 'predicts the camvid classes' in err and 'Traceback' not in err
+
+
 def test_graph_argv_sets_max_gap_below_the_pause():
     args = live_eval.resolve_args(live_eval.build_parser().parse_args(
         ['--gap', '2', '--temporal-mode', 'region-ctx', '--two-sided', '--param', 'propagation_node:keyframe_wait=1']))

@@ -455,6 +455,9 @@ def run(args) -> dict:
               'rows': {}}
     if not args.skip_offline:
         model = load_model(args.model)
+        if model.class_set.name != 'cityscapes':   # the pseudo labels are Cityscapes train ids
+            raise ConfigError(f'model {args.model!r} predicts the {model.class_set.name} classes; live_eval scores '
+                              'against Cityscapes pseudo labels and needs a Cityscapes model')
         result['rows'].update(run_offline(snippets, model, args.schedule, args.scale, args.temporal_mode,
                                           args.two_sided, progress, args.steady_from))
         del model
