@@ -920,6 +920,23 @@ def test_propagation_node_waits_for_keyframes_only_while_they_come_within_keyfra
         assert 0.0 < vals['kf_delay_median_s'] < 1.0
     finally:
         _close(node)
+    # a keyframe node that goes silent (hung, gone): frames wait for its decision at first, not once the
+    # silence passes source_timeout; a bound longer than that (a replay that waits through stalls) still waits
+    for wait, n_out in ((0.3, 3), (2.0, 1)):   # 0.3: T1 waited out its bound, T2 goes at once; 2.0: both wait
+        node = _prop({'keyframe_wait': wait, 'source_timeout': 0.5, 'flow_timeout': 5.0})
+        out = node.labels_pub.msgs
+        try:
+            T = [10**10 + i * 40_000_000 for i in range(3)]
+            _first_frame(node, T[0], W, H, _keyframe)
+            node.on_image(_img(W, H, T[1]))
+            node.on_flow(_flow(W, H, T[1]))
+            assert len(out) == 1   # no decision yet: waits for it
+            time.sleep(0.7)        # no keyframe node message for 0.7 s > source_timeout
+            node.on_image(_img(W, H, T[2]))
+            node.on_flow(_flow(W, H, T[2]))
+            assert len(out) == n_out, (wait, len(out))
+        finally:
+            _close(node)
 
 
 def test_propagation_node_region_shape_parameter(ros_domain, shared):

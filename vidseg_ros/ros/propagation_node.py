@@ -596,7 +596,7 @@ class PropagationNode(VidsegLifecycleNode):
             if complete and p['keyframe_wait'] > 0 and not overflow and now - s.t_ready < p['keyframe_wait']:
                 d = self.decisions.get(ns)
                 if d is None or d is True:
-                    if self._waiting_pays():
+                    if self._waiting_pays(now):
                         return  # wait for the decision / the keyframe result
                     if d is True:
                         self.counts['keyframe_wait_skipped'] += 1
@@ -676,7 +676,7 @@ class PropagationNode(VidsegLifecycleNode):
             reasons.append('labels_held')
         self._publish(s.image, out, s.t_image if s.t_image is not None else now, t0, reasons)
 
-    def _waiting_pays(self) -> bool:
+    def _waiting_pays(self, now=None) -> bool:
         """keyframe_wait: does the keyframe result usually come within the bound? The median delay (image
         -> keyframe result) of the last KF_DELAY_HISTORY results must not exceed keyframe_wait; until two
         are measured the frame waits. A network slower than the bound (a budget schedule that runs it in
@@ -684,8 +684,13 @@ class PropagationNode(VidsegLifecycleNode):
         keyframe frame wait out the bound and still go out without its result: the latency of waiting and
         the accuracy of not waiting. Such a frame goes out at once, without waiting for the keyframe
         node's decision either (that wait only serves the wait for the result); a keyframe frame is counted
-        (``keyframe_wait_skipped``). Waiting resumes when the results come back within the bound."""
-        return len(self.kf_delays) < 2 or float(np.median(self.kf_delays)) <= self.cfg['keyframe_wait']
+        (``keyframe_wait_skipped``). Waiting resumes when the results come back within the bound. Nor does a
+        frame wait while the keyframe node is silent (no decision or result for ``source_timeout``: hung or
+        gone), unless the bound itself is longer than that silence (a replay that waits through stalls)."""
+        p = self.cfg
+        if p['keyframe_wait'] < p['source_timeout'] and self._silent(self.kf_owed_since, now):
+            return False
+        return len(self.kf_delays) < 2 or float(np.median(self.kf_delays)) <= p['keyframe_wait']
 
     def _behind(self, ns, t_image=None, record: bool = False) -> bool:
         """Load shedding (``refine_max_lag``): has the node fallen so far behind the camera, at the frame
