@@ -632,6 +632,15 @@ def run_bench(args) -> dict:
     return result
 
 
+def aligned(cols, rows) -> list:
+    """A plain-text table: header, rule and one line per row, each column right-aligned to its widest cell."""
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+
+    def line(vals):
+        return '  '.join(str(v).rjust(w) for v, w in zip(vals, widths))
+    return [line(cols), line(['-' * w for w in widths])] + [line(x) for x in rows]
+
+
 def format_table(r: dict) -> str:
     def f(v, fmt='{:.1f}'):
         return '-' if v is None else fmt.format(v)
@@ -652,11 +661,8 @@ def format_table(r: dict) -> str:
     if c:
         rows.append(('core', c['frames'], c['frames'], 0, 0, c['keyframes'],
                      f(c['keyframe_ratio'], '{:.3f}'), '-', '-', f(c['fps']), '-', '-', '-', '-'))
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
-    line = lambda vals: '  '.join(str(v).rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     out = [f"graph_bench [{r['mode']}] {r['source']} @ {r['rate_hz']:g} Hz; model {r['model']}, "
-           f"schedule {r['schedule']}, D={r['scale']}", line(cols), line(['-' * w for w in widths])]
-    out += [line(x) for x in rows]
+           f"schedule {r['schedule']}, D={r['scale']}"] + aligned(cols, rows)
     if 'graph_vs_core' in r:
         out.append(f"graph max steady throughput {r['max']['steady_fps']:.1f} fps / in-process core "
                    f"{r['core']['fps']:.1f} fps = {r['graph_vs_core']:.3f} (goal >= 0.85; interleaved in "

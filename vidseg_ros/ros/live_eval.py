@@ -70,7 +70,6 @@ class Scorer:
         self._cm = ConfusionMatrix
         self.names = list(class_names)[:NUM_CLASSES]
         self.steady_from = int(steady_from)
-        self.all = ConfusionMatrix(NUM_CLASSES)
         self.steady = ConfusionMatrix(NUM_CLASSES)
         self.per_seq = {}
         self.frames = self.missing = 0
@@ -83,13 +82,15 @@ class Scorer:
         elif pred.shape != gt.shape:
             pred = cv2.resize(pred, gt.shape[::-1], interpolation=cv2.INTER_NEAREST)
         self.frames += 1
-        self.all.update(pred, gt)
         if index >= self.steady_from:
             self.steady.update(pred, gt)
         self.per_seq.setdefault(seq, self._cm(NUM_CLASSES)).update(pred, gt)
 
     def summary(self) -> dict:
-        s = self.all.summary(self.names)
+        overall = self._cm(NUM_CLASSES)
+        for cm in self.per_seq.values():
+            overall.merge(cm)
+        s = overall.summary(self.names)
         s.update(frames=self.frames, missing=self.missing, steady_from=self.steady_from,
                  miou_steady=self.steady.miou(), iou_steady=self.steady.summary(self.names)['iou'],
                  per_snippet={k: v.miou() for k, v in self.per_seq.items()})
@@ -160,18 +161,18 @@ class LabelRecorder(gb.Recorder):
         self.arrays = {}
         self.arrays_two_sided = {}
 
-    def _on_labels(self, msg):
+    def _keep(self, store: dict, msg):
         from vidseg_ros.ros.conversions import image_to_ndarray, stamp_to_ns
         arr = image_to_ndarray(msg).copy()
         with self.cv:
-            self.arrays.setdefault(stamp_to_ns(msg.header.stamp), arr)
+            store.setdefault(stamp_to_ns(msg.header.stamp), arr)
+
+    def _on_labels(self, msg):
+        self._keep(self.arrays, msg)
         super()._on_labels(msg)
 
     def _on_two_sided(self, msg):
-        from vidseg_ros.ros.conversions import image_to_ndarray, stamp_to_ns
-        arr = image_to_ndarray(msg).copy()
-        with self.cv:
-            self.arrays_two_sided.setdefault(stamp_to_ns(msg.header.stamp), arr)
+        self._keep(self.arrays_two_sided, msg)
         super()._on_two_sided(msg)
 
 
@@ -271,11 +272,9 @@ def format_table(r: dict) -> str:
         lines.append((k, f"{100 * v['miou']:.1f}", drop, f"{100 * v['miou_steady']:.1f}", drop_st, v['frames'],
                       v['missing'])
                      + extra)
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *lines)]
-    fmt = lambda vals: '  '.join(str(v).rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     head = (f"live_eval: {r['source']} @ {r['rate_hz']:g} Hz; model {r['model']}, schedule {r['schedule']}, "
             f"D={r['scale']}, mode {r['temporal_mode'] or 'warp'}{' + two-sided' if r['two_sided'] else ''}")
-    out = [head, fmt(cols), fmt(['-' * w for w in widths])] + [fmt(x) for x in lines]
+    out = [head] + gb.aligned(cols, lines)
     out.append(f"(steady: each snippet's frames from index {pf.get('steady_from', r.get('steady_from'))} on; "
                f"missing frames count as all pixels wrong)")
     if r.get('live', {}).get('per_frame'):
@@ -336,9 +335,7 @@ def format_combined(c: dict) -> str:
               f(r['miou_steady'], scale=100), f(r['latency_median_ms'], '{:.0f}'), f(r['latency_p99_ms'], '{:.0f}'),
               f(r['mean_distance'], '{:.2f}'), f(r['degraded'], '{:.0f}'), r['missing'], f(r['module_passes'], '{:.0f}'))
              for r in c['rows']]
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *lines)]
-    fmt = lambda vals: '  '.join(str(v).rjust(w) for v, w in zip(vals, widths))  # noqa: E731
-    return '\n'.join([fmt(cols), fmt(['-' * w for w in widths])] + [fmt(x) for x in lines])
+    return '\n'.join(gb.aligned(cols, lines))
 
 
 def plot_combined(c: dict, path) -> Path:
