@@ -127,7 +127,10 @@ def _prop(params):
     from vidseg_ros.ros.propagation_node import PropagationNode
     from std_msgs.msg import String
     from vidseg_ros.core.classes import CITYSCAPES
-    node = _node(PropagationNode, dict({'input_qos': 'reliable', 'diagnostics_period': 0.0}, **params))
+    # live mode unless a test says otherwise: these tests step frames through by hand and read each one's
+    # status at once (with the default keyframe_wait a frame would first wait for its keyframe decision)
+    node = _node(PropagationNode, dict({'input_qos': 'reliable', 'diagnostics_period': 0.0, 'keyframe_wait': 0.0},
+                                       **params))
     assert node.trigger_configure().name == 'SUCCESS'
     for a in ('labels_pub', 'color_pub', 'conf_pub', 'stats_pub', 'status_pub', 'classes_pub'):
         setattr(node, a, Rec())

@@ -136,7 +136,8 @@ def test_launch_declares_arguments(monkeypatch):
     ({'temporal_mode': 'region'}, ['--temporal-mode', 'region']),
     ({'temporal_mode': 'cache2'}, ['--temporal-mode', 'cache2']),
     ({'two_sided': 'true', 'two_sided_max_wait_s': '0.45'}, ['--two-sided', '--two-sided-max-wait', '0.45']),
-    ({'keyframe_wait': '0.3'}, ['--keyframe-wait', '0.3']),
+    ({'keyframe_wait': '0'}, ['--keyframe-wait', '0']),
+    ({'keyframe_wait': '0.15'}, ['--keyframe-wait', '0.15']),
 ])
 def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     _, actions = _expand(_load(monkeypatch), **overrides)
@@ -178,10 +179,10 @@ def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
         assert prop['two_sided'] is True and prop['two_sided_max_wait_s'] == 0.45
     else:
         assert 'two_sided' not in prop and 'two_sided_max_wait_s' not in prop
-    if overrides.get('keyframe_wait'):
-        assert prop['keyframe_wait'] == 0.3
+    if 'keyframe_wait' in overrides:
+        assert prop['keyframe_wait'] == float(overrides['keyframe_wait'])   # 0: live mode, explicitly
     else:
-        assert 'keyframe_wait' not in prop   # the config's value (0: live mode)
+        assert 'keyframe_wait' not in prop   # the config's value (0.3)
 
 
 def test_bad_schedule_is_a_clear_error(monkeypatch):

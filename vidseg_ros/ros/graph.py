@@ -76,8 +76,9 @@ LAUNCH_ARGUMENTS = (
                                  'out forward-only on the two-sided topic (0 = no time bound; default: from '
                                  'the config)'),
     ('keyframe_wait', '', 'seconds a frame announced as a keyframe waits for the network before it is '
-                          'propagated from the previous keyframe (0 = never wait: lowest latency; about 0.3 on '
-                          'a 2-core CPU: the offline accuracy, BENCHMARKS section 9; default: from the config)'),
+                          'propagated from the previous keyframe (the config: 0.3, the offline accuracy while '
+                          'results come within it, BENCHMARKS section 9.1; 0 = never wait: live mode, lowest '
+                          'latency, labels from an older keyframe)'),
 )
 
 #: temporal modes the propagation node runs (cache1/cache2: with the keyframe node's cached maps)

@@ -171,8 +171,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('max_distance', 0, 'frames after a keyframe beyond which output is degraded (0 = never)',
                      int_range=(0, 100000))
         self.declare('flow_timeout', 0.5, 'max seconds a frame waits for its flow', float_range=(0.0, 60.0))
-        self.declare('keyframe_wait', 0.0, 'max seconds a frame waits for the keyframe decision and, for a '
-                     'keyframe, the network result (0 = never wait)', float_range=(0.0, 60.0))
+        self.declare('keyframe_wait', 0.3, 'max seconds a frame waits for the keyframe decision and, for a '
+                     'keyframe, the network result, while results come within it (0 = never wait: live mode)', float_range=(0.0, 60.0))
         self.declare('source_timeout', 3.0, 'seconds without messages from flow_node / keyframe_node (or '
                      'an announced keyframe result this late) after which output is marked degraded '
                      '(0 = off)', float_range=(0.0, 3600.0))

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help='with --two-sided: seconds a frame may wait for the next keyframe before it goes out '
                          'forward-only on the two-sided topic (0 = no time bound; default: from the config)')
     ap.add_argument('--keyframe-wait', default='', metavar='SECONDS',
-                    help='seconds a frame announced as a keyframe waits for the network (0 = never: lowest '
-                         'latency; about 0.3 on a 2-core CPU gives the offline accuracy; default: from the config)')
+                    help='seconds a frame announced as a keyframe waits for the network (default: from the config, '
+                         '0.3: the offline accuracy while results come within it; 0 = never: live mode, lowest '
+                         'latency)')
     ap.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
                     help='extra parameter override (repeatable), e.g. keyframe_node:input_size=512x256')
     ap.add_argument('--executables', action='store_true',
