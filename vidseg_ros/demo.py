@@ -7,9 +7,11 @@
 2. starts flow, keyframe and propagation nodes + the lifecycle manager (autostart) with ``ros.runner`` in an
    isolated ROS domain (localhost discovery), logs in ``<out>/logs``, and waits until the graph is active;
 3. streams the frames at their rate on ``/camera/image_raw`` (rgb8, stamp = wall clock at the frame's
-   time, frame_id ``camera``; reliable, deep node queues: a lossless replay) in live mode (frames never wait
-   for the network; ``--deterministic``: keyframe frames wait for it, so while the network keeps up with the
-   schedule the labels equal ``vidseg run``'s) and collects
+   time, frame_id ``camera``; reliable, deep node queues: a lossless replay) with the config's keyframe_wait
+   (0.3 s: a keyframe frame waits for the network while its results come within that; ``--param
+   propagation_node:keyframe_wait=0``: live mode, frames never wait; ``--deterministic``: frames wait for
+   flow and network whatever it takes, so while the network keeps up with the schedule the labels equal
+   ``vidseg run``'s) and collects
    ``/semantic/labels``, ``/semantic/confidence``, keyframe decisions, propagation stats and ``/diagnostics``;
    always stops the graph (errors, Ctrl-C);
 4. writes ``<out>/labels/<stem>.png``, ``<out>/overlay.mp4`` and ``<out>/summary.json`` (rate, latency,
@@ -119,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--deterministic', action='store_true',
                    help='frames wait for their flow and keyframe frames for the network (propagation_node '
                         'keyframe_wait and flow_timeout = 5 s): while the '
-                        "network keeps up, labels equal the offline pipeline's (vidseg run); default: live mode, "
-                        'frames never wait')
+                        "network keeps up, labels equal the offline pipeline's (vidseg run); default: the "
+                        "config's keyframe_wait (0.3 s while the network's results come within it)")
     p.add_argument('--param', action='append', default=[], metavar='NODE:NAME=VALUE',
                    help='extra node parameter (repeatable), e.g. keyframe_node:num_threads=2')
     p.add_argument('--startup-timeout', type=_positive_float, default=240.0,
@@ -345,13 +347,26 @@ def graph_commands(args, scale: int):
     ra += ['--param', 'lifecycle_manager:autostart=true']
     if args.deterministic:
         # frames wait for the keyframe network and for their flow: a stall of the machine then delays
-        # labels instead of degrading them (live mode keeps the node's default flow_timeout)
+        # labels instead of degrading them (otherwise the config's keyframe_wait and flow_timeout apply)
         ra += ['--param', f'propagation_node:keyframe_wait={DETERMINISTIC_WAIT_S}',
                '--param', f'propagation_node:flow_timeout={DETERMINISTIC_WAIT_S}',
                '--param', 'propagation_node:refine_max_lag=0.0']   # a temporal module on every frame
     for p in args.param:
         ra += ['--param', p]
     return runner.commands(runner.build_parser().parse_args(ra))
+
+
+def keyframe_wait_of(args) -> float:
+    """The propagation node's keyframe_wait in the graph these options start: a --param / --deterministic
+    override, else the config file's value (0 when the file does not set it)."""
+    import yaml
+    inv = next(inv for inv, _ in graph_commands(args, 1) if inv.name == 'propagation_node')
+    path, overrides = inv.parameters
+    if 'keyframe_wait' in overrides:
+        return float(overrides['keyframe_wait'])
+    with open(path) as f:
+        params = (yaml.safe_load(f) or {}).get('propagation_node', {}).get('ros__parameters', {})
+    return float(params.get('keyframe_wait', 0.0))
 
 
 def _log_errors(log_dir: Path, n: int = 4) -> str:
@@ -673,6 +688,11 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
     def ms(v):
         return None if v is None else 1000.0 * v
 
+    kf_wait = keyframe_wait_of(args)
+    # deterministic: frames wait for flow and network; wait: keyframe frames wait up to kf_wait while the
+    # network's results come within it (the default); live: frames never wait for the network
+    mode = 'deterministic' if args.deterministic else ('wait' if kf_wait > 0 else 'live')
+
     summary = {
         'input': src_desc,
         'frames_in': len(sent), 'frames_out': len(received), 'missing': len(missing),
@@ -696,7 +716,7 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
         'temporal_pairs': tc.pairs if tc is not None else 0,
         'model': col.info.get('model') if col.info else args.model,
         'network_input_size': col.info.get('input_size') if col.info else None,
-        'mode': 'deterministic' if args.deterministic else 'live',
+        'mode': mode, 'keyframe_wait_s': kf_wait,
         'schedule': args.schedule, 'scale': scale, 'class_set': cs.name, 'ros_domain_id': domain,
         'time_s': dict(times, evaluation=time.monotonic() - t_eval, total=time.monotonic() - t_all),
         'diagnostics': {name: {'level': lv, 'message': m, 'values': v} for name, (lv, m, v)
@@ -716,7 +736,8 @@ def format_table(s: dict) -> str:
     kf = s['keyframes']
     rows = [
         ('input', f"{s['input'].get('kind')} {s['input'].get('path')}"),
-        ('model / schedule / D', f"{s['model']} / {s['schedule']} / {s['scale']} ({s['mode']} mode)"),
+        ('model / schedule / D', f"{s['model']} / {s['schedule']} / {s['scale']} " + (
+            f"(keyframe_wait {s['keyframe_wait_s']:g} s)" if s['mode'] == 'wait' else f"({s['mode']} mode)")),
         ('frames in / out', f"{s['frames_in']} / {s['frames_out']}"),
         ('missing', str(s['missing'])),
         ('rate in / out', f"{f(s['input_rate_hz'], '{:.2f}')} / {f(s['output_rate_hz'], '{:.2f}')} Hz"),
