@@ -5,6 +5,7 @@ Each case: a clear error or warning naming the cause, the node keeps running, th
 (propagation node) every input frame is accounted for on /semantic/labels or /semantic/status.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -698,6 +699,37 @@ def test_manager_kills_stuck_or_hung_node_by_pid(ros_domain):
         assert 0.25 < time.monotonic() - t0 < 5
     finally:
         for p in (victim, impostor):
+            p.kill()
+            p.wait(2)
+        _close(mgr)
+
+
+def test_manager_kills_a_hung_node_that_never_reported_its_pid(ros_domain):
+    """A respawned node hung before its re-activation has published no /diagnostics, so no pid: the manager
+    finds the one process started as that node in its own ROS domain and kills it once it is older than
+    startup_timeout; a process of that name in another domain, or a young one, is left alone."""
+    from vidseg_ros.ros.manager import LifecycleManager, node_processes
+    mgr = _node(LifecycleManager, {'node_names': ['flow_node'], 'autostart': False, 'restart_after': 0.3,
+                                   'health_timeout': 0.2, 'startup_timeout': 1.5})
+    hang = [sys.executable, '-c', 'import time; time.sleep(60)', '--ros-args', '-r', '__node:=flow_node']
+    other_domain = dict(os.environ, ROS_DOMAIN_ID=str((ros_domain + 1) % 233))
+    victim = subprocess.Popen(hang)
+    elsewhere = subprocess.Popen(hang, env=other_domain)
+    try:
+        m = mgr._by_name['flow_node']
+        mgr.want_active = True
+        assert m.pid is None
+        assert [p for p, _ in node_processes('flow_node', str(ros_domain))] == [victim.pid]
+        t0 = time.monotonic()
+        while victim.poll() is None and time.monotonic() - t0 < 10:
+            mgr._health_tick()   # no such service: unresponsive from the first tick
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        assert victim.wait(2) == -9 and m.kills == 1
+        assert 1.3 < took < 8, took   # not before the process is startup_timeout old
+        assert elsewhere.poll() is None
+    finally:
+        for p in (victim, elsewhere):
             p.kill()
             p.wait(2)
         _close(mgr)

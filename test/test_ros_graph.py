@@ -201,7 +201,10 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
         os.killpg(pid, signal.SIGKILL)
         assert probe.wait_for(flow_diag(lambda s, v: v['restarts'] == '1' and v['state'] == 'active'), 90), \
             logs_text()
-        assert probe.get_state('flow_node', timeout=30) == 'active'
+        # asked again every 3 s: a reply lost in the client/service discovery race is not the node's failure
+        # (session 14: the manager had re-activated the respawned node, this one-shot call got no answer)
+        state = probe.get_state('flow_node', timeout=30)
+        assert state == 'active', (state, probe.last_call_failure, probe.lost_responses)
         send(n_a + n_b)
         send(n_a + n_b + 1)
 

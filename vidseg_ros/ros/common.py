@@ -228,8 +228,31 @@ def enable_stack_dumps() -> None:
         pass
 
 
+STARTUP_TIMEOUT_ENV = 'VIDSEG_STARTUP_TIMEOUT'   # seconds; 0 = no startup watchdog
+DEFAULT_STARTUP_TIMEOUT_S = 60.0
+
+
+def startup_timeout() -> float:
+    """The node start-up watchdog's bound (``VIDSEG_STARTUP_TIMEOUT``, default 60 s; 0 = off)."""
+    text = os.environ.get(STARTUP_TIMEOUT_ENV, '').strip()
+    try:
+        v = float(text) if text else DEFAULT_STARTUP_TIMEOUT_S
+    except ValueError:
+        v = DEFAULT_STARTUP_TIMEOUT_S
+    return v if v >= 0 else DEFAULT_STARTUP_TIMEOUT_S
+
+
 def run_node(factory, args=None, multithreaded: bool = False) -> int:
-    """main() body of every node: init, spin, clean shutdown on Ctrl-C / SIGTERM / external shutdown."""
+    """main() body of every node: init, spin, clean shutdown on Ctrl-C / SIGTERM / external shutdown.
+
+    Start-up watchdog: a process that has not created its node within ``startup_timeout()`` (rclpy.init
+    plus the node's constructor, which only declares parameters: models load in configure) writes the
+    stack of every thread to stderr (its log) and exits with status 1, so that the runner or launch
+    ``respawn`` starts it again. A node that hangs there (seen: Fast DDS failing to open its shared-memory
+    ports, RELIABILITY.md) has no services and no /diagnostics, so nothing else could end it. The dump
+    comes from faulthandler's own C thread, which needs no GIL: it works while a C call holds it."""
+    import faulthandler
+
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
@@ -237,11 +260,15 @@ def run_node(factory, args=None, multithreaded: bool = False) -> int:
     enable_stack_dumps()
     die_with_parent()
     args = sys.argv if args is None else args
-    rclpy.init(args=args)
+    bound = startup_timeout()
+    if bound > 0:
+        faulthandler.dump_traceback_later(bound, exit=True)
     node = None
     rc = 0
     try:
+        rclpy.init(args=args)
         node = factory()
+        faulthandler.cancel_dump_traceback_later()
         executor = MultiThreadedExecutor(num_threads=3) if multithreaded else SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
@@ -251,6 +278,7 @@ def run_node(factory, args=None, multithreaded: bool = False) -> int:
         print(f'error: {e}', file=sys.stderr)
         rc = 2
     finally:
+        faulthandler.cancel_dump_traceback_later()
         if node is not None:
             try:
                 stop = getattr(node, 'stop_workers', None)

@@ -17,7 +17,9 @@ Restart hook (``restart_after`` s, 0 = off): a node that does not answer ``get_s
 reports itself stuck on /diagnostics (``stuck`` value, e.g. a keyframe network pass that never returns)
 for longer than ``restart_after`` is killed with SIGKILL, by the pid the node itself reports on
 /diagnostics (checked against ``/proc/<pid>/cmdline``: the process must name that node; same host only).
-The respawner (``vidseg_graph`` or launch ``respawn=True``) starts it again and the manager re-activates it
+A node that has reported no pid (nodes publish /diagnostics only while active: a respawned node hung before
+its re-activation) is found by its command line and ROS domain, once its process is older than
+``startup_timeout``. The respawner (``vidseg_graph`` or launch ``respawn=True``) starts it again and the manager re-activates it
 (``reactivate``).
 """
 from __future__ import annotations
@@ -41,6 +43,39 @@ except ImportError:  # pragma: no cover - documentation builds without ROS
 
 SHUTDOWN_STACK_DUMP_S = 6.0   # a stop still running after this dumps every thread's stack (runner kills at 10 s)
 _STATE_NAMES = {0: 'unknown', 1: 'unconfigured', 2: 'inactive', 3: 'active', 4: 'finalized'}
+
+
+def node_processes(name: str, domain_id: str, exclude=(), proc: str = '/proc') -> list:
+    """[(pid, age_s)] of the processes on this host started as ROS node ``name`` (``__node:=name`` among
+    their arguments) in ROS domain ``domain_id`` (their ``ROS_DOMAIN_ID``; unset = '0'), minus this process
+    and ``exclude``. How the manager finds a node that hangs before it could report its pid: nodes publish
+    /diagnostics only while active, so a respawned node that never answers has reported none."""
+    needle = f'__node:={name}'.encode()
+    me = os.getpid()
+    try:
+        with open(f'{proc}/uptime') as f:
+            uptime = float(f.read().split()[0])
+        entries = os.listdir(proc)
+    except OSError:
+        return []
+    tick = os.sysconf('SC_CLK_TCK')
+    out = []
+    for e in entries:
+        if not e.isdigit() or int(e) == me or int(e) in exclude:
+            continue
+        try:
+            with open(f'{proc}/{e}/cmdline', 'rb') as f:
+                if needle not in f.read().split(b'\0'):
+                    continue
+            with open(f'{proc}/{e}/environ', 'rb') as f:
+                env = dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
+            with open(f'{proc}/{e}/stat', 'rb') as f:
+                start_ticks = int(f.read().rsplit(b')', 1)[1].split()[19])   # field 22: starttime
+        except (OSError, ValueError, IndexError):
+            continue   # gone, or not ours to read
+        if (env.get(b'ROS_DOMAIN_ID', b'').decode(errors='replace').strip() or '0') == domain_id:
+            out.append((int(e), uptime - start_ticks / tick))
+    return out
 
 
 class _Managed:
@@ -86,7 +121,9 @@ class LifecycleManager(ParamsMixin, Node):
         self.declare('node_names', [s.name for s in graph.MANAGED_NODES], 'managed nodes, activation order')
         self.declare('autostart', True, 'configure and activate the nodes on start')
         self.declare('transition_timeout', 30.0, 'seconds to wait for one transition', float_range=(0.1, 3600))
-        self.declare('startup_timeout', 60.0, 'seconds to wait for the nodes to appear', float_range=(0.1, 3600))
+        self.declare('startup_timeout', 60.0, 'seconds to wait for the nodes to appear; also the age past which '
+                     'a node process that never reported its pid and does not answer is killed (restart_after)',
+                     float_range=(0.1, 3600))
         self.declare('health_period', 1.0, 'seconds between get_state probes', float_range=(0.05, 60))
         self.declare('health_timeout', 3.0, 'a node not answering get_state within this is unhealthy',
                      float_range=(0.05, 600))
@@ -311,9 +348,21 @@ class LifecycleManager(ParamsMixin, Node):
                     and time.monotonic() - m.unlinked_since > self.cfg['links_grace'])
 
     def _kill(self, m: _Managed, why: str) -> bool:
-        """SIGKILL the node's process (if its pid is known and still names that node)."""
+        """SIGKILL the node's process (if its pid is known and still names that node). A node reports its
+        pid on /diagnostics only while active, so a respawned node that hangs before the manager could
+        re-activate it never does: then the one process on this host started as that node in this ROS
+        domain (``node_processes``) is killed, once it is older than ``startup_timeout``."""
         pid = m.pid
-        if pid is None or pid in m.killed_pids:
+        if pid is None:
+            found = node_processes(m.name, os.environ.get('ROS_DOMAIN_ID', '').strip() or '0', m.killed_pids)
+            if len(found) != 1 or found[0][1] <= self.cfg['startup_timeout']:
+                if len(found) > 1:
+                    self.get_logger().error(f'{m.name}: {why}; no pid reported and {len(found)} processes '
+                                            f'named so in this domain; not killing', throttle_duration_sec=30.0)
+                return False
+            pid = found[0][0]
+            why += f', never reported its pid (process found by its command line, {found[0][1]:.0f} s old)'
+        if pid in m.killed_pids:
             return False
         try:
             with open(f'/proc/{pid}/cmdline', 'rb') as f:

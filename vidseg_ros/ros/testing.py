@@ -116,6 +116,8 @@ class Probe:
         self.source_stamps = collections.defaultdict(list)
         self.cv = threading.Condition()
         self._stop = False
+        self.last_call_failure = None   # call(): why the last call returned None
+        self.lost_responses = 0         # call(): requests sent whose response never came
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -157,19 +159,35 @@ class Probe:
         with self.cv:
             return len(self.messages[key])
 
-    def call(self, srv_type, name: str, request, timeout: float = 10.0):
-        cli = self.node.create_client(srv_type, name)
-        try:
-            if not cli.wait_for_service(timeout_sec=timeout):
+    def call(self, srv_type, name: str, request, timeout: float = 10.0, attempt_s: float = 0.0):
+        """One service call; None when the service never appeared or never answered within ``timeout``
+        (``self.last_call_failure`` says which). ``attempt_s`` > 0: for idempotent requests only, send it
+        again on a fresh client each ``attempt_s`` until ``timeout``. A response can be lost for good in
+        ROS 2's client/service discovery race (the server answers before its reply writer has matched the
+        client's reply reader; rmw_fastrtps waits 100 ms for that, then drops the reply: ros2/ros2#1253,
+        rmw_fastrtps#390; the manager's ``_get_state`` repeats its question for the same reason), most
+        likely right after the server's process (re)started on a loaded machine."""
+        deadline = time.monotonic() + timeout
+        self.last_call_failure = None
+        while True:
+            left = deadline - time.monotonic()
+            per = min(left, attempt_s) if attempt_s > 0 else left
+            cli = self.node.create_client(srv_type, name)
+            try:
+                if not cli.wait_for_service(timeout_sec=max(per, 0.0)):
+                    self.last_call_failure = f'{name}: service not available'
+                else:
+                    fut = cli.call_async(request)
+                    ev = threading.Event()
+                    fut.add_done_callback(lambda _f: ev.set())
+                    if ev.wait(max(deadline - time.monotonic() if attempt_s <= 0 else per, 0.0)):
+                        return fut.result()
+                    self.last_call_failure = f'{name}: no response'
+                    self.lost_responses += 1
+            finally:
+                self.node.destroy_client(cli)
+            if attempt_s <= 0 or time.monotonic() >= deadline:
                 return None
-            fut = cli.call_async(request)
-            ev = threading.Event()
-            fut.add_done_callback(lambda _f: ev.set())
-            if not ev.wait(timeout):
-                return None
-            return fut.result()
-        finally:
-            self.node.destroy_client(cli)
 
     def transition(self, node_name: str, transition_id: int, timeout: float = 30.0) -> bool:
         from lifecycle_msgs.srv import ChangeState
@@ -179,8 +197,9 @@ class Probe:
         return bool(res is not None and res.success)
 
     def get_state(self, node_name: str, timeout: float = 5.0):
+        """The node's lifecycle state label, or None; asked again every 3 s (a query: safe to repeat)."""
         from lifecycle_msgs.srv import GetState
-        res = self.call(GetState, f'/{node_name}/get_state', GetState.Request(), timeout)
+        res = self.call(GetState, f'/{node_name}/get_state', GetState.Request(), timeout, attempt_s=3.0)
         return None if res is None else res.current_state.label
 
     def wait_subscribers(self, pub, n: int = 1, timeout: float = 20.0) -> bool:
