@@ -972,6 +972,23 @@ def test_propagation_node_waits_for_keyframes_only_while_they_come_within_keyfra
             assert len(out) == n_out, (wait, len(out))
         finally:
             _close(node)
+    # the bound counts from each frame's own arrival (image + flow), not from when it reached the head of the
+    # queue: a keyframe frame queued behind another one that waits out its bound does not wait a bound more
+    node = _prop({'keyframe_wait': 0.3, 'flow_timeout': 5.0})
+    out = node.labels_pub.msgs
+    try:
+        T = [10**10 + i * 40_000_000 for i in range(3)]
+        _first_frame(node, T[0], W, H, _keyframe)
+        for t in T[1:]:   # two keyframe frames whose results never come
+            _decision(node, t, kf=True)
+            node.on_image(_img(W, H, t))
+            node.on_flow(_flow(W, H, t))
+        assert len(out) == 1
+        time.sleep(0.35)
+        node.pump()
+        assert len(out) == 3 and node.counts['keyframe_wait_expired'] == 2   # T2 did not start a new 0.3 s
+    finally:
+        _close(node)
 
 
 def test_propagation_node_region_shape_parameter(ros_domain, shared):
