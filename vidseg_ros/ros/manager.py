@@ -19,8 +19,8 @@ for longer than ``restart_after`` is killed with SIGKILL, by the pid the node it
 /diagnostics (checked against ``/proc/<pid>/cmdline``: the process must name that node; same host only).
 A node that has reported no pid (nodes publish /diagnostics only while active: a respawned node hung before
 its re-activation) is found by its command line and ROS domain, once its process is older than
-``startup_timeout``. The respawner (``vidseg_graph`` or launch ``respawn=True``) starts it again and the manager re-activates it
-(``reactivate``).
+``startup_timeout``. The respawner (``vidseg_graph`` or launch ``respawn=True``) starts it again and the
+manager re-activates it (``reactivate``).
 """
 from __future__ import annotations
 

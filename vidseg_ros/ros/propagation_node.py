@@ -76,8 +76,8 @@ class _Slot:
         self.t_first = now
         self.t_image = None
         self.t_ready = None    # when image + flow were both present: keyframe_wait counts from here, not
-        #                        from when the frame reached the head of the queue (waits behind an earlier
-        #                        keyframe frame would add up: soak p99 724 ms with a 0.3 s bound, session 14)
+        #                        from when the frame reached the head of the queue (then the waits of
+        #                        keyframe frames queued one behind another would add up)
 
 
 def decode_flow(msg, on_nonfinite=None):
@@ -174,7 +174,8 @@ class PropagationNode(VidsegLifecycleNode):
                      int_range=(0, 100000))
         self.declare('flow_timeout', 0.5, 'max seconds a frame waits for its flow', float_range=(0.0, 60.0))
         self.declare('keyframe_wait', 0.3, 'max seconds a frame waits for the keyframe decision and, for a '
-                     'keyframe, the network result, while results come within it (0 = never wait: live mode)', float_range=(0.0, 60.0))
+                     'keyframe, the network result, while results come within it (0 = never wait: live mode)',
+                     float_range=(0.0, 60.0))
         self.declare('source_timeout', 3.0, 'seconds without messages from flow_node / keyframe_node (or '
                      'an announced keyframe result this late) after which output is marked degraded '
                      '(0 = off)', float_range=(0.0, 3600.0))

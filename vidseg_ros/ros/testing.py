@@ -170,23 +170,22 @@ class Probe:
         deadline = time.monotonic() + timeout
         self.last_call_failure = None
         while True:
-            left = deadline - time.monotonic()
-            per = min(left, attempt_s) if attempt_s > 0 else left
+            t_end = deadline if attempt_s <= 0 else min(deadline, time.monotonic() + attempt_s)
             cli = self.node.create_client(srv_type, name)
             try:
-                if not cli.wait_for_service(timeout_sec=max(per, 0.0)):
+                if not cli.wait_for_service(timeout_sec=max(t_end - time.monotonic(), 0.0)):
                     self.last_call_failure = f'{name}: service not available'
                 else:
                     fut = cli.call_async(request)
                     ev = threading.Event()
                     fut.add_done_callback(lambda _f: ev.set())
-                    if ev.wait(max(deadline - time.monotonic() if attempt_s <= 0 else per, 0.0)):
+                    if ev.wait(max(t_end - time.monotonic(), 0.0)):
                         return fut.result()
                     self.last_call_failure = f'{name}: no response'
                     self.lost_responses += 1
             finally:
                 self.node.destroy_client(cli)
-            if attempt_s <= 0 or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 return None
 
     def transition(self, node_name: str, transition_id: int, timeout: float = 30.0) -> bool:
