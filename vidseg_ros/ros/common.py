@@ -228,6 +228,16 @@ def enable_stack_dumps() -> None:
         pass
 
 
+def proc_stat(pid, proc: str = '/proc') -> list | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3, the state, is index 0); None
+    when it cannot be read (gone, another host's pid)."""
+    try:
+        with open(f'{proc}/{pid}/stat', 'rb') as f:
+            return f.read().rpartition(b')')[2].split()
+    except OSError:
+        return None
+
+
 STARTUP_TIMEOUT_ENV = 'VIDSEG_STARTUP_TIMEOUT'   # seconds; 0 = no startup watchdog
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
 

@@ -392,11 +392,11 @@ def run_core(frames, model: str, schedule: str, scale: int, num_threads: int = 0
 
 def proc_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a process (/proc/<pid>/stat); None when it cannot be read."""
+    from vidseg_ros.ros.common import proc_stat
+    fields = proc_stat(pid)
     try:
-        with open(f'/proc/{pid}/stat') as f:
-            fields = f.read().rpartition(')')[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-    except (OSError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError):
         return None
 
 

@@ -34,7 +34,8 @@ import threading
 import time
 
 from vidseg_ros.ros import graph
-from vidseg_ros.ros.common import ParamsMixin, diag_level, diagnostic_status, latched_qos, reliable_qos
+from vidseg_ros.ros.common import (ParamsMixin, diag_level, diagnostic_status, latched_qos, proc_stat,
+                                   reliable_qos)
 
 try:
     from rclpy.node import Node
@@ -69,9 +70,8 @@ def node_processes(name: str, domain_id: str, exclude=(), proc: str = '/proc') -
                     continue
             with open(f'{proc}/{e}/environ', 'rb') as f:
                 env = dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
-            with open(f'{proc}/{e}/stat', 'rb') as f:
-                start_ticks = int(f.read().rsplit(b')', 1)[1].split()[19])   # field 22: starttime
-        except (OSError, ValueError, IndexError):
+            start_ticks = int(proc_stat(e, proc)[19])   # field 22: starttime
+        except (OSError, TypeError, ValueError, IndexError):
             continue   # gone, or not ours to read
         if (env.get(b'ROS_DOMAIN_ID', b'').decode(errors='replace').strip() or '0') == domain_id:
             out.append((int(e), uptime - start_ticks / tick))
