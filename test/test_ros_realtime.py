@@ -2,8 +2,7 @@
 
 A 10 Hz 1242x375 stream of real frames (Cityscapes sequence frames centre-cropped to the KITTI aspect,
 looped) goes through the graph started like ``vidseg_graph`` (graph_bench --kitti-rate; the default
-``keyframe_wait``: frames wait for the network only while its results come within the bound, and the
-network running in parallel under the budget schedule is slower than that, so mostly they do not) with
+``keyframe_wait``: frames wait for the network only while its results come within the bound) with
 the budget schedule (``parallel=true``), the keyframe network
 on one thread and D=2 (flow and propagation at 621x188, labels at 1242x375). Asserts: one label per
 frame, no growing lag (the median latency of the last quarter of the frames is not much above the
