@@ -1092,6 +1092,55 @@ def test_manager_operation_lock_names_its_holder(ros_domain):
         _close(mgr)
 
 
+def test_manager_transition_without_a_reply_checks_where_the_node_is(ros_domain):
+    """A change_state reply that never comes (lost, as get_state replies can be) does not fail a transition
+    the node made: the manager asks get_state and takes the goal state as done; a node that did not get
+    there (here: still unconfigured) is still a failure."""
+    import threading
+    from lifecycle_msgs.msg import State, Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.executors import MultiThreadedExecutor
+    from vidseg_ros.ros.manager import LifecycleManager
+    mgr = _node(LifecycleManager, {'node_names': ['keyframe_node'], 'autostart': False, 'health_period': 60.0,
+                                   'transition_timeout': 0.5})
+    state = {'id': State.PRIMARY_STATE_UNCONFIGURED, 'moves': True}
+    replies = []
+
+    def change_state(_req, res):
+        if state['moves']:
+            state['id'] = State.PRIMARY_STATE_INACTIVE
+        time.sleep(1.0)   # the reply comes after the caller's timeout: lost
+        replies.append(time.monotonic())
+        res.success = state['moves']
+        return res
+
+    def get_state(_req, res):
+        res.current_state.id = state['id']
+        return res
+
+    cbg = ReentrantCallbackGroup()
+    srvs = [mgr.create_service(ChangeState, '/keyframe_node/change_state', change_state, callback_group=cbg),
+            mgr.create_service(GetState, '/keyframe_node/get_state', get_state, callback_group=cbg)]
+    ex = MultiThreadedExecutor(num_threads=4, context=mgr._test_ctx)
+    ex.add_node(mgr)
+    th = threading.Thread(target=ex.spin, daemon=True)
+    th.start()
+    try:
+        m = mgr.nodes[0]
+        mgr.GET_STATE_ATTEMPT_S = 0.5
+        assert mgr._transition(m, Transition.TRANSITION_CONFIGURE)           # made it: inactive
+        assert not mgr.call_times[-2][3]                                       # change_state: no reply
+        state.update(id=State.PRIMARY_STATE_UNCONFIGURED, moves=False)
+        assert not mgr._transition(m, Transition.TRANSITION_CONFIGURE)       # did not: still a failure
+    finally:
+        time.sleep(1.2)   # let the late replies finish before the services go away
+        ex.shutdown(timeout_sec=3.0)
+        for srv in srvs:
+            mgr.destroy_service(srv)
+        _close(mgr)
+
+
 def test_manager_asks_get_state_again_after_a_lost_reply(ros_domain):
     """A get_state reply that never comes (rmw_fastrtps drops it while the server has not discovered the
     client's reply reader) costs one attempt, not the whole timeout: the manager asks again."""

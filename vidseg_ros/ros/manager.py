@@ -221,6 +221,15 @@ class LifecycleManager(ParamsMixin, Node):
             m.busy = False
         ok = bool(res is not None and res.success)
         label = {1: 'configure', 2: 'cleanup', 3: 'activate', 4: 'deactivate'}.get(transition_id, transition_id)
+        if res is None and transition_id in self.TRANSITION_GOALS:
+            # no reply: it may have been lost (the discovery race _get_state repeats its question for), while
+            # the node did make the transition. Ask where the node is now, rather than fail a transition that
+            # happened (a respawned node would then stay unconfigured: _recover does not retry a failure)
+            st = self._get_state(m, min(self.cfg['transition_timeout'], 3 * self.GET_STATE_ATTEMPT_S))
+            if st == self.TRANSITION_GOALS[transition_id]:
+                ok = True
+                self.get_logger().warning(f'{m.name}: {label}: no reply, but the node is now '
+                                          f'{_STATE_NAMES.get(st, st)}: done')
         if ok:
             self.get_logger().info(f'{m.name}: {label} ok ({time.monotonic() - t0:.2f}s)')
         else:
@@ -228,6 +237,8 @@ class LifecycleManager(ParamsMixin, Node):
         return ok
 
     GET_STATE_ATTEMPT_S = 5.0   # one get_state request waits this long, then the question is asked again
+    #: the primary state each transition ends in (configure, cleanup, activate, deactivate)
+    TRANSITION_GOALS = {1: 2, 2: 1, 3: 3, 4: 2}
 
     def _get_state(self, m: _Managed, timeout: float):
         """The node's lifecycle state id (None if no answer within ``timeout``). get_state is idempotent, so
