@@ -1092,15 +1092,26 @@ def test_manager_operation_lock_names_its_holder(ros_domain):
         _close(mgr)
 
 
+def _serve_and_spin(mgr, services):
+    """Serve ``services`` [(type, name, callback)] from the manager's own node (a fake managed node) and spin
+    it in the background: the manager's blocking calls then get their replies. Returns (executor, services)."""
+    import threading
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from rclpy.executors import MultiThreadedExecutor
+    cbg = ReentrantCallbackGroup()
+    srvs = [mgr.create_service(t, name, cb, callback_group=cbg) for t, name, cb in services]
+    ex = MultiThreadedExecutor(num_threads=4, context=mgr._test_ctx)
+    ex.add_node(mgr)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    return ex, srvs
+
+
 def test_manager_transition_without_a_reply_checks_where_the_node_is(ros_domain):
     """A change_state reply that never comes (lost, as get_state replies can be) does not fail a transition
     the node made: the manager asks get_state and takes the goal state as done; a node that did not get
     there (here: still unconfigured) is still a failure."""
-    import threading
     from lifecycle_msgs.msg import State, Transition
     from lifecycle_msgs.srv import ChangeState, GetState
-    from rclpy.callback_groups import ReentrantCallbackGroup
-    from rclpy.executors import MultiThreadedExecutor
     from vidseg_ros.ros.manager import LifecycleManager
     mgr = _node(LifecycleManager, {'node_names': ['keyframe_node'], 'autostart': False, 'health_period': 60.0,
                                    'transition_timeout': 0.5})
@@ -1119,13 +1130,8 @@ def test_manager_transition_without_a_reply_checks_where_the_node_is(ros_domain)
         res.current_state.id = state['id']
         return res
 
-    cbg = ReentrantCallbackGroup()
-    srvs = [mgr.create_service(ChangeState, '/keyframe_node/change_state', change_state, callback_group=cbg),
-            mgr.create_service(GetState, '/keyframe_node/get_state', get_state, callback_group=cbg)]
-    ex = MultiThreadedExecutor(num_threads=4, context=mgr._test_ctx)
-    ex.add_node(mgr)
-    th = threading.Thread(target=ex.spin, daemon=True)
-    th.start()
+    ex, srvs = _serve_and_spin(mgr, [(ChangeState, '/keyframe_node/change_state', change_state),
+                                     (GetState, '/keyframe_node/get_state', get_state)])
     try:
         m = mgr.nodes[0]
         mgr.GET_STATE_ATTEMPT_S = 0.5
@@ -1144,11 +1150,8 @@ def test_manager_transition_without_a_reply_checks_where_the_node_is(ros_domain)
 def test_manager_asks_get_state_again_after_a_lost_reply(ros_domain):
     """A get_state reply that never comes (rmw_fastrtps drops it while the server has not discovered the
     client's reply reader) costs one attempt, not the whole timeout: the manager asks again."""
-    import threading
     from lifecycle_msgs.msg import State
     from lifecycle_msgs.srv import GetState
-    from rclpy.callback_groups import ReentrantCallbackGroup
-    from rclpy.executors import MultiThreadedExecutor
     from vidseg_ros.ros.manager import LifecycleManager
     # health probes (get_state too) only once a minute: the calls counted here are the manager's own
     mgr = _node(LifecycleManager, {'node_names': ['keyframe_node'], 'autostart': False, 'health_period': 60.0})
@@ -1161,12 +1164,7 @@ def test_manager_asks_get_state_again_after_a_lost_reply(ros_domain):
         res.current_state.id = State.PRIMARY_STATE_INACTIVE
         return res
 
-    srv = mgr.create_service(GetState, '/keyframe_node/get_state', get_state,
-                             callback_group=ReentrantCallbackGroup())
-    ex = MultiThreadedExecutor(num_threads=3, context=mgr._test_ctx)
-    ex.add_node(mgr)
-    th = threading.Thread(target=ex.spin, daemon=True)
-    th.start()
+    ex, (srv,) = _serve_and_spin(mgr, [(GetState, '/keyframe_node/get_state', get_state)])
     try:
         m = mgr.nodes[0]
         assert m.name == 'keyframe_node'
