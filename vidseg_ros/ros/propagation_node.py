@@ -32,9 +32,9 @@ flow at most ``flow_timeout`` s (then it is output as degraded: labels held). Ke
 handed to the Propagator as they arrive: before their frame (used there), or late (re-propagated to the
 newest frame by the Propagator; the newest frame's labels always come from the latest semantics
 available). ``keyframe_wait`` > 0 lets a frame wait up to that long for the keyframe node's decision and,
-for a keyframe, its result (0 = never wait, the live default), while the recent keyframe results came
-within that bound (``_waiting_pays``); a long bound with paced input is the deterministic mode. Every dropped or
-degraded frame is counted.
+for a keyframe, its result (default 0.3 s since session 14; 0 = never wait: live mode), while the recent
+keyframe results came within that bound (``_waiting_pays``); a long bound with paced input is the
+deterministic mode. Every dropped or degraded frame is counted.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ KF_DELAY_HISTORY = 5     # keyframe_wait: the last this many keyframe results' d
 
 
 class _Slot:
-    __slots__ = ('ns', 'image', 'flow', 'flow_ref', 'has_flow', 't_first', 't_image', 't_ready')
+    __slots__ = ('ns', 'image', 'flow', 'flow_ref', 'has_flow', 't_first', 't_image', 't_flow')
 
     def __init__(self, ns, now):
         self.ns = ns
@@ -74,10 +74,15 @@ class _Slot:
         self.flow_ref = None   # stamp of the frame the flow starts from (None: not given)
         self.has_flow = False
         self.t_first = now
-        self.t_image = None
-        self.t_ready = None    # when image + flow were both present: keyframe_wait counts from here, not
-        #                        from when the frame reached the head of the queue (then the waits of
-        #                        keyframe frames queued one behind another would add up)
+        self.t_image = None    # monotonic arrival of the image
+        self.t_flow = None     # ... of its flow
+
+    @property
+    def t_ready(self):
+        """When image and flow were both present: keyframe_wait counts from here, not from when the frame
+        reached the head of the queue (then the waits of keyframe frames queued one behind another would
+        add up). None until both are in."""
+        return None if self.t_image is None or self.t_flow is None else max(self.t_image, self.t_flow)
 
 
 def decode_flow(msg, on_nonfinite=None):
@@ -383,8 +388,6 @@ class PropagationNode(VidsegLifecycleNode):
             self._status(msg.header, False, True, ['duplicate_stamp'])
             return
         s.image, s.t_image = msg, now
-        if s.has_flow and s.t_ready is None:
-            s.t_ready = now
         self.t_images[ns] = now
         while len(self.t_images) > self.cfg['history']:
             self.t_images.popitem(last=False)
@@ -436,9 +439,7 @@ class PropagationNode(VidsegLifecycleNode):
         if s.has_flow:  # a second flow for the same stamp (duplicate camera stamps): keep the first
             self.counts['duplicate_flows'] += 1
             return
-        s.flow, s.has_flow = flow, True
-        if s.image is not None and s.t_ready is None:
-            s.t_ready = now
+        s.flow, s.has_flow, s.t_flow = flow, True, now
         s.flow_ref = parse_flow_frame_id(msg.header.frame_id)[1] if flow is not None else None
         self.pump()
 
@@ -589,8 +590,6 @@ class PropagationNode(VidsegLifecycleNode):
             ns, s = next(iter(self.slots.items()))
             overflow = len(self.slots) > p['max_pending']
             complete = s.image is not None and s.has_flow
-            if complete and s.t_ready is None:
-                s.t_ready = now
             timed_out = now - s.t_first > p['flow_timeout']
             if not (complete or timed_out or overflow):
                 # both streams arrive in order: a newer flow means this frame's flow is not coming
