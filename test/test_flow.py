@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from vidseg_ros.core.errors import ConfigError, InputError
-from vidseg_ros.core.flow import (FlowEstimator, compose_flows, endpoint_error, flow_to_color, read_flo,
-                                  resize_flow, write_flo)
+from vidseg_ros.core import flow as flow_mod
+from vidseg_ros.core.flow import (FlowEstimator, compose_flows, contrib_available, endpoint_error, flow_to_color,
+                                  read_flo, resize_flow, write_flo)
 from vidseg_ros.core.warp import warp_image
 
 
@@ -163,8 +164,13 @@ def test_flyingchairs_epe(shared):
     fb = np.mean([endpoint_error(FlowEstimator('farneback')(a, b), g) for a, b, g in pairs])
     other = {p: np.mean([endpoint_error(FlowEstimator('dis', p)(a, b), g) for a, b, g in pairs])
              for p in ('fast', 'ultrafast')}
+    contrib = {m: np.mean([endpoint_error(FlowEstimator(m)(a, b), g) for a, b, g in pairs])
+               for m in (('deepflow', 'rlof') if contrib_available() else ())}
     print(f'\nFlyingChairs mean EPE (px): DIS medium {dis:.2f}, DIS fast {other["fast"]:.2f}, '
-          f'DIS ultrafast {other["ultrafast"]:.2f}, Farneback {fb:.2f}, zero flow {zero:.2f}')
+          f'DIS ultrafast {other["ultrafast"]:.2f}, Farneback {fb:.2f}, zero flow {zero:.2f}'
+          + ''.join(f', {m} {v:.2f}' for m, v in contrib.items()))
+    for m, v in contrib.items():   # only where OpenCV has its contrib modules
+        assert v < zero - 5, (m, v, zero)
     # measured (OpenCV 5.0): zero 12.88, DIS medium 3.93, Farneback 6.89
     assert dis < 4.5, dis
     assert fb < 8.0, fb
@@ -173,3 +179,38 @@ def test_flyingchairs_epe(shared):
     est = FlowEstimator('dis', 'medium')
     nat = np.mean([endpoint_error(resize_flow(est.compute_native(a, b), (512, 384)), g) for a, b, g in pairs])
     assert nat < dis + 0.2, (nat, dis)
+
+
+@pytest.mark.parametrize('method', ['deepflow', 'rlof'])
+def test_contrib_methods(method, monkeypatch):
+    """DeepFlow / dense RLOF: the flow convention where OpenCV has its contrib modules; a clear error where
+    it has not (the project's own opencv-python-headless), both paths checked on every machine."""
+    if contrib_available():
+        a = _texture()
+        b = _shifted(a, 3.0, -2.0)
+        est = FlowEstimator(method)
+        for x, y in ((a, b), (np.dstack([a] * 3), np.dstack([b] * 3))):
+            f = est(x, y)
+            assert f.dtype == np.float32 and f.shape == (120, 160, 2)
+            assert np.median(f[20:-20, 20:-20, 0]) == pytest.approx(3.0, abs=0.3)
+            assert np.median(f[20:-20, 20:-20, 1]) == pytest.approx(-2.0, abs=0.3)
+        assert est.native_size((160, 120)) == (160, 120) and est.compute_native(a, b).shape == (120, 160, 2)
+        assert est.describe()['method'] == method
+        with pytest.raises(ConfigError, match='takes no parameters'):
+            FlowEstimator(method, winsize=3)
+    monkeypatch.setattr(flow_mod, 'contrib_available', lambda: False)
+    with pytest.raises(ConfigError, match='opencv-contrib-python-headless'):
+        FlowEstimator(method)
+
+
+def test_flow_limits_spec_names_dis_presets_and_other_methods():
+    from vidseg_ros.core.synth_analysis import parse_flow_spec
+    assert parse_flow_spec('ultrafast:finest_scale=0') == ('dis', 'ultrafast', {'finest_scale': 0})
+    assert parse_flow_spec('medium') == ('dis', 'medium', {})
+    assert parse_flow_spec('Farneback:winsize=21') == ('farneback', None, {'winsize': 21})
+    assert parse_flow_spec('deepflow') == ('deepflow', None, {})
+    assert parse_flow_spec('rlof')[0] == 'rlof'
+    with pytest.raises(ConfigError, match='PRESET'):
+        parse_flow_spec(':x=1')
+    with pytest.raises(ConfigError, match='unknown flow method'):
+        FlowEstimator('raft')

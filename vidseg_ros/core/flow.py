@@ -1,4 +1,5 @@
-"""Dense optical flow (OpenCV DIS presets, Farneback), flow resizing/composition, EPE and .flo I/O.
+"""Dense optical flow (OpenCV DIS presets, Farneback; DeepFlow and RLOF where OpenCV's contrib modules are
+installed), flow resizing/composition, EPE and .flo I/O.
 
 Convention (docs/DESIGN.md): ``flow = estimator(a, b)`` is float32 ``(h, w, 2)`` on the grid of ``a``
 with ``a(x) ~= b(x + flow(x))``; displacements are in pixels of the grid the field is stored on.
@@ -49,6 +50,18 @@ _DIS_SETTERS = {
 }
 _FARNEBACK_DEFAULTS = dict(pyr_scale=0.5, levels=5, winsize=15, iterations=3, poly_n=5,
                            poly_sigma=1.2, flags=0)
+# Slower, classical alternatives from OpenCV's contrib modules (``cv2.optflow``; the package
+# opencv-contrib-python-headless, not a dependency of this project). They are there to measure whether
+# a better CPU flow than DIS would change what propagation can do (BENCHMARKS.md 8.1), not for the
+# real-time path: DeepFlow (Weinzaepfel et al. 2013, variational with deep matching-style descriptors)
+# and dense RLOF (robust local flow on a grid, EPIC edge-aware interpolation; colour input).
+CONTRIB_METHODS = ('deepflow', 'rlof')
+METHODS = ('dis', 'farneback') + CONTRIB_METHODS
+
+
+def contrib_available() -> bool:
+    """Whether this OpenCV has the contrib flow module (``cv2.optflow``) the :data:`CONTRIB_METHODS` need."""
+    return hasattr(cv2, 'optflow') and hasattr(cv2.optflow, 'createOptFlow_DeepFlow')
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:
@@ -67,12 +80,23 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     raise InputError(f'flow input must be (h,w), (h,w,3) or (h,w,4) uint8, got shape {img.shape}')
 
 
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """RGB/RGBA/gray uint8 -> contiguous 3-channel uint8 (h, w, 3) (gray is repeated)."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    if img.ndim == 3 and img.shape[2] == 4 and img.dtype == np.uint8:
+        return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB)
+    return cv2.cvtColor(to_gray(img), cv2.COLOR_GRAY2RGB)
+
+
 class FlowEstimator:
     """Dense flow between two frames: ``est(a, b)`` -> (h, w, 2) float32 with ``a(x) ~= b(x + f(x))``.
 
     ``method``: 'dis' (OpenCV DIS with ``preset`` 'ultrafast'|'fast'|'medium', overridable by explicit
     parameters, e.g. ``finest_scale=1, patch_stride=3``) or 'farneback' (params ``pyr_scale, levels,
-    winsize, iterations, poly_n, poly_sigma, flags``). ``scale`` < 1 computes on the area-downscaled
+    winsize, iterations, poly_n, poly_sigma, flags``); 'deepflow' and 'rlof' (no parameters) need
+    OpenCV's contrib modules (:func:`contrib_available`). ``scale`` < 1 computes on the area-downscaled
     images and returns the field at the reduced size (values in reduced-size pixels).
     One estimator is not thread-safe (OpenCV's DIS object keeps buffers): use one per thread.
     """
@@ -101,8 +125,18 @@ class FlowEstimator:
                                   f'(known: {sorted(_FARNEBACK_DEFAULTS)})')
             self._fb = dict(_FARNEBACK_DEFAULTS, **self.params)
             self.finest_scale = 0
+        elif self.method in CONTRIB_METHODS:
+            if not contrib_available():
+                raise ConfigError(f"flow method {self.method!r} needs OpenCV's contrib modules (cv2.optflow), which "
+                                  f'this OpenCV ({cv2.__version__}) lacks: install opencv-contrib-python-headless of '
+                                  f'the same version in place of opencv-python-headless')
+            if self.params:
+                raise ConfigError(f'flow method {self.method!r} takes no parameters, got {sorted(self.params)}')
+            if self.method == 'deepflow':
+                self._contrib = cv2.optflow.createOptFlow_DeepFlow()
+            self.finest_scale = 0
         else:
-            raise ConfigError(f'unknown flow method {method!r} (known: dis, farneback)')
+            raise ConfigError(f'unknown flow method {method!r} (known: {", ".join(METHODS)})')
 
     def _make_dis(self, params):
         dis = cv2.DISOpticalFlow.create(_DIS_PRESETS[self.preset])
@@ -123,12 +157,12 @@ class FlowEstimator:
                      variational_refinement_iterations=dis.getVariationalRefinementIterations())
             if self.params:
                 d['params'] = dict(self.params)
-        else:
+        elif self.method == 'farneback':
             d.update(self._fb)
         return d
 
     def _prepare(self, a, b, factor: float):
-        ga, gb = to_gray(a), to_gray(b)
+        ga, gb = (to_rgb(a), to_rgb(b)) if self.method == 'rlof' else (to_gray(a), to_gray(b))
         if ga.shape != gb.shape:
             raise InputError(f'flow inputs differ in size: {ga.shape[::-1]} vs {gb.shape[::-1]}')
         if factor != 1.0:
@@ -149,6 +183,10 @@ class FlowEstimator:
                 except cv2.error:
                     raise InputError(f'images of {ga.shape[1]}x{ga.shape[0]} are too small for DIS flow '
                                      f'(patch size {dis.getPatchSize()})') from None
+        elif self.method == 'deepflow':
+            flow = self._contrib.calc(ga, gb, None)
+        elif self.method == 'rlof':
+            flow = cv2.optflow.calcOpticalFlowDenseRLOF(ga, gb, None, interp_type=cv2.optflow.INTERP_EPIC)
         else:
             p = self._fb
             flow = cv2.calcOpticalFlowFarneback(ga, gb, None, p['pyr_scale'], int(p['levels']),

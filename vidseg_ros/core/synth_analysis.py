@@ -205,12 +205,17 @@ REAL_FLOWS = ('ultrafast', 'fast', 'medium', 'ultrafast:finest_scale=0')
 
 
 def parse_flow_spec(spec: str):
-    """``PRESET[:KEY=VALUE[:...]]`` (e.g. ``ultrafast:finest_scale=0``) -> (preset, DIS parameters)."""
+    """A flow setting -> (method, preset, parameters): ``PRESET[:KEY=VALUE[:...]]`` is DIS (e.g.
+    ``ultrafast:finest_scale=0``); ``METHOD[:KEY=VALUE...]`` names another :data:`flow.METHODS` entry
+    (``farneback``, or ``deepflow`` / ``rlof`` where OpenCV's contrib modules are installed)."""
     from .bench import parse_flow_params
-    preset, *params = [t.strip() for t in str(spec).split(':')]
-    if not preset:
-        raise ConfigError(f'flow setting must be PRESET[:KEY=VALUE...], got {spec!r}')
-    return preset, parse_flow_params(params)
+    from .flow import METHODS
+    head, *params = [t.strip() for t in str(spec).split(':')]
+    if not head:
+        raise ConfigError(f'flow setting must be PRESET[:KEY=VALUE...] or METHOD[:KEY=VALUE...], got {spec!r}')
+    if head.lower() in METHODS and head.lower() != 'dis':
+        return head.lower(), None, parse_flow_params(params)
+    return 'dis', head, parse_flow_params(params)
 
 
 def real_limits(data=None, seqs=None, frames=30, scale=2, flows=REAL_FLOWS, max_distance=5, model=None,
@@ -225,7 +230,8 @@ def real_limits(data=None, seqs=None, frames=30, scale=2, flows=REAL_FLOWS, max_
     on, at full resolution. Distance 0 is the pseudo labels' own round trip through the working
     resolution (the ceiling). With ``model`` (a ``load_model`` spec or instance), the keyframe network's
     own labels of every frame are carried the same way, next to it ('network/...' columns; distance 0 =
-    its per-frame mIoU). One column per flow setting (``PRESET[:KEY=VALUE...]``, :func:`parse_flow_spec`).
+    its per-frame mIoU). One column per flow setting (``PRESET[:KEY=VALUE...]`` for DIS, or another method's
+    name, :func:`parse_flow_spec`).
     """
     from .bench import _load_seq, resolve_snippets
     from .metrics import ConfusionMatrix
@@ -240,8 +246,8 @@ def real_limits(data=None, seqs=None, frames=30, scale=2, flows=REAL_FLOWS, max_
         raise ConfigError('at least one flow setting is needed')
     estimators = {}
     for spec in specs:
-        preset, params = parse_flow_spec(spec)
-        estimators[spec] = FlowEstimator('dis', preset=preset, **params)   # validates names and values
+        method, preset, params = parse_flow_spec(spec)
+        estimators[spec] = FlowEstimator(method, preset=preset, **params)   # validates names and values
     net = None
     if model is not None:
         from .models import load_model
@@ -351,8 +357,8 @@ def plot_real(res: dict, path) -> None:
                 color=f'C{res["flows"].index(c.split("/", 1)[1])}', label=c)
     ax.set_xlabel('distance (frames)')
     ax.set_ylabel('mIoU (%) vs pseudo labels')
-    ax.set_title(f'Carrying labels along DIS flow on real frames ({res["working_size"][0]}x{res["working_size"][1]})',
-                 fontsize=9)
+    w, h = res['working_size']
+    ax.set_title(f'Carrying labels along optical flow on real frames ({w}x{h})', fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save_figure(fig, path, dpi=120)
@@ -362,14 +368,17 @@ def real_main(argv=None) -> int:
     """``vidseg flow-limits``: :func:`real_limits` on the Cityscapes snippets; JSON, table and plot."""
     p = argparse.ArgumentParser(prog='vidseg flow-limits', description=(
         'Limits of flow propagation on real frames: the pseudo labels (and, with --model, a keyframe network\'s '
-        'labels) of every frame of the Cityscapes snippets carried 1..N frames along DIS flow, mIoU by distance '
-        'against the pseudo labels (BENCHMARKS.md section 8.1).'))
+        'labels) of every frame of the Cityscapes snippets carried 1..N frames along optical '
+        'flow (DIS unless --flows names another method), mIoU by distance against the pseudo labels '
+        '(BENCHMARKS.md section 8.1).'))
     p.add_argument('--data', default=None, help='folder of snippet folders (default ../shared cityscapes_seq)')
     p.add_argument('--seqs', nargs='+', default=None)
     p.add_argument('--frames', type=int, default=30)
     p.add_argument('--scale', type=int, default=2, help='working resolution = input / scale (default 2)')
     p.add_argument('--max-distance', type=int, default=5)
-    p.add_argument('--flows', nargs='+', default=list(REAL_FLOWS), metavar='PRESET[:KEY=VALUE...]')
+    p.add_argument('--flows', nargs='+', default=list(REAL_FLOWS), metavar='PRESET[:KEY=VALUE...]',
+                   help='flow settings, one column each: a DIS preset with optional DIS parameters, or '
+                        '"farneback", "deepflow", "rlof" (the last two need opencv-contrib-python-headless)')
     p.add_argument('--model', default=None, help='also carry this keyframe network\'s own labels')
     p.add_argument('--out', default='flow_limits', help='output folder for JSON and plot')
     p.add_argument('--quiet', action='store_true')
