@@ -344,3 +344,30 @@ def test_graph_bench_reports_the_delayed_topic():
     r['paced'] = summarize(rec, sent, before, after)
     assert ('paced: temporal module on 7 frame(s); skipped to keep up (refine_max_lag) on 5 frame(s) and '
             '3 catch-up step(s)') in format_table(r)
+
+
+def test_graph_bench_latency_floor_tells_a_saw_tooth_from_a_backlog():
+    """keyframe_wait makes latency a saw-tooth (a keyframe frame waits, the next ones queue behind it): its
+    median follows the keyframe interval, its floor does not. A backlog (every frame later than the last)
+    lifts the floor; test_ros_realtime asserts on it."""
+    import threading
+    from types import SimpleNamespace
+    from vidseg_ros.ros.graph_bench import format_table, summarize
+    ms = 1_000_000
+    sent = [(s * 100 * ms, s * 100 * ms) for s in range(1, 81)]        # 80 frames at 10 Hz
+
+    def run(latency_ms):
+        rec = SimpleNamespace(cv=threading.Condition(), stats={}, kf={}, labels_two_sided={}, two_sided_order=[],
+                              labels={s: s + int(latency_ms(i) * ms) for i, (s, _) in enumerate(sent)})
+        return summarize(rec, sent)
+
+    # keyframes every 5 frames at first, every 4 later (as measured at 10 Hz with a 0.25 s network): the
+    # median rises from 20 to 115 ms, the floor stays at 20 ms
+    saw = run(lambda i: ([250, 160, 20, 20, 20] if i < 40 else [250, 160, 70, 20])[i % (5 if i < 40 else 4)])
+    assert saw['latency_first_ms'] == pytest.approx(20.0) and saw['latency_last_ms'] == pytest.approx(115.0)
+    assert saw['latency_floor_first_ms'] == pytest.approx(20.0)
+    assert saw['latency_floor_last_ms'] <= 1.5 * saw['latency_floor_first_ms'] + 50.0
+    back = run(lambda i: 20.0 + 10.0 * i)                               # 10 ms more lag per frame
+    assert back['latency_floor_last_ms'] > 1.5 * back['latency_floor_first_ms'] + 50.0
+    assert 'floor last20%' in format_table({'mode': 'video', 'source': 'x', 'rate_hz': 10, 'model': 'm',
+                                            'schedule': 'fixed:5', 'scale': 1, 'paced': saw})

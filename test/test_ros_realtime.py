@@ -7,7 +7,8 @@ the budget schedule (``parallel=true``), the keyframe network
 on one thread and D=2 (flow and propagation at 621x188, labels at 1242x375). Asserts: one label per
 frame, no growing lag and keyframes keep coming (also in the last third of the run).
 
-"No growing lag" is judged on the latency *floor* (10th percentile per quarter of the run), not the median.
+"No growing lag" is judged on the latency *floor* (10th percentile of the first and the last 20 % of the
+frames, as graph_bench reports it), not the median.
 With keyframe_wait a keyframe frame waits for the network (~0.25 s here) and the next two or three frames
 queue behind it, then latency falls back to the propagation cost (~20 ms): a saw-tooth whose median
 depends on the keyframe interval the budget schedule settles on (interval 5 at the start, 3-4 once it has
@@ -55,13 +56,12 @@ def test_kitti_rate_realtime(ros_domain, shared, tmp_path):
     # one label per frame, in real time
     assert p['frames_in'] == N and p['frames_out'] == N, (summary, logs)
     assert abs(p['input_rate_hz'] - 10.0) < 1.0 and p['output_rate_hz'] > 8.0, summary
-    # no growing lag: the latency floor of the last quarter is where the first quarter's was
+    # no growing lag: the latency floor of the last 20 % of the frames is where the first 20 %'s was
     lat = np.asarray(p['latency_series_ms'])
-    q = N // 4
-    floor_first, floor_last = float(np.percentile(lat[:q], 10)), float(np.percentile(lat[-q:], 10))
+    floor_first, floor_last = p['latency_floor_first_ms'], p['latency_floor_last_ms']
     assert floor_last <= 1.5 * floor_first + 50.0, (floor_first, floor_last, lat.round().tolist(), summary)
     # and the saw-tooth stays within keyframe_wait's bound (0.3 s) plus a frame's own work
-    assert float(np.median(lat[-q:])) < 500.0, (lat.round().tolist(), summary)
+    assert p['latency_last_ms'] < 500.0, (lat.round().tolist(), summary)
     # keyframes keep happening
     kf = p['keyframe_stamps_ns']
     assert len(kf) >= 4, summary

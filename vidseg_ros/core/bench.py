@@ -350,7 +350,7 @@ def run_bench(model='espnetv2_s2.0', weights=None, data=None, seqs=None, frames=
             bar.update(1)
         if cref is not None:
             cache_cost['refine_net'] += [c for _, c in cref.cache.values()]
-        del imgs, work, sem_cache, flow_cache, tc_flows
+        imgs = work = sem_cache = flow_cache = tc_flows = None   # free the snippet before the next one
     bar.close()
 
     base = acc['per_frame']

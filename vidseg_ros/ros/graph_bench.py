@@ -305,6 +305,11 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
         k = max(1, int(round(len(lat) * window_frac)))
         res['latency_first_ms'] = float(np.median(lat[:k]))   # first 20% of the labelled frames
         res['latency_last_ms'] = float(np.median(lat[-k:]))   # last 20%
+        # The floor (10th percentile) of the same windows: with keyframe_wait the latency is a saw-tooth (a
+        # keyframe frame waits for the network, the next few queue behind it) whose median follows the
+        # keyframe interval; a backlog makes every frame late and lifts the floor.
+        res['latency_floor_first_ms'] = float(np.percentile(lat[:k], 10))
+        res['latency_floor_last_ms'] = float(np.percentile(lat[-k:], 10))
         res['latency_series_ms'] = [round(float(v), 2) for v in lat]
     if len(kf) > 1:
         res['keyframe_rate_hz'] = (len(kf) - 1) / max((kf[-1] - kf[0]) * 1e-9, 1e-9)
@@ -646,7 +651,7 @@ def format_table(r: dict) -> str:
     def f(v, fmt='{:.1f}'):
         return '-' if v is None else fmt.format(v)
     cols = ('phase', 'in', 'out', 'drop', 'degr', 'kf', 'kf ratio', 'in Hz', 'out Hz', 'fps', 'lat med ms',
-            'lat p99 ms', 'lag 1st20% ms', 'lag last20% ms')
+            'lat p99 ms', 'lag 1st20% ms', 'lag last20% ms', 'floor 1st20%', 'floor last20%')
     rows = []
     for ph in ('paced', 'max'):
         p = r.get(ph)
@@ -657,11 +662,12 @@ def format_table(r: dict) -> str:
                      f(p['keyframe_ratio'], '{:.3f}'), '-' if chunked else f(p.get('input_rate_hz')),
                      '-' if chunked else f(p.get('output_rate_hz')),
                      f(p['steady_fps'] if chunked else p.get('throughput_fps')), f(p.get('latency_median_ms')), f(p.get('latency_p99_ms')),
-                     f(p.get('latency_first_ms')), f(p.get('latency_last_ms'))))
+                     f(p.get('latency_first_ms')), f(p.get('latency_last_ms')),
+                     f(p.get('latency_floor_first_ms')), f(p.get('latency_floor_last_ms'))))
     c = r.get('core')
     if c:
         rows.append(('core', c['frames'], c['frames'], 0, 0, c['keyframes'],
-                     f(c['keyframe_ratio'], '{:.3f}'), '-', '-', f(c['fps']), '-', '-', '-', '-'))
+                     f(c['keyframe_ratio'], '{:.3f}'), '-', '-', f(c['fps']), '-', '-', '-', '-', '-', '-'))
     out = [f"graph_bench [{r['mode']}] {r['source']} @ {r['rate_hz']:g} Hz; model {r['model']}, "
            f"schedule {r['schedule']}, D={r['scale']}"] + aligned(cols, rows)
     if 'graph_vs_core' in r:
