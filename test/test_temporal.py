@@ -611,6 +611,14 @@ def test_bench_two_sided_rows(shared, tmp_path, monkeypatch):
         assert two['cost_rel'] == pytest.approx(rows[m]['cost_rel'] + two['two_sided_rel'])
         assert two['miou'] != rows[m]['miou'] and 0 < two['miou'] <= 1
     assert 'recovered' in rows['warp+2s']   # (None here: on these 7 tiny frames warping loses nothing)
+    # mean cost per frame, keyframes included: keyframes 0, 3, 6 of 7 frames
+    for m, r in rows.items():
+        assert r['keyframe_fraction'] == pytest.approx(3 / 7)
+        per = r['frame_rel'] if r.get('frame_rel') is not None else r['cost_rel']
+        assert r['mean_rel'] == pytest.approx(3 / 7 + 4 / 7 * per)
+    # one interval: only per-frame and warp bracket the rows, each module is set against that line
+    sc = {e['mode']: e for e in json.loads(out.read_text())['same_compute']}
+    assert set(sc) == set(rows) - {'warp'}
     # --phase: keyframes at frame 0, then every S-th from the phase on (0, 2, 5 here): other results
     kf_steps = []
     real_set = TemporalPropagator.set_keyframe
@@ -625,6 +633,7 @@ def test_bench_two_sided_rows(shared, tmp_path, monkeypatch):
                  '--out', str(out2)]) == 0
     res2 = json.loads(out2.read_text())
     assert res2['config']['phase'] == 2 and kf_steps == [0, 2, 5]
+    assert res2['intervals']['3']['warp']['keyframe_fraction'] == pytest.approx(3 / 7)
     assert res2['intervals']['3']['warp']['miou'] != rows['warp']['miou']
     with pytest.raises(ConfigError, match='--phase must be in'):
         main(['--seqs', 'seq0002', '--frames', '7', '--modes', 'warp', '--intervals', '3', '--phase', '3',

@@ -20,7 +20,12 @@ network pass ('cost/kf'), the same for the whole propagated frame (flow pair + w
 'frame/kf'); 'agree-net': pixel agreement of the propagated frames with the keyframe network's
 own labels on them (what the modules are trained to reproduce); 'mIoU-gt': mean over the classes
 present in the pseudo labels (classes only predicted count as IoU 0 in 'mIoU'). Costs are measured
-after the accuracy runs in interleaved rounds on one frame (``measure_costs``). Writes a text table and a JSON file.
+after the accuracy runs in interleaved rounds on one frame (``measure_costs``). 'mean/kf': the mean cost per
+frame over the whole sequence, keyframes included (``mean_cost_rel``). Below the table, each module against
+spending the same compute on keyframes instead: plain warping's mIoU at the module's mean cost, interpolated
+between the intervals run (``same_compute``; run several ``--intervals`` to get a line). Writes a text table,
+a JSON file and two plots: recovered share against cost at the largest interval (``*_tradeoff.png``) and
+mIoU against mean cost with plain warping's 'more keyframes' line (``*_compute.png``).
 """
 from __future__ import annotations
 
@@ -76,7 +81,7 @@ def _iou_row(cm):
     iou = cm.iou()
     present = (cm.mat.sum(axis=1) + cm.missed) > 0
     return {'miou': cm.miou(), 'miou_gt': float(np.nanmean(iou[present])) if present.any() else None,
-            'iou': [None if np.isnan(v) else float(v) for v in iou]}
+            'pixel_acc': cm.pixel_accuracy(), 'iou': [None if np.isnan(v) else float(v) for v in iou]}
 
 
 def measure_costs(model, modules: dict, imgs, sems, bwd, fwd, flow, rounds: int = 7) -> dict:
@@ -329,6 +334,7 @@ def run(args) -> dict:
     fuse_s = {S: {label: [0.0, 0] for label in labels if label.endswith(TWO_SIDED_SUFFIX)}   # work (s), frames
               for S in args.intervals}
     kf_times, flow_times, n_total = [], [], 0
+    kf_frames = {S: 0 for S in args.intervals}   # keyframes per interval over all snippets (mean cost per frame)
     res = {'config': {'seq': ' '.join(args.seqs), 'seqs': list(args.seqs), 'frames': 0, 'size': list(size),
                       'model': spec, 'device': args.device, 'backend': getattr(model, 'backend', None),
                       'flow': flow.describe(), 'intervals': list(args.intervals),
@@ -345,6 +351,8 @@ def run(args) -> dict:
             imgs, gts = load_snippet(root, seq, size, args.frames)
         n = len(imgs)
         n_total += n
+        for S in args.intervals:
+            kf_frames[S] += sum(1 for i in range(n) if is_kf(i, S))
         sems, pf_labels = [], []
         model.segment(imgs[0])  # warm-up
         for i in tqdm(range(n), desc=f'{seq}: keyframe network', mininterval=5):
@@ -454,6 +462,7 @@ def run(args) -> dict:
             # in-loop timings (informative only; the table uses the interleaved measurement below)
             row['inloop_module_s'] = float(np.median(costs)) if costs else 0.0
             row['inloop_frame_s'] = float(np.median(frame_costs)) if frame_costs else 0.0
+            row['keyframe_fraction'] = kf_frames[S] / max(n_total, 1)
             rows[label] = row
         add_recovered(res['per_frame'], rows)
         res['intervals'][str(S)] = rows
@@ -473,7 +482,67 @@ def run(args) -> dict:
                             'delayed': True})
             else:
                 row.update(costs[label])
+            row['mean_rel'] = mean_cost_rel(row)
+    res['same_compute'] = same_compute(res)
     return res
+
+
+def mean_cost_rel(row: dict) -> float | None:
+    """Mean cost per frame of a row over the whole sequence, keyframes included, in keyframe passes:
+    ``f + (1 - f) * frame_rel`` with ``f`` its share of keyframes (``cost_rel`` where a row has no
+    whole-frame cost). What a robot pays per frame for the row's accuracy."""
+    f = row.get('keyframe_fraction')
+    per = row.get('frame_rel') if row.get('frame_rel') is not None else row.get('cost_rel')
+    if f is None or per is None:
+        return None
+    return float(f + (1.0 - f) * per)
+
+
+def same_compute(res: dict) -> list:
+    """Each temporal module against spending its compute on keyframes instead.
+
+    The reference is plain warping's accuracy as a function of its mean cost per frame (``mean_cost_rel``):
+    one point per interval run, plus per-frame segmentation (cost 1). Between two measured points it is
+    interpolated linearly (what a schedule mixing the two intervals would give, roughly). For every other
+    row: its mean cost, its mIoU, warping's mIoU at that cost (None outside the measured range) and the
+    difference (> 0: the module beats more keyframes); the same on pixel accuracy (``*_pixel``: on a video
+    without labels, the agreement with the per-frame network, which rare-class jitter moves less than its
+    mIoU). Needs plain warping at two or more intervals to say much; with one, only rows that cost no
+    more than it, or per-frame, are bracketed."""
+    ivs = res.get('intervals', {})
+    pf = res.get('per_frame') or {}
+
+    def line(key):
+        pts = [(1.0, pf[key], '1')] if pf.get(key) is not None else []
+        for S, rows in ivs.items():
+            w = rows.get('warp')
+            if w and w.get('mean_rel') is not None and w.get(key) is not None:
+                pts.append((w['mean_rel'], w[key], S))
+        return sorted(pts)
+
+    def at(pts, c):
+        for (c0, m0, s0), (c1, m1, s1) in zip(pts, pts[1:]):
+            if c0 <= c <= c1:
+                return (m0 if c1 - c0 < 1e-12 else m0 + (m1 - m0) * (c - c0) / (c1 - c0)), [s0, s1]
+        return None, None
+
+    lines = {key: line(key) for key in ('miou', 'pixel_acc')}
+    out = []
+    for S, rows in ivs.items():
+        for label, r in rows.items():
+            c = r.get('mean_rel')
+            if label == 'warp' or c is None or r.get('miou') is None:
+                continue
+            ref, between = at(lines['miou'], c)
+            e = {'interval': S, 'mode': label, 'mean_rel': c, 'miou': r['miou'], 'warp_miou': ref,
+                 'warp_between': between, 'gain': None if ref is None else r['miou'] - ref,
+                 'delayed': bool(r.get('delayed'))}
+            if r.get('pixel_acc') is not None:
+                ref_px, _ = at(lines['pixel_acc'], c)
+                e.update(pixel_acc=r['pixel_acc'], warp_pixel_acc=ref_px,
+                         gain_pixel=None if ref_px is None else r['pixel_acc'] - ref_px)
+            out.append(e)
+    return out
 
 
 def add_recovered(per_frame: dict, rows: dict) -> None:
@@ -492,6 +561,31 @@ def _p(v):
     return '   -  ' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{100 * v:6.1f}'
 
 
+def _f3(v):
+    return '-' if v is None else f'{v:.3f}'
+
+
+def format_same_compute(res: dict) -> list:
+    """Lines of the 'same compute on keyframes instead' section (``same_compute``); none without rows."""
+    rows = res.get('same_compute') or []
+    if not rows:
+        return []
+    lines = ["Same compute on keyframes instead: plain warping at a shorter interval with the row's mean cost per "
+             "frame (mean/kf, keyframes included; interpolated between the intervals run, S=1 = per-frame)",
+             f"{'method':<24}{'mean/kf':>9}{'mIoU':>7}{'warp at that cost':>19}{'between':>10}{'gain':>7}"
+             f"{'pixel acc':>10}{'warp':>7}{'gain':>7}"]
+    for e in rows:
+        name = f"S={e['interval']} {e['mode']}"
+        ref = '-' if e['warp_miou'] is None else f"{100 * e['warp_miou']:.1f}"
+        btw = '-' if not e['warp_between'] else f"S={e['warp_between'][0]}-{e['warp_between'][1]}"
+        gain = '-' if e['gain'] is None else f"{100 * e['gain']:+.1f}"
+        px = [_p(e.get(k)).strip() for k in ('pixel_acc', 'warp_pixel_acc')]
+        gpx = '-' if e.get('gain_pixel') is None else f"{100 * e['gain_pixel']:+.1f}"
+        lines.append(f"{name:<24}{e['mean_rel']:9.3f}{_p(e['miou'])}{ref:>19}{btw:>10}{gain:>7}"
+                     f"{px[0]:>10}{px[1]:>7}{gpx:>7}")
+    return lines + ['']
+
+
 def format_table(res: dict) -> str:
     c = res['config']
     lines = [f"Temporal modules on {c['seq']} ({c['frames']} frames, {c['size'][0]}x{c['size'][1]}, "
@@ -501,17 +595,19 @@ def format_table(res: dict) -> str:
                 else 'pseudo labels')
              + ''.join(f'; {m} cheap network {spec}' for m, spec in c.get('cheap', {}).items())
              + (f"; GRFP class gate on: {', '.join(c['gated'])}" if c.get('gated') else ''),
-             f"{'method':<20}{'mIoU':>7}{'mIoU-gt':>8}{'mIoU-prop':>10}{'recovered':>10}{'rec-gt':>8}{'cost/kf':>9}{'frame/kf':>9}{'agree-net':>10}"]
+             f"{'method':<20}{'mIoU':>7}{'mIoU-gt':>8}{'mIoU-prop':>10}{'recovered':>10}{'rec-gt':>8}{'cost/kf':>9}{'frame/kf':>9}{'mean/kf':>9}{'agree-net':>10}"]
     for label, seen in (c.get('seen') or {}).items():
         lines.insert(1, f"WARNING: {label} was trained on {', '.join(seen)}: evaluated there on its own training data")
-    lines.append(f"{'per-frame':<20}{_p(res['per_frame']['miou'])}{_p(res['per_frame']['miou_gt']):>8}{'':>10}{'':>10}{'':>8}{'1.000':>9}{'1.000':>9}{'100.0':>10}")
+    lines.append(f"{'per-frame':<20}{_p(res['per_frame']['miou'])}{_p(res['per_frame']['miou_gt']):>8}{'':>10}{'':>10}{'':>8}{'1.000':>9}{'1.000':>9}{'1.000':>9}{'100.0':>10}")
     for S, rows in res['intervals'].items():
         for mode, r in rows.items():
             rec = [r.get(k) for k in ('recovered', 'recovered_gt')]
             rec_s = ['-' if v is None or mode == 'warp' else f'{100 * v:.0f}%' for v in rec]
             lines.append(f"{'S=' + S + ' ' + mode:<20}{_p(r['miou'])}{_p(r['miou_gt']):>8}{_p(r['miou_propagated']):>10}"
-                         f"{rec_s[0]:>10}{rec_s[1]:>8}{r['cost_rel']:9.3f}{r['frame_rel']:9.3f}{_p(r['agree_per_frame']):>10}")
+                         f"{rec_s[0]:>10}{rec_s[1]:>8}{r['cost_rel']:9.3f}{r['frame_rel']:9.3f}"
+                         f"{_f3(r.get('mean_rel')):>9}{_p(r['agree_per_frame']):>10}")
     lines.append('')
+    lines += format_same_compute(res)
     names = CITYSCAPES.names
     cols = [('per-frame', res['per_frame'])] + [(f'S{S} {m}', r) for S, rows in res['intervals'].items()
                                                  for m, r in rows.items()]
@@ -576,6 +672,60 @@ def plot_tradeoff(res: dict, path, interval: str | None = None) -> Path | None:
     return save_figure(fig, path)
 
 
+def plot_same_compute(res: dict, path) -> Path | None:
+    """mIoU against the mean cost per frame (keyframes included) of every row at every interval, with plain
+    warping's intervals and per-frame segmentation joined as the 'more keyframes' line: a module above it
+    beats spending its compute on keyframes. None when no module row has a mean cost (``same_compute``)."""
+    rows = res.get('same_compute') or []
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    pf = (res.get('per_frame') or {}).get('miou')
+    pts = sorted(([(1.0, pf, '1')] if pf is not None else [])
+                 + [(r['warp']['mean_rel'], r['warp']['miou'], S) for S, r in res['intervals'].items()
+                    if 'warp' in r and r['warp'].get('mean_rel') is not None and r['warp'].get('miou') is not None])
+    ax.plot([c for c, _, _ in pts], [100 * m for _, m, _ in pts], '-o', color='k', lw=1.5, ms=5, zorder=2,
+            label='plain warping, more keyframes (S=1: per-frame)')
+    for c, m, S in pts:
+        ax.annotate(f'S={S}', (c, 100 * m), textcoords='offset points', xytext=(4, -10), fontsize=7)
+    # issue 4's goal at the largest interval, in these coordinates: half its warping drop won back, at a
+    # module cost per propagated frame of at most 1/4 of a keyframe (whole frame, with the flow and warp)
+    S = max(res['intervals'], key=int)
+    w = res['intervals'][S].get('warp') or {}
+    if w.get('keyframe_fraction') is not None and w.get('miou') is not None and pf is not None:
+        f = w['keyframe_fraction']
+        x1 = f + (1 - f) * GOAL['cost']
+        y0 = 100 * (w['miou'] + GOAL['recovered'] * (pf - w['miou']))
+        ax.fill_between([0, x1], y0, 100 * pf, color='tab:green', alpha=0.12, lw=0,
+                        label=f'goal at S={S}: >= 50 % of its drop at <= 1/4 keyframe per propagated frame')
+    cmap = plt.get_cmap('tab10')
+    modes = sorted({e['mode'] for e in rows})
+    for i, mode in enumerate(modes):
+        es = sorted((e for e in rows if e['mode'] == mode), key=lambda e: e['mean_rel'])
+        delayed = es[0]['delayed']
+        ax.plot([e['mean_rel'] for e in es], [100 * e['miou'] for e in es], '--' if delayed else '-',
+                marker='D' if delayed else 's', color=cmap(i % 10), lw=1, ms=5, zorder=3,
+                label=mode + (' (delayed: waits for the next keyframe)' if delayed else ''))
+        for e in es:
+            ax.annotate(f"S={e['interval']}", (e['mean_rel'], 100 * e['miou']), textcoords='offset points',
+                        xytext=(4, 3), fontsize=6, color=cmap(i % 10))
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5), frameon=False)
+    c = res['config']
+    where = f"video {Path(c['video']).name}" if c.get('video') else f"{c['seq']} ({c['frames']} frames)"
+    ax.set_xlabel('mean cost per frame, keyframes included / keyframe network pass')
+    ax.set_ylabel('mIoU (%)' + (' vs the per-frame network' if c.get('video') else ' vs pseudo labels'))
+    ax.set_title(f'Temporal modules against more keyframes at the same compute\n{where}, '
+                 f'{c["size"][0]}x{c["size"][1]}', fontsize=10)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='temporal_bench', description=__doc__.splitlines()[0])
     p.add_argument('--seqs', '--seq', dest='seqs', nargs='+', default=['seq0003'],
@@ -621,8 +771,17 @@ def main(argv=None) -> int:
             res = json.loads(Path(args.replot).read_text())
         except (OSError, ValueError) as e:
             raise InputError(f'cannot read a bench-temporal result from {args.replot}: {e}') from None
-        png = plot_tradeoff(res, _plot_path(Path(args.replot))) if isinstance(res, dict) else None
-        print(f'wrote {png}' if png else f'{args.replot}: no rows with a recovered share to plot')
+        if not isinstance(res, dict):
+            raise InputError(f'{args.replot} is not a bench-temporal result')
+        if 'intervals' in res and 'same_compute' not in res:   # saved before the mean cost existed
+            for S, rows in res['intervals'].items():
+                for row in rows.values():
+                    row.setdefault('keyframe_fraction', _kf_fraction(res, int(S)))
+                    row['mean_rel'] = mean_cost_rel(row)
+            res['same_compute'] = same_compute(res)
+        pngs = [p for p in (plot_tradeoff(res, _plot_path(Path(args.replot))),
+                            plot_same_compute(res, _plot_path(Path(args.replot), 'compute'))) if p]
+        print(f"wrote {' and '.join(map(str, pngs))}" if pngs else f'{args.replot}: no rows with a recovered share to plot')
         return 0
     if args.cheap_candidates:
         res = run_cheap(args)
@@ -639,13 +798,26 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix('.txt').write_text(table + '\n')
-    png = None if args.cheap_candidates else plot_tradeoff(res, _plot_path(out))
-    print(f'wrote {out} and {out.with_suffix(".txt")}' + (f' and {png}' if png else ''))
+    pngs = [] if args.cheap_candidates else [p for p in (plot_tradeoff(res, _plot_path(out)),
+                                                         plot_same_compute(res, _plot_path(out, 'compute'))) if p]
+    print(f'wrote {out} and {out.with_suffix(".txt")}' + ''.join(f' and {p}' for p in pngs))
     return 0
 
 
-def _plot_path(out: Path) -> Path:
-    return out.with_name(out.stem + '_tradeoff.png')
+def _plot_path(out: Path, kind: str = 'tradeoff') -> Path:
+    return out.with_name(f'{out.stem}_{kind}.png')
+
+
+def _kf_fraction(res: dict, S: int) -> float | None:
+    """The keyframe share of a saved result that did not record it: frame 0, then every S-th from the phase
+    on, in each of its snippets of config.frames / len(seqs) frames."""
+    c = res.get('config', {})
+    seqs = c.get('seqs') or [c.get('seq')]
+    n = int(c.get('frames', 0)) // max(len(seqs), 1)
+    if n < 1:
+        return None
+    ph = int(c.get('phase', 0) or 0)
+    return sum(1 for i in range(n) if i == 0 or (i >= ph and (i - ph) % S == 0)) / n
 
 
 if __name__ == '__main__':   # same as `vidseg bench-temporal` (one-line errors, exit 2)
