@@ -498,6 +498,18 @@ def mean_cost_rel(row: dict) -> float | None:
     return float(f + (1.0 - f) * per)
 
 
+def warp_line(res: dict, key: str = 'miou') -> list:
+    """Plain warping's 'more keyframes' line: (mean cost per frame, ``key``, interval) for per-frame
+    segmentation (cost 1, interval '1') and the 'warp' row of every interval run, sorted by cost."""
+    pf = (res.get('per_frame') or {}).get(key)
+    pts = [(1.0, pf, '1')] if pf is not None else []
+    for S, rows in res.get('intervals', {}).items():
+        w = rows.get('warp')
+        if w and w.get('mean_rel') is not None and w.get(key) is not None:
+            pts.append((w['mean_rel'], w[key], S))
+    return sorted(pts)
+
+
 def same_compute(res: dict) -> list:
     """Each temporal module against spending its compute on keyframes instead.
 
@@ -510,15 +522,6 @@ def same_compute(res: dict) -> list:
     mIoU). Needs plain warping at two or more intervals to say much; with one, only rows that cost no
     more than it, or per-frame, are bracketed."""
     ivs = res.get('intervals', {})
-    pf = res.get('per_frame') or {}
-
-    def line(key):
-        pts = [(1.0, pf[key], '1')] if pf.get(key) is not None else []
-        for S, rows in ivs.items():
-            w = rows.get('warp')
-            if w and w.get('mean_rel') is not None and w.get(key) is not None:
-                pts.append((w['mean_rel'], w[key], S))
-        return sorted(pts)
 
     def at(pts, c):
         for (c0, m0, s0), (c1, m1, s1) in zip(pts, pts[1:]):
@@ -526,7 +529,7 @@ def same_compute(res: dict) -> list:
                 return (m0 if c1 - c0 < 1e-12 else m0 + (m1 - m0) * (c - c0) / (c1 - c0)), [s0, s1]
         return None, None
 
-    lines = {key: line(key) for key in ('miou', 'pixel_acc')}
+    lines = {key: warp_line(res, key) for key in ('miou', 'pixel_acc')}
     out = []
     for S, rows in ivs.items():
         for label, r in rows.items():
@@ -686,9 +689,7 @@ def plot_same_compute(res: dict, path) -> Path | None:
     from .io import save_figure
     fig, ax = plt.subplots(figsize=(8.5, 5))
     pf = (res.get('per_frame') or {}).get('miou')
-    pts = sorted(([(1.0, pf, '1')] if pf is not None else [])
-                 + [(r['warp']['mean_rel'], r['warp']['miou'], S) for S, r in res['intervals'].items()
-                    if 'warp' in r and r['warp'].get('mean_rel') is not None and r['warp'].get('miou') is not None])
+    pts = warp_line(res)
     ax.plot([c for c, _, _ in pts], [100 * m for _, m, _ in pts], '-o', color='k', lw=1.5, ms=5, zorder=2,
             label='plain warping, more keyframes (S=1: per-frame)')
     for c, m, S in pts:
