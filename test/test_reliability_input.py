@@ -130,8 +130,8 @@ def _prop(params):
     from vidseg_ros.core.classes import CITYSCAPES
     # live mode unless a test says otherwise: these tests step frames through by hand and read each one's
     # status at once (with the default keyframe_wait a frame would first wait for its keyframe decision)
-    node = _node(PropagationNode, dict({'input_qos': 'reliable', 'diagnostics_period': 0.0, 'keyframe_wait': 0.0},
-                                       **params))
+    node = _node(PropagationNode, dict({'input_qos': 'reliable', 'diagnostics_period': 0.0, 'keyframe_wait': 0.0,
+                                        'keyframe_wait_max': 0.0}, **params))   # (a fixed bound where one is set)
     assert node.trigger_configure().name == 'SUCCESS'
     for a in ('labels_pub', 'color_pub', 'conf_pub', 'stats_pub', 'status_pub', 'classes_pub'):
         setattr(node, a, Rec())
@@ -955,6 +955,42 @@ def test_propagation_node_waits_for_keyframes_only_while_they_come_within_keyfra
         assert 0.0 < vals['kf_delay_median_s'] < 1.0
     finally:
         _close(node)
+    # keyframe_wait_max: the bound follows the measured delays (median x 1.25 + 0.05 s, up to the max), so
+    # the same 0.4 s results that stopped the waiting above are waited for: 0.55 s bound
+    node = _prop({'keyframe_wait': 0.3, 'keyframe_wait_max': 1.0, 'flow_timeout': 5.0})
+    out = node.labels_pub.msgs
+    try:
+        T = [10**10 + i * 40_000_000 for i in range(5)]
+        _first_frame(node, T[0], W, H, _keyframe)
+        assert node._wait_bound() == 0.3                    # nothing measured yet: keyframe_wait
+        keyframe_frame(T[1], 0.4, waits=True)
+        keyframe_frame(T[2], 0.4, waits=True)
+        assert node._wait_bound() == pytest.approx(0.4 * 1.25 + 0.05, abs=0.03)
+        keyframe_frame(T[3], 0.4, waits=True)               # fixed 0.3 s: out at once (above)
+        assert node.counts['keyframe_wait_skipped'] == 0
+        (_, _, msg, vals), = node.diagnostics()
+        assert vals['keyframe_wait_bound_s'] == pytest.approx(0.55, abs=0.03), vals
+        node.cfg = {**node.cfg, 'keyframe_wait_max': 0.45}   # capped: the bound stays at the max ...
+        assert node._wait_bound() == 0.45
+        node.kf_delays.extend([0.6, 0.6, 0.6])              # ... and results later than it stop the waiting
+        keyframe_frame(T[4], 0.02, waits=False)
+        assert node.counts['keyframe_wait_skipped'] == 1
+        (_, _, msg, _), = node.diagnostics()
+        assert 'adaptive up to keyframe_wait_max 0.45 s' in msg, msg
+    finally:
+        _close(node)
+    # a max at or below keyframe_wait: the fixed bound; keyframe_wait 0 (live mode) never waits, whatever the max
+    for wait, mx, bound in ((0.3, 0.2, 0.3), (0.3, 0.0, 0.3), (0.0, 1.0, 0.0)):
+        node = _prop({'keyframe_wait': wait, 'keyframe_wait_max': mx, 'flow_timeout': 5.0})
+        out = node.labels_pub.msgs
+        try:
+            node.kf_delays.extend([0.4, 0.4])
+            assert node._wait_bound() == bound
+            if wait == 0.0:
+                _first_frame(node, 10**10, W, H, _keyframe)
+                keyframe_frame(10**10 + 40_000_000, 0.0, waits=False)
+        finally:
+            _close(node)
     # a keyframe node that goes silent (hung, gone): frames wait for its decision at first, not once the
     # silence passes source_timeout; a bound longer than that (a replay that waits through stalls) still waits
     for wait, n_out in ((0.3, 3), (2.0, 1)):   # 0.3: T1 waited out its bound, T2 goes at once; 2.0: both wait

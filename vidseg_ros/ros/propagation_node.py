@@ -62,6 +62,7 @@ RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest
 PLAUSIBLE_AGE_S = 60.0   # a frame's stamp age on the ROS clock beyond this (or negative) is another clock's
 LAG_WINDOW_S = 5.0       # load shedding: the pipeline's own latency = the lowest frame lag over this window
 KF_DELAY_HISTORY = 5     # keyframe_wait: the last this many keyframe results' delays (image -> result)
+KF_WAIT_FACTOR, KF_WAIT_MARGIN_S = 1.25, 0.05   # keyframe_wait_max: the adaptive bound (median delay x + s)
 
 
 class _Slot:
@@ -181,6 +182,10 @@ class PropagationNode(VidsegLifecycleNode):
         self.declare('keyframe_wait', 0.3, 'max seconds a frame waits for the keyframe decision and, for a '
                      'keyframe, the network result, while results come within it (0 = never wait: live mode)',
                      float_range=(0.0, 60.0))
+        self.declare('keyframe_wait_max', 0.5, 'above keyframe_wait (> 0): the bound follows the network, the '
+                     f'median recent keyframe result delay x {KF_WAIT_FACTOR} + {KF_WAIT_MARGIN_S} s, between '
+                     'keyframe_wait and this (a slower machine keeps the offline accuracy for more latency); at or '
+                     'below keyframe_wait (e.g. 0): the fixed keyframe_wait', float_range=(0.0, 60.0))
         self.declare('source_timeout', 3.0, 'seconds without messages from flow_node / keyframe_node (or '
                      'an announced keyframe result this late) after which output is marked degraded '
                      '(0 = off)', float_range=(0.0, 3600.0))
@@ -199,7 +204,7 @@ class PropagationNode(VidsegLifecycleNode):
         from vidseg_ros.core.propagation import Propagator
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
                         'region_shape', 'region_catch_up', 'refine_max_lag', 'model', 'weights', 'device', 'history',
-                        'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'max_pending',
+                        'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'keyframe_wait_max', 'max_pending',
                         'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s', 'two_sided_trust',
                         'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
         qos = input_qos(p['input_qos'], p['queue_depth'])
@@ -599,7 +604,7 @@ class PropagationNode(VidsegLifecycleNode):
                                                    if o is not s)
                 if not (missing_flow or missing_image or (flow_silent and s.image is not None)):
                     return
-            if complete and p['keyframe_wait'] > 0 and not overflow and now - s.t_ready < p['keyframe_wait']:
+            if complete and p['keyframe_wait'] > 0 and not overflow and now - s.t_ready < self._wait_bound():
                 d = self.decisions.get(ns)
                 if d is None or d is True:
                     if self._waiting_pays(now):
@@ -694,9 +699,24 @@ class PropagationNode(VidsegLifecycleNode):
         frame wait while the keyframe node is silent (no decision or result for ``source_timeout``: hung or
         gone), unless the bound itself is longer than that silence (a replay that waits through stalls)."""
         p = self.cfg
-        if p['keyframe_wait'] < p['source_timeout'] and self._silent(self.kf_owed_since, now):
+        if max(p['keyframe_wait'], p['keyframe_wait_max']) < p['source_timeout'] and \
+                self._silent(self.kf_owed_since, now):
             return False
-        return len(self.kf_delays) < 2 or float(np.median(self.kf_delays)) <= p['keyframe_wait']
+        return len(self.kf_delays) < 2 or float(np.median(self.kf_delays)) <= self._wait_bound()
+
+    def _wait_bound(self) -> float:
+        """How long a frame may wait for its keyframe decision and result (s): ``keyframe_wait``, or with
+        ``keyframe_wait_max`` above it (the default: 0.3 and 0.5 s), the median of the recent keyframe result
+        delays x KF_WAIT_FACTOR + KF_WAIT_MARGIN_S, kept between the two (keyframe_wait until two delays are
+        measured). keyframe_wait 0 (live mode) never waits, whatever the max. The fixed 0.3 s
+        default is above a keyframe pass on a quiet 2-core machine; on a day the same machine ran 1.5x
+        slower the passes took 0.26-0.34 s, frames stopped waiting and the live labels lost 5-10 mIoU,
+        where a 0.5 s bound kept the offline accuracy (BENCHMARKS.md 7.1)."""
+        p = self.cfg
+        lo, hi = p['keyframe_wait'], p['keyframe_wait_max']
+        if lo <= 0 or hi <= lo or len(self.kf_delays) < 2:
+            return lo
+        return float(min(hi, max(lo, float(np.median(self.kf_delays)) * KF_WAIT_FACTOR + KF_WAIT_MARGIN_S)))
 
     def _behind(self, ns, t_image=None, record: bool = False) -> bool:
         """Load shedding (``refine_max_lag``): has the node fallen so far behind the camera, at the frame
@@ -852,7 +872,9 @@ class PropagationNode(VidsegLifecycleNode):
         if c['keyframe_wait_skipped']:   # keyframe results come later than keyframe_wait: frames do not wait
             msg = ('' if msg == 'running' else msg + '; ') + \
                 (f'{c["keyframe_wait_skipped"]} keyframe frame(s) did not wait: keyframe results came after a median '
-                 f'{kf_delay or float("nan"):.2f} s, more than keyframe_wait {self.cfg["keyframe_wait"]} s')
+                 f'{kf_delay or float("nan"):.2f} s, more than keyframe_wait {self.cfg["keyframe_wait"]} s'
+                 + (f' (adaptive up to keyframe_wait_max {self.cfg["keyframe_wait_max"]} s)'
+                    if self.cfg['keyframe_wait_max'] > self.cfg['keyframe_wait'] else ''))
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
@@ -865,6 +887,8 @@ class PropagationNode(VidsegLifecycleNode):
         vals.update(self._context_counts())
         if kf_delay is not None:
             vals['kf_delay_median_s'] = kf_delay
+        if self.cfg['keyframe_wait'] > 0:
+            vals['keyframe_wait_bound_s'] = self._wait_bound()
         if self.two is not None:   # frames waiting for their next keyframe on the two-sided topic
             vals['two_sided_waiting'] = len(self.two)
             vals['two_sided_trusted'] = self.two.stats['trusted']   # fused with both chains' trust maps
