@@ -204,9 +204,10 @@ class PropagationNode(VidsegLifecycleNode):
         from vidseg_ros.core.propagation import Propagator
         p = self.params('scale', 'warp', 'use_iam', 'refine', 'temporal_mode', 'temporal_weights', 'region_tile_area',
                         'region_shape', 'region_catch_up', 'refine_max_lag', 'model', 'weights', 'device', 'history',
-                        'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'keyframe_wait_max', 'max_pending',
-                        'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s', 'two_sided_trust',
-                        'class_set', 'publish_color', 'publish_confidence', 'input_qos', 'queue_depth')
+                        'confidence_decay', 'max_distance', 'flow_timeout', 'keyframe_wait', 'keyframe_wait_max',
+                        'max_pending', 'source_timeout', 'two_sided', 'two_sided_max_delay', 'two_sided_max_wait_s',
+                        'two_sided_trust', 'class_set', 'publish_color', 'publish_confidence', 'input_qos',
+                        'queue_depth')
         qos = input_qos(p['input_qos'], p['queue_depth'])
         check(p['confidence_decay'] > 0, f'confidence_decay must be in (0, 1], got {p["confidence_decay"]}')
         check(not (p['refine'] and not p['warp']), 'refine:=true needs warp:=true')
@@ -711,7 +712,7 @@ class PropagationNode(VidsegLifecycleNode):
         measured). keyframe_wait 0 (live mode) never waits, whatever the max. The fixed 0.3 s
         default is above a keyframe pass on a quiet 2-core machine; on a day the same machine ran 1.5x
         slower the passes took 0.26-0.34 s, frames stopped waiting and the live labels lost 5-10 mIoU,
-        where a 0.5 s bound kept the offline accuracy (BENCHMARKS.md 7.1)."""
+        where a 0.5 s bound kept the offline accuracy (BENCHMARKS.md 9.1)."""
         p = self.cfg
         lo, hi = p['keyframe_wait'], p['keyframe_wait_max']
         if lo <= 0 or hi <= lo or len(self.kf_delays) < 2:
