@@ -60,7 +60,7 @@ def test_kitti_rate_realtime(ros_domain, shared, tmp_path):
     lat = np.asarray(p['latency_series_ms'])
     floor_first, floor_last = p['latency_floor_first_ms'], p['latency_floor_last_ms']
     assert floor_last <= 1.5 * floor_first + 50.0, (floor_first, floor_last, lat.round().tolist(), summary)
-    # and the saw-tooth stays within keyframe_wait's bound (0.3 s) plus a frame's own work
+    # and the saw-tooth stays within keyframe_wait's bound (0.3 s, adaptive up to 0.5 s) plus a frame's own work
     assert p['latency_last_ms'] < 500.0, (lat.round().tolist(), summary)
     # keyframes keep happening
     kf = p['keyframe_stamps_ns']
