@@ -482,9 +482,19 @@ def run(args) -> dict:
                             'delayed': True})
             else:
                 row.update(costs[label])
+    add_same_compute(res)
+    return res
+
+
+def add_same_compute(res: dict) -> None:
+    """Every row's ``mean_rel`` (:func:`mean_cost_rel`) and ``res['same_compute']`` (:func:`same_compute`). A
+    result saved before rows recorded their ``keyframe_fraction`` gets it from its config (:func:`_kf_fraction`)."""
+    for S, rows in res.get('intervals', {}).items():
+        for row in rows.values():
+            if 'keyframe_fraction' not in row:
+                row['keyframe_fraction'] = _kf_fraction(res, int(S))
             row['mean_rel'] = mean_cost_rel(row)
     res['same_compute'] = same_compute(res)
-    return res
 
 
 def mean_cost_rel(row: dict) -> float | None:
@@ -775,11 +785,7 @@ def main(argv=None) -> int:
         if not isinstance(res, dict):
             raise InputError(f'{args.replot} is not a bench-temporal result')
         if 'intervals' in res and 'same_compute' not in res:   # saved before the mean cost existed
-            for S, rows in res['intervals'].items():
-                for row in rows.values():
-                    row.setdefault('keyframe_fraction', _kf_fraction(res, int(S)))
-                    row['mean_rel'] = mean_cost_rel(row)
-            res['same_compute'] = same_compute(res)
+            add_same_compute(res)
         pngs = [p for p in (plot_tradeoff(res, _plot_path(Path(args.replot))),
                             plot_same_compute(res, _plot_path(Path(args.replot), 'compute'))) if p]
         print(f"wrote {' and '.join(map(str, pngs))}" if pngs else f'{args.replot}: no rows with a recovered share to plot')
