@@ -979,6 +979,25 @@ def test_propagation_node_waits_for_keyframes_only_while_they_come_within_keyfra
         assert 'adaptive up to keyframe_wait_max 0.45 s' in msg, msg
     finally:
         _close(node)
+    # before the first keyframe result there is nothing to propagate (a frame that stopped waiting would go out
+    # void, no_keyframe) and the first pass is the slowest: the first keyframe frame waits up to the max
+    from vidseg_ros.ros.conversions import image_to_ndarray
+    node = _prop({'keyframe_wait': 0.3, 'keyframe_wait_max': 1.0, 'flow_timeout': 5.0})
+    out = node.labels_pub.msgs
+    try:
+        assert node._wait_bound() == 1.0
+        _decision(node, 10**10, kf=True)
+        node.on_image(_img(W, H, 10**10))
+        node.on_flow(_chain_start(10**10))
+        time.sleep(0.45)
+        node.pump()
+        assert len(out) == 0          # past keyframe_wait: still waiting (with the fixed 0.3 s bound: void labels)
+        result(10**10, cls=4)
+        assert len(out) == 1 and (image_to_ndarray(out[0]) == 4).all()
+        assert node.counts['keyframe_wait_expired'] == 0
+        assert node._wait_bound() == 0.3   # a state now: keyframe_wait until two delays are measured
+    finally:
+        _close(node)
     # a max at or below keyframe_wait: the fixed bound; keyframe_wait 0 (live mode) never waits, whatever the max
     for wait, mx, bound in ((0.3, 0.2, 0.3), (0.3, 0.0, 0.3), (0.0, 1.0, 0.0)):
         node = _prop({'keyframe_wait': wait, 'keyframe_wait_max': mx, 'flow_timeout': 5.0})

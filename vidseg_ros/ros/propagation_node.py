@@ -709,13 +709,20 @@ class PropagationNode(VidsegLifecycleNode):
         """How long a frame may wait for its keyframe decision and result (s): ``keyframe_wait``, or with
         ``keyframe_wait_max`` above it (the default: 0.3 and 0.5 s), the median of the recent keyframe result
         delays x KF_WAIT_FACTOR + KF_WAIT_MARGIN_S, kept between the two (keyframe_wait until two delays are
-        measured). keyframe_wait 0 (live mode) never waits, whatever the max. The fixed 0.3 s
-        default is above a keyframe pass on a quiet 2-core machine; on a day the same machine ran 1.5x
+        measured). Before the first keyframe result (at start-up, after a reset) the bound is the max: there
+        is nothing to propagate yet, so a frame that stopped waiting would go out void (``no_keyframe``), and
+        the first network pass is the slowest. keyframe_wait 0 (live mode) never waits, whatever the max.
+        The fixed 0.3 s default is above a keyframe pass on a quiet 2-core machine; on a day the same machine ran 1.5x
         slower the passes took 0.26-0.34 s, frames stopped waiting and the live labels lost 5-10 mIoU,
         where a 0.5 s bound kept the offline accuracy (BENCHMARKS.md 9.1)."""
         p = self.cfg
         lo, hi = p['keyframe_wait'], p['keyframe_wait_max']
-        if lo <= 0 or hi <= lo or len(self.kf_delays) < 2:
+        if lo <= 0 or hi <= lo:
+            return lo
+        prop = getattr(self, 'prop', None)
+        if prop is not None and prop.semantics is None:   # nothing to propagate yet
+            return hi
+        if len(self.kf_delays) < 2:
             return lo
         return float(min(hi, max(lo, float(np.median(self.kf_delays)) * KF_WAIT_FACTOR + KF_WAIT_MARGIN_S)))
 
