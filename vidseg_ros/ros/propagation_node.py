@@ -719,8 +719,7 @@ class PropagationNode(VidsegLifecycleNode):
         lo, hi = p['keyframe_wait'], p['keyframe_wait_max']
         if lo <= 0 or hi <= lo:
             return lo
-        prop = getattr(self, 'prop', None)
-        if prop is not None and prop.semantics is None:   # nothing to propagate yet
+        if self.prop.semantics is None:   # nothing to propagate yet
             return hi
         if len(self.kf_delays) < 2:
             return lo
