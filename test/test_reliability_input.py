@@ -965,11 +965,14 @@ def test_propagation_node_waits_for_keyframes_only_while_they_come_within_keyfra
         assert node._wait_bound() == 0.3                    # nothing measured yet: keyframe_wait
         keyframe_frame(T[1], 0.4, waits=True)
         keyframe_frame(T[2], 0.4, waits=True)
-        assert node._wait_bound() == pytest.approx(0.4 * 1.25 + 0.05, abs=0.03)
+        # the measured delays are the 0.4 s sleeps plus this process's own handling (more on a loaded machine)
+        delay = lambda: float(np.median(node.kf_delays))   # noqa: E731
+        assert 0.4 <= delay() < 0.6, list(node.kf_delays)
+        assert node._wait_bound() == pytest.approx(delay() * 1.25 + 0.05)   # ~0.55 s
         keyframe_frame(T[3], 0.4, waits=True)               # fixed 0.3 s: out at once (above)
         assert node.counts['keyframe_wait_skipped'] == 0
         (_, _, msg, vals), = node.diagnostics()
-        assert vals['keyframe_wait_bound_s'] == pytest.approx(0.55, abs=0.03), vals
+        assert vals['keyframe_wait_bound_s'] == pytest.approx(delay() * 1.25 + 0.05), vals
         node.cfg = {**node.cfg, 'keyframe_wait_max': 0.45}   # capped: the bound stays at the max ...
         assert node._wait_bound() == 0.45
         node.kf_delays.extend([0.6, 0.6, 0.6])              # ... and results later than it stop the waiting
