@@ -130,6 +130,8 @@ def test_demo_live_bag_input(tmp_path, ros_domain):
     # not at all when they do not (a busy CI machine); frames output before the first keyframe result are void
     # (distance -1, degraded), so only the frames propagated from a keyframe are held to the floor
     assert s['mode'] == 'wait' and s['keyframe_wait_s'] == 0.3 and 0.0 < s['miou'] <= 1.0
+    # the adaptive bound the node reported on /diagnostics, within keyframe_wait .. keyframe_wait_max
+    assert s['keyframe_wait_max_s'] == 0.5 and 0.3 <= s['keyframe_wait_bound_s'] <= 0.5, s
     assert s['degraded_frames'] < N
     assert sum(s['degraded_reasons'].values()) >= s['degraded_frames']   # every degraded frame says why
     by_d = {int(d): v for d, v in s['miou_by_distance'].items()}
@@ -165,6 +167,12 @@ def test_auto_scale_and_table_without_ground_truth():
     assert 'n/a (no ground truth)' in t and '3 / 2' in t and '50.00 %' in t and '5 / 6 / 7 ms' in t
     assert '(live mode)' in t
     assert '/ 2 (keyframe_wait 0.3 s)' in format_table(dict(s, mode='wait', keyframe_wait_s=0.3))
+    # the adaptive bound (keyframe_wait_max above keyframe_wait): its range and where it ended
+    adaptive = dict(s, mode='wait', keyframe_wait_s=0.3, keyframe_wait_max_s=0.5)
+    t = format_table(dict(adaptive, keyframe_wait_bound_s=0.417))
+    assert '/ 2 (keyframe_wait 0.3-0.5 s, 0.42 s at the end)' in t
+    assert '/ 2 (keyframe_wait 0.3-0.5 s)' in format_table(dict(adaptive, keyframe_wait_bound_s=None))
+    assert '/ 2 (keyframe_wait 0.3 s)' in format_table(dict(adaptive, keyframe_wait_max_s=0.0))
 
 
 def test_demo_mode_follows_the_config_and_the_overrides():
@@ -174,3 +182,7 @@ def test_demo_mode_follows_the_config_and_the_overrides():
     assert keyframe_wait_of(build_parser().parse_args([])) == 0.3
     assert keyframe_wait_of(build_parser().parse_args(['--param', 'propagation_node:keyframe_wait=0'])) == 0.0
     assert keyframe_wait_of(build_parser().parse_args(['--deterministic'])) == DETERMINISTIC_WAIT_S
+    from vidseg_ros.demo import propagation_param_of
+    assert propagation_param_of(build_parser().parse_args([]), 'keyframe_wait_max') == 0.5
+    assert propagation_param_of(build_parser().parse_args(['--param', 'propagation_node:keyframe_wait_max=0']),
+                                'keyframe_wait_max') == 0.0

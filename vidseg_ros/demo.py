@@ -356,17 +356,22 @@ def graph_commands(args, scale: int):
     return runner.commands(runner.build_parser().parse_args(ra))
 
 
-def keyframe_wait_of(args) -> float:
-    """The propagation node's keyframe_wait in the graph these options start: a --param / --deterministic
+def propagation_param_of(args, name: str) -> float:
+    """A numeric propagation node parameter in the graph these options start: a --param / --deterministic
     override, else the config file's value (0 when the file does not set it)."""
     import yaml
     inv = next(inv for inv, _ in graph_commands(args, 1) if inv.name == 'propagation_node')
     path, overrides = inv.parameters
-    if 'keyframe_wait' in overrides:
-        return float(overrides['keyframe_wait'])
+    if name in overrides:
+        return float(overrides[name])
     with open(path) as f:
         params = (yaml.safe_load(f) or {}).get('propagation_node', {}).get('ros__parameters', {})
-    return float(params.get('keyframe_wait', 0.0))
+    return float(params.get(name, 0.0))
+
+
+def keyframe_wait_of(args) -> float:
+    """The propagation node's keyframe_wait in the graph these options start."""
+    return propagation_param_of(args, 'keyframe_wait')
 
 
 def _log_errors(log_dir: Path, n: int = 4) -> str:
@@ -688,7 +693,9 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
     def ms(v):
         return None if v is None else 1000.0 * v
 
+    from vidseg_ros.ros.graph_bench import diag_float
     kf_wait = keyframe_wait_of(args)
+    prop_diag = next((v for name, (_, _, v) in col.diagnostics.items() if name.endswith(': propagation_node')), {})
     # deterministic: frames wait for flow and network; wait: keyframe frames wait up to kf_wait while the
     # network's results come within it (the default); live: frames never wait for the network
     mode = 'deterministic' if args.deterministic else ('wait' if kf_wait > 0 else 'live')
@@ -717,6 +724,9 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
         'model': col.info.get('model') if col.info else args.model,
         'network_input_size': col.info.get('input_size') if col.info else None,
         'mode': mode, 'keyframe_wait_s': kf_wait,
+        'keyframe_wait_max_s': propagation_param_of(args, 'keyframe_wait_max'),
+        # the bound the node used last (it follows the measured keyframe delay up to keyframe_wait_max)
+        'keyframe_wait_bound_s': diag_float(prop_diag.get('keyframe_wait_bound_s')),
         'schedule': args.schedule, 'scale': scale, 'class_set': cs.name, 'ros_domain_id': domain,
         'time_s': dict(times, evaluation=time.monotonic() - t_eval, total=time.monotonic() - t_all),
         'diagnostics': {name: {'level': lv, 'message': m, 'values': v} for name, (lv, m, v)
@@ -728,6 +738,14 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
     return summary
 
 
+def _wait_text(s: dict) -> str:
+    """keyframe_wait as the node applied it: fixed, or adaptive up to keyframe_wait_max (and where it ended)."""
+    wait, mx, bound = s['keyframe_wait_s'], s.get('keyframe_wait_max_s') or 0.0, s.get('keyframe_wait_bound_s')
+    if mx <= wait:
+        return f'keyframe_wait {wait:g} s'
+    return f'keyframe_wait {wait:g}-{mx:g} s' + ('' if bound is None else f', {bound:.2f} s at the end')
+
+
 def format_table(s: dict) -> str:
     def f(v, fmt='{:.1f}', unit=''):
         return 'n/a' if v is None else fmt.format(v) + unit
@@ -737,7 +755,7 @@ def format_table(s: dict) -> str:
     rows = [
         ('input', f"{s['input'].get('kind')} {s['input'].get('path')}"),
         ('model / schedule / D', f"{s['model']} / {s['schedule']} / {s['scale']} " + (
-            f"(keyframe_wait {s['keyframe_wait_s']:g} s)" if s['mode'] == 'wait' else f"({s['mode']} mode)")),
+            f"({_wait_text(s)})" if s['mode'] == 'wait' else f"({s['mode']} mode)")),
         ('frames in / out', f"{s['frames_in']} / {s['frames_out']}"),
         ('missing', str(s['missing'])),
         ('rate in / out', f"{f(s['input_rate_hz'], '{:.2f}')} / {f(s['output_rate_hz'], '{:.2f}')} Hz"),

@@ -257,7 +257,8 @@ def _settle(rec, stamps, quiet: float):
         time.sleep(0.05)
 
 
-def _num(v):
+def diag_float(v):
+    """A /diagnostics value (a string) as a float; None when absent or not a number."""
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -268,7 +269,7 @@ def _diag_delta(before: dict, after: dict, name: str, keys) -> dict:
     a, b = after.get(name, {}), before.get(name, {})
     out = {}
     for k in keys:
-        va, vb = _num(a.get(k)), _num(b.get(k, 0))
+        va, vb = diag_float(a.get(k)), diag_float(b.get(k, 0))
         if va is not None:
             out[k] = va - (vb or 0.0)
     return out
@@ -343,9 +344,9 @@ def summarize(rec: Recorder, sent, diag_before=None, diag_after=None, window_fra
             'flow_node': _diag_delta(diag_before, diag_after, 'vidseg: flow_node', ('frames', 'flows')),
         }
         res['node_cost_mean_ms'] = {
-            'flow_node': _num(diag_after.get('vidseg: flow_node', {}).get('mean_ms')),
-            'keyframe_node': _num(diag_after.get('vidseg: keyframe_node', {}).get('mean_ms')),
-            'propagation_node': _num(diag_after.get('vidseg: propagation_node', {}).get('cost_mean_ms'))}
+            'flow_node': diag_float(diag_after.get('vidseg: flow_node', {}).get('mean_ms')),
+            'keyframe_node': diag_float(diag_after.get('vidseg: keyframe_node', {}).get('mean_ms')),
+            'propagation_node': diag_float(diag_after.get('vidseg: propagation_node', {}).get('cost_mean_ms'))}
         kn = diag_after.get('vidseg: keyframe_node', {})
         if 'schedule' in kn:
             res['schedule_at_end'] = kn['schedule']
