@@ -690,7 +690,7 @@ class PropagationNode(VidsegLifecycleNode):
 
     def _waiting_pays(self, now=None) -> bool:
         """keyframe_wait: does the keyframe result usually come within the bound? The median delay (image
-        -> keyframe result) of the last KF_DELAY_HISTORY results must not exceed keyframe_wait; until two
+        -> keyframe result) of the last KF_DELAY_HISTORY results must not exceed the bound (_wait_bound); until two
         are measured the frame waits. A network slower than the bound (a budget schedule that runs it in
         parallel over many frames, an overloaded machine, a bound set too short) would otherwise make every
         keyframe frame wait out the bound and still go out without its result: the latency of waiting and
