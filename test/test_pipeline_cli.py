@@ -728,3 +728,90 @@ def test_cli_run_skips_unreadable_frames_and_lists_them(tmp_path, capsys, monkey
         (bad / f'b{t}.png').write_bytes(b'junk')
     rc, so, se = _run_cli(['run', str(bad), '--out', str(tmp_path / 'b'), '-q'], capsys)
     assert rc == 2 and 'no readable frame in' in se and '2 unreadable' in se and len(se.strip().splitlines()) == 3
+
+
+def _far_apart(t, size=(256, 160)):
+    """Frames of unrelated moments: the bands shifted by a third of their period from frame to frame
+    and a fresh texture each time, so the flow finds nothing to follow."""
+    rng = np.random.default_rng(t)
+    img = np.roll(scene(0, size)[0], 16 * t, axis=1).astype(np.int16)
+    img += rng.integers(-25, 25, (size[1], size[0], 1)).astype(np.int16)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_far_apart_frames_are_measured_and_warned_about():
+    """The IAM inconsistent fraction of every propagated frame is kept: low on video, high on frames far
+    apart, and far_apart_warning fires on the second only (above FAR_APART_FRACTION, enough frames)."""
+    from vidseg_ros.core.pipeline import FAR_APART_FRACTION, FAR_APART_MIN_FRAMES, far_apart_warning
+    stats = {}
+    for name, frames in (('video', [scene(t, (256, 160))[0] for t in range(12)]),
+                         ('far', [_far_apart(t) for t in range(12)])):
+        vs = VideoSegmenter(ColourNet(), OperatingPoint('t', scale=1, interval=12))
+        for f in frames:
+            vs.process(f)
+        stats[name] = vs.summary()['inconsistent_fraction']
+        assert stats[name]['frames'] == 11 and len(vs.inconsistent_fractions) == 11
+    assert stats['video']['median'] < FAR_APART_FRACTION / 2, stats
+    assert stats['far']['median'] > FAR_APART_FRACTION * 1.5, stats
+    assert far_apart_warning(stats['video']) is None
+    w = far_apart_warning(stats['far'], {'type': 'fixed', 'interval': 5})
+    assert w.startswith("warning: the labels failed the flow's forward-backward check (IAM) on ")
+    assert '--schedule adaptive' in w and '\n' not in w
+    w = far_apart_warning(stats['far'], {'type': 'adaptive'})
+    assert '--interval 1' in w and '--schedule adaptive' not in w      # already adaptive
+    # the boundaries: at the threshold, too few frames, nothing measured
+    assert far_apart_warning({'frames': 50, 'median': FAR_APART_FRACTION}) is None
+    assert far_apart_warning({'frames': 50, 'median': FAR_APART_FRACTION + 0.01}) is not None
+    assert far_apart_warning({'frames': FAR_APART_MIN_FRAMES - 1, 'median': 0.9}) is None
+    assert far_apart_warning(None) is None
+    # hold mode (no warp) measures nothing: nothing to warn about
+    vs = VideoSegmenter(ColourNet(), OperatingPoint('h', scale=1, interval=12, warp=False))
+    for t in range(8):
+        vs.process(_far_apart(t))
+    assert vs.summary()['inconsistent_fraction'] is None
+
+
+def test_cli_run_warns_when_frames_are_far_apart(tmp_path, capsys, monkeypatch):
+    import vidseg_ros.core.models as models
+    monkeypatch.setattr(models, 'load_model', lambda *a, **k: ColourNet())
+    for name, make in (('video', lambda t: scene(t, (256, 160))[0]), ('far', _far_apart)):
+        src = tmp_path / name
+        src.mkdir()
+        for t in range(10):
+            cv2.imwrite(str(src / f'f{t:03d}.png'), cv2.cvtColor(make(t), cv2.COLOR_RGB2BGR))
+        out = tmp_path / f'o_{name}'
+        rc, so, se = _run_cli(['run', str(src), '--out', str(out), '--interval', '10', '--no-overlay', '-q'], capsys)
+        assert rc == 0, se
+        summ = json.loads((out / 'summary.json').read_text())
+        assert summ['inconsistent_fraction']['frames'] == 9
+        assert len(list((out / 'labels').glob('*.png'))) == 10          # a warning, never fewer labels
+        if name == 'video':
+            assert 'forward-backward check' not in se, se
+        else:
+            assert len(se.strip().splitlines()) == 1, se
+            assert se.startswith("warning: the labels failed the flow's forward-backward check"), se
+
+
+def test_spacing_bench_scores_spaced_snippets_and_measures_other_sources(tmp_path, capsys):
+    """`python -m vidseg_ros.core.spacing_bench`: the snippets every Nth frame, per frame and at S=5, with the
+    median IAM fraction that `vidseg run` checks; unlabelled sources get the fraction only."""
+    from vidseg_ros.core import spacing_bench
+    data = _bench_snippets(tmp_path / 'seqdata', frames=12, size=(256, 160))
+    far = tmp_path / 'far'
+    far.mkdir()
+    for t in range(8):
+        cv2.imwrite(str(far / f'f{t:03d}.png'), cv2.cvtColor(_far_apart(t), cv2.COLOR_RGB2BGR))
+    extra = [('far apart', far, 8), ('missing', tmp_path / 'nope', 5)]
+    res = spacing_bench.run_spacing_bench(ColourNet(), data, steps=(1, 2), extra=extra, progress=False)
+    rows = res['rows']
+    assert [r.get('step') for r in rows] == [1, 2, None]          # a source that is not there is left out
+    one, two, other = rows
+    assert one['frames'] == 24 and two['frames'] == 12 and one['rate_hz'] == 17.0 and two['rate_hz'] == 8.5
+    assert one['propagated_frames'] == 2 * 9 and two['propagated_frames'] == 2 * 4   # 12 / 6 frames, S=5
+    assert one['miou_per_frame'] > 0.5 and one['drop'] == pytest.approx(one['miou_per_frame'] - one['miou_s5'])
+    assert other['source'] == 'far apart' and other['frames'] == 8 and 'drop' not in other
+    assert other['median_inconsistent_fraction'] > 3 * one['median_inconsistent_fraction']
+    table = spacing_bench.format_table(res)
+    assert '| cityscapes_seq every 2 (8.5 Hz) | 12 |' in table and '| far apart | 8 | - | - | - |' in table
+    rc = spacing_bench.main(['--data', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'x.json'), '-q'])
+    assert rc == 2 and capsys.readouterr().err.startswith('error: cityscapes_seq not found')

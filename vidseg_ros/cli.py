@@ -169,7 +169,7 @@ def cmd_run(args) -> int:
     from .core.flow import FlowEstimator
     from .core.io import LabelWriter, OverlayVideoWriter, open_source, write_json
     from .core.models import load_model
-    from .core.pipeline import VideoSegmenter
+    from .core.pipeline import VideoSegmenter, far_apart_warning
     from .core.schedule import OperatingPoint, get_operating_point
 
     src = open_source(args.source, topic=args.topic, fps=args.fps, skip_bad=not args.strict)
@@ -295,6 +295,8 @@ def cmd_run(args) -> int:
         'schedule': s['schedule'], 'flow': seg.flow.describe(),
         'propagator': s['propagator'], 'two_sided': s.get('two_sided'),
         'skipped_frames': skipped,
+        # how well the flow held between consecutive frames (frames far apart: far_apart_warning)
+        'inconsistent_fraction': s.get('inconsistent_fraction'),
         'region_context': ({'used': seg.refiner.context_used, 'missing': seg.refiner.context_missing}
                            if hasattr(seg.refiner, 'context_used') else None),
         'outputs': {'labels': str(out_dir / 'labels'),
@@ -306,6 +308,9 @@ def cmd_run(args) -> int:
         print(f'{n} frames ({n_kf} keyframes), {fps:.2f} fps, '
               f'keyframe {summary["mean_keyframe_ms"] or 0:.0f} ms, propagated '
               f'{summary["mean_propagated_ms"] or 0:.1f} ms -> {out_dir}')
+    far = far_apart_warning(summary['inconsistent_fraction'], summary['schedule'])
+    if far:   # also with -q, like the skipped frames: labels that are likely wrong are not silent either
+        print(far, file=sys.stderr)
     if skipped:   # also with -q: a frame without labels is never silent
         print(f'warning: {len(skipped)} unreadable frame(s) skipped, no labels for them: '
               f'{", ".join(s["stem"] for s in skipped[:5])}{" ..." if len(skipped) > 5 else ""} '

@@ -32,11 +32,37 @@ from .propagation import (FrameOutput, LowResNetworkRefiner, Propagator, Semanti
                           semantics_from_segmentation)
 from .schedule import OperatingPoint, Schedule, make_schedule
 
-__all__ = ['VideoSegmenter', 'working_size', 'default_flow', 'STAGES', 'make_low_res_refiner']
+__all__ = ['VideoSegmenter', 'working_size', 'default_flow', 'STAGES', 'make_low_res_refiner',
+           'FAR_APART_FRACTION', 'far_apart_warning']
 
 log = logging.getLogger(__name__)
 
 STAGES = ('flow', 'keyframe', 'warp', 'iam', 'refine', 'upsample', 'total')
+
+# Median IAM inconsistent fraction of the propagated frames above which the frames are too far apart in
+# time for propagation. Measured with the default model and flow (``python -m vidseg_ros.core.spacing_bench``,
+# BENCHMARKS.md section 4, "Frames far apart"): driving video at 17-25 Hz 0.036-0.105 (the Udacity clips,
+# the Cityscapes snippets); the snippets at 5.7 Hz 0.187 (S=5 there loses 10.6 mIoU against 4.1 at
+# 17 Hz), at 3.4 Hz 0.240; the CamVid image sets, one frame a second of their drives, 0.35-0.36.
+FAR_APART_FRACTION = 0.2
+FAR_APART_MIN_FRAMES = 5
+
+
+def far_apart_warning(stats: Optional[dict], schedule: Optional[dict] = None) -> Optional[str]:
+    """A one-line warning when the propagated frames were mostly inconsistent under the flow (the median
+    IAM fraction of ``VideoSegmenter.summary()['inconsistent_fraction']`` above FAR_APART_FRACTION over at
+    least FAR_APART_MIN_FRAMES frames): frames sampled seconds apart, a slideshow or shuffled images, where
+    warping carries labels onto the wrong content. None when the input looks like video, or when there
+    is nothing to judge (no propagated frame with an IAM)."""
+    if not stats or stats.get('frames', 0) < FAR_APART_MIN_FRAMES or stats['median'] <= FAR_APART_FRACTION:
+        return None
+    adaptive = (schedule or {}).get('type') == 'adaptive'
+    advice = ('--interval 1 (every frame a keyframe)' if adaptive else
+              '--schedule adaptive (a keyframe where the flow fails) or --interval 1 (every frame a keyframe)')
+    return (f'warning: the labels failed the flow\'s forward-backward check (IAM) on {100 * stats["median"]:.0f} % '
+            f'of the median propagated frame ({stats["frames"]} frames; driving video at 17-25 Hz: 4-11 %, '
+            f'at 3 Hz: 24 %, at 1 Hz: 35 %): '
+            f'these frames are too far apart in time for propagated labels; use {advice}')
 
 
 def working_size(size_wh, scale: int) -> tuple:
@@ -127,6 +153,7 @@ class VideoSegmenter:
         self.resets = 0
         self.rejected_keyframes = 0   # keyframes whose network output was mostly NaN/Inf
         self.nonfinite_pixels = 0     # NaN/Inf output pixels set to void in accepted keyframes
+        self.inconsistent_fractions = []   # IAM fraction of every propagated frame (far_apart_warning)
         self.reset()
         self.resets = 0
 
@@ -232,6 +259,8 @@ class VideoSegmenter:
                 self.last_flows = (bwd, fwd)
             out = prop.step(idx, bwd, fwd, work if self.refiner is not None else None)
             self._last_frac = out.inconsistent_fraction if out.mask is not None else None
+            if self._last_frac is not None and self.op.warp:
+                self.inconsistent_fractions.append(float(self._last_frac))
         timings.update(out.timings)
         self._prev_work = gray
         t2 = time.perf_counter()
@@ -268,4 +297,14 @@ class VideoSegmenter:
             'resets': self.resets,
             'rejected_keyframes': self.rejected_keyframes,
             'nonfinite_pixels': self.nonfinite_pixels,
+            'inconsistent_fraction': self._fraction_stats(),
         }
+
+    def _fraction_stats(self) -> Optional[dict]:
+        """The IAM inconsistent fraction over the propagated frames (None without any): how well the flow
+        held between consecutive frames (``far_apart_warning``)."""
+        f = self.inconsistent_fractions
+        if not f:
+            return None
+        return {'frames': len(f), 'median': float(np.median(f)), 'mean': float(np.mean(f)),
+                'p90': float(np.percentile(f, 90))}

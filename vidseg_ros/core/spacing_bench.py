@@ -1,0 +1,133 @@
+"""How far apart can frames be? Propagation accuracy and the IAM inconsistent fraction against frame spacing.
+
+``python -m vidseg_ros.core.spacing_bench --out docs/results/frame_spacing.json`` (BENCHMARKS.md section 4,
+"Frames far apart"). The four ``cityscapes_seq`` snippets (17 Hz) are taken every 1st, 2nd, 3rd and 5th
+frame (17, 8.5, 5.7 and 3.4 Hz); each is segmented per frame and at S=5 by ``VideoSegmenter`` (the same
+code as ``vidseg run``) and scored against the pseudo labels. The median IAM inconsistent fraction of the
+propagated frames, the figure ``vidseg run`` checks (``pipeline.far_apart_warning``), is reported for
+each, and for other inputs at hand without labels: the Udacity clips (25 Hz) and the CamVid image sets
+(one frame a second of their drives).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ['run_spacing_bench', 'main']
+
+
+def _segment(model, frames, interval):
+    """Labels of ``frames`` (RGB) at S=interval, and the segmenter (its inconsistent fractions)."""
+    from vidseg_ros.cli import _auto_scale
+    from .pipeline import VideoSegmenter
+    from .schedule import OperatingPoint
+    seg = None
+    labels = []
+    for rgb in frames:
+        if seg is None:
+            scale = _auto_scale((rgb.shape[1], rgb.shape[0]), model.input_size)
+            seg = VideoSegmenter(model, OperatingPoint(f's{interval}', scale=scale, interval=interval))
+        labels.append(seg.process(rgb).labels)
+    return labels, seg
+
+
+def run_spacing_bench(model='default', data=None, steps=(1, 2, 3, 5), interval=5, extra=None,
+                      progress=True) -> dict:
+    """The table (see module docstring) as a dict; ``extra``: [(name, source path, max frames)]."""
+    from tqdm import tqdm
+
+    from .bench import _load_seq, resolve_snippets
+    from .classes import get_class_set
+    from .io import open_source
+    from .metrics import ConfusionMatrix
+    from .models import load_model
+    from .paths import shared_dir
+
+    m = load_model(model) if isinstance(model, str) else model
+    ncls = len(get_class_set('cityscapes').names)
+    root, seqs = resolve_snippets(data, None)
+    snippets = [_load_seq(root / s, 30) for s in seqs]
+    rows = []
+    bar = tqdm(total=len(steps) * len(snippets) * 2, desc='spacing', unit='snippet', disable=not progress)
+    for step in steps:
+        cms = {1: ConfusionMatrix(ncls), interval: ConfusionMatrix(ncls)}
+        fracs = []
+        for _, frames, gts in snippets:
+            fr, gt = frames[::step], gts[::step]
+            for s, cm in cms.items():
+                labels, seg = _segment(m, fr, s)
+                for lab, g in zip(labels, gt):
+                    cm.update(lab, g)
+                if s == interval:
+                    fracs += seg.inconsistent_fractions
+                bar.update()
+        per_frame, prop = cms[1].miou(), cms[interval].miou()
+        rows.append({'source': 'cityscapes_seq', 'step': step, 'rate_hz': round(17.0 / step, 1),
+                     'frames': sum(len(f[1][::step]) for f in snippets), 'miou_per_frame': per_frame,
+                     f'miou_s{interval}': prop, 'drop': per_frame - prop,
+                     'median_inconsistent_fraction': float(np.median(fracs)), 'propagated_frames': len(fracs)})
+    bar.close()
+    if extra is None:
+        d = shared_dir() / 'data'
+        extra = [('udacity/solidWhiteRight.mp4 (25 Hz)', d / 'udacity' / 'solidWhiteRight.mp4', 221),
+                 ('udacity/test_video.mp4 (25 Hz)', d / 'udacity' / 'test_video.mp4', 38),
+                 ('camvid/test (1 Hz)', d / 'camvid' / 'test', 233),
+                 ('camvid/train (1 Hz)', d / 'camvid' / 'train', 367)]
+    for name, path, n in tqdm(extra, desc='unlabelled', unit='source', disable=not progress):
+        if not Path(path).exists():
+            continue
+        src = open_source(str(path))
+        frames = []
+        for fr in src:
+            if len(frames) >= n:
+                break
+            if fr.error is None:
+                frames.append(fr.rgb)
+        _, seg = _segment(m, frames, interval)
+        f = seg.inconsistent_fractions
+        rows.append({'source': name, 'frames': len(frames), 'propagated_frames': len(f),
+                     'median_inconsistent_fraction': float(np.median(f)) if f else None})
+    return {'model': m.name, 'interval': interval, 'rows': rows}
+
+
+def format_table(res: dict) -> str:
+    s = res['interval']
+    lines = [f'| source | frames | per-frame mIoU | S={s} mIoU | drop | median IAM fraction |',
+             '|---|---|---|---|---|---|']
+    for r in res['rows']:
+        name = r['source'] + (f' every {r["step"]} ({r["rate_hz"]} Hz)' if 'step' in r else '')
+        if 'drop' in r:
+            acc = (f'{100 * r["miou_per_frame"]:.1f} | {100 * r[f"miou_s{s}"]:.1f} | {100 * r["drop"]:.1f}')
+        else:
+            acc = '- | - | -'
+        frac = r['median_inconsistent_fraction']
+        lines.append(f'| {name} | {r["frames"]} | {acc} | {"-" if frac is None else f"{frac:.3f}"} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog='python -m vidseg_ros.core.spacing_bench', description=__doc__.split('\n')[0])
+    ap.add_argument('--model', default='default')
+    ap.add_argument('--data', default=None, help='cityscapes_seq folder (default ../shared/data/cityscapes_seq)')
+    ap.add_argument('--steps', type=int, nargs='+', default=[1, 2, 3, 5])
+    ap.add_argument('--out', default='frame_spacing.json')
+    ap.add_argument('-q', '--quiet', action='store_true')
+    args = ap.parse_args(argv)
+    from .errors import VidsegError
+    try:
+        res = run_spacing_bench(args.model, args.data, tuple(args.steps), progress=not args.quiet)
+    except VidsegError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(format_table(res))
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
