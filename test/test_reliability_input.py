@@ -297,6 +297,45 @@ def test_propagation_node_bad_input_and_time(ros_domain):
         _close(node)
 
 
+def test_propagation_node_warns_when_frames_are_too_far_apart(ros_domain):
+    """The IAM fraction of the recent propagated frames: a WARN on /diagnostics while their median is above
+    pipeline.FAR_APART_FRACTION (labels carried onto the wrong content: the scene moves far between
+    frames), OK again once the frames follow each other closely; every frame still gets its labels."""
+    from std_msgs.msg import Header
+    from vidseg_ros.core.pipeline import FAR_APART_FRACTION
+    from vidseg_ros.ros.propagation_node import FAR_APART_WINDOW
+    W, H = 64, 48
+    node = _prop({})
+    try:
+        def step(i, dx):   # a propagated frame whose content moved dx px (forward and backward agree)
+            f = np.zeros((H, W, 4), np.float32)
+            f[..., 0], f[..., 2] = dx, -dx
+            _decision(node, T[i])
+            node.on_image(_img(W, H, T[i]))
+            node.on_flow(ndarray_to_image(f, '32FC4', Header(frame_id='cam', stamp=ns_to_stamp(T[i]))))
+
+        T = [10**10 + i * 33 * 10**6 for i in range(80)]
+        _first_frame(node, T[0], W, H, keyframe=_keyframe)
+        for i in range(1, 8):                  # video: half a pixel per frame
+            step(i, 0.5)
+        (_, level, msg, vals), = node.diagnostics()
+        assert level == 0 and 'too far apart' not in msg and vals['inconsistent_fraction_median'] < 0.05
+        for i in range(8, 20):                 # 20 px per frame on a 64 px frame: a third comes from outside
+            step(i, 20.0)
+        (_, level, msg, vals), = node.diagnostics()
+        assert vals['inconsistent_fraction_median'] > FAR_APART_FRACTION
+        assert level == 1 and 'frames too far apart in time for propagation' in msg, msg
+        assert 'of the median of the last 19 propagated frames' in msg
+        for i in range(20, 40):                # close frames again: the recent median falls back
+            step(i, 0.5)
+        (_, level, msg, vals), = node.diagnostics()
+        assert level == 0 and 'too far apart' not in msg, msg
+        assert len(node.recent_fractions) == min(39, FAR_APART_WINDOW)
+        assert len(node.labels_pub.msgs) == 40 and node.counts['degraded'] == 0
+    finally:
+        _close(node)
+
+
 def test_propagation_node_keyframe_overdue(ros_domain):
     """A keyframe announced but never delivered (network hung) -> degraded after source_timeout,
     while decisions keep coming; cleared when a result arrives."""

@@ -33,36 +33,52 @@ from .propagation import (FrameOutput, LowResNetworkRefiner, Propagator, Semanti
 from .schedule import OperatingPoint, Schedule, make_schedule
 
 __all__ = ['VideoSegmenter', 'working_size', 'default_flow', 'STAGES', 'make_low_res_refiner',
-           'FAR_APART_FRACTION', 'far_apart_warning']
+           'FAR_APART_FRACTION', 'far_apart_warning', 'frames_far_apart', 'fraction_stats']
 
 log = logging.getLogger(__name__)
 
 STAGES = ('flow', 'keyframe', 'warp', 'iam', 'refine', 'upsample', 'total')
 
 # Median IAM inconsistent fraction of the propagated frames above which the frames are too far apart in
-# time for propagation. Measured with the default model and flow (``python -m vidseg_ros.core.spacing_bench``,
-# BENCHMARKS.md section 4, "Frames far apart"): driving video at 17-25 Hz 0.036-0.105 (the Udacity clips,
-# the Cityscapes snippets); the snippets at 5.7 Hz 0.187 (S=5 there loses 10.6 mIoU against 4.1 at
-# 17 Hz), at 3.4 Hz 0.240; the CamVid image sets, one frame a second of their drives, 0.35-0.36.
-FAR_APART_FRACTION = 0.2
+# time for propagation (an image set, not a video). Measured with the default model and flow (``python -m
+# vidseg_ros.core.spacing_bench``, BENCHMARKS.md section 4, "Frames far apart"): driving video at 17-25 Hz
+# 0.04-0.11 (the Udacity clips, the Cityscapes snippets); the synthetic drive of the demo at 10 Hz 0.21;
+# the snippets at 3.4 Hz 0.24; the CamVid image sets, one frame a second of their drives, 0.35-0.36.
+# A 10 Hz camera (KITTI's rate) must not warn, hence the threshold above the 10 Hz drive and below 1 Hz.
+FAR_APART_FRACTION = 0.25
 FAR_APART_MIN_FRAMES = 5
 
 
+def fraction_stats(fractions) -> Optional[dict]:
+    """frames / median / mean / p90 of IAM inconsistent fractions (None without any)."""
+    f = [float(v) for v in fractions]
+    if not f:
+        return None
+    return {'frames': len(f), 'median': float(np.median(f)), 'mean': float(np.mean(f)),
+            'p90': float(np.percentile(f, 90))}
+
+
+def frames_far_apart(stats: Optional[dict]) -> bool:
+    """Were the propagated frames of ``stats`` (``fraction_stats``) mostly inconsistent under the flow: a
+    median above FAR_APART_FRACTION over at least FAR_APART_MIN_FRAMES frames? Frames seconds apart, a
+    slideshow, shuffled images, a camera far slower than the scene moves: warping carries labels onto
+    the wrong content there."""
+    return bool(stats) and stats.get('frames', 0) >= FAR_APART_MIN_FRAMES and stats['median'] > FAR_APART_FRACTION
+
+
 def far_apart_warning(stats: Optional[dict], schedule: Optional[dict] = None) -> Optional[str]:
-    """A one-line warning when the propagated frames were mostly inconsistent under the flow (the median
-    IAM fraction of ``VideoSegmenter.summary()['inconsistent_fraction']`` above FAR_APART_FRACTION over at
-    least FAR_APART_MIN_FRAMES frames): frames sampled seconds apart, a slideshow or shuffled images, where
-    warping carries labels onto the wrong content. None when the input looks like video, or when there
-    is nothing to judge (no propagated frame with an IAM)."""
-    if not stats or stats.get('frames', 0) < FAR_APART_MIN_FRAMES or stats['median'] <= FAR_APART_FRACTION:
+    """``vidseg run``'s one-line warning when ``frames_far_apart(stats)`` (``VideoSegmenter.summary()
+    ['inconsistent_fraction']``); None when the input looks like video or there is nothing to judge
+    (no propagated frame with an IAM)."""
+    if not frames_far_apart(stats):
         return None
     adaptive = (schedule or {}).get('type') == 'adaptive'
     advice = ('--interval 1 (every frame a keyframe)' if adaptive else
               '--schedule adaptive (a keyframe where the flow fails) or --interval 1 (every frame a keyframe)')
     return (f'warning: the labels failed the flow\'s forward-backward check (IAM) on {100 * stats["median"]:.0f} % '
-            f'of the median propagated frame ({stats["frames"]} frames; driving video at 17-25 Hz: 4-11 %, '
-            f'at 3 Hz: 24 %, at 1 Hz: 35 %): '
-            f'these frames are too far apart in time for propagated labels; use {advice}')
+            f'of the median propagated frame ({stats["frames"]} frames; driving video at 10-25 Hz: 4-21 %, '
+            f'one frame a second: 35 %): these frames are too far apart in time for propagated labels; '
+            f'use {advice}')
 
 
 def working_size(size_wh, scale: int) -> tuple:
@@ -297,14 +313,6 @@ class VideoSegmenter:
             'resets': self.resets,
             'rejected_keyframes': self.rejected_keyframes,
             'nonfinite_pixels': self.nonfinite_pixels,
-            'inconsistent_fraction': self._fraction_stats(),
+            # how well the flow held between consecutive frames (far_apart_warning)
+            'inconsistent_fraction': fraction_stats(self.inconsistent_fractions),
         }
-
-    def _fraction_stats(self) -> Optional[dict]:
-        """The IAM inconsistent fraction over the propagated frames (None without any): how well the flow
-        held between consecutive frames (``far_apart_warning``)."""
-        f = self.inconsistent_fractions
-        if not f:
-            return None
-        return {'frames': len(f), 'median': float(np.median(f)), 'mean': float(np.mean(f)),
-                'p90': float(np.percentile(f, 90))}

@@ -5,8 +5,8 @@
 frame (17, 8.5, 5.7 and 3.4 Hz); each is segmented per frame and at S=5 by ``VideoSegmenter`` (the same
 code as ``vidseg run``) and scored against the pseudo labels. The median IAM inconsistent fraction of the
 propagated frames, the figure ``vidseg run`` checks (``pipeline.far_apart_warning``), is reported for
-each, and for other inputs at hand without labels: the Udacity clips (25 Hz) and the CamVid image sets
-(one frame a second of their drives).
+each, and for other inputs at hand without labels: the Udacity clips (25 Hz), the synthetic drive of
+``vidseg synth`` / the demo (10 Hz, and 30 Hz) and the CamVid image sets (one frame a second of their drives).
 """
 from __future__ import annotations
 
@@ -35,17 +35,51 @@ def _segment(model, frames, interval):
     return labels, seg
 
 
+def default_extra() -> list:
+    """The unlabelled inputs: (name, source, max frames); a source is a path or a callable giving frames."""
+    from .paths import shared_dir
+    d = shared_dir() / 'data'
+
+    def synth(fps):
+        def frames(n):
+            from .synth import SyntheticDrive
+            drive = SyntheticDrive(seed=0, size=(640, 360), fps=fps, duration_s=max(60.0, n / fps))
+            return [drive.render(t)[0] for t in range(n)]
+        return frames
+
+    return [('udacity/solidWhiteRight.mp4 (25 Hz)', d / 'udacity' / 'solidWhiteRight.mp4', 221),
+            ('udacity/test_video.mp4 (25 Hz)', d / 'udacity' / 'test_video.mp4', 38),
+            ('synthetic drive, the demo input (10 Hz)', synth(10.0), 60),
+            ('synthetic drive at 30 Hz', synth(30.0), 60),
+            ('camvid/test (1 Hz)', d / 'camvid' / 'test', 233),
+            ('camvid/train (1 Hz)', d / 'camvid' / 'train', 367)]
+
+
+def _frames_of(source, n):
+    """Up to ``n`` RGB frames of a path (video, folder) or a callable(n); None for a path that is not there."""
+    if callable(source):
+        return source(n)
+    if not Path(source).exists():
+        return None
+    from .io import open_source
+    frames = []
+    for fr in open_source(str(source)):
+        if len(frames) >= n:
+            break
+        if fr.error is None:
+            frames.append(fr.rgb)
+    return frames
+
+
 def run_spacing_bench(model='default', data=None, steps=(1, 2, 3, 5), interval=5, extra=None,
                       progress=True) -> dict:
-    """The table (see module docstring) as a dict; ``extra``: [(name, source path, max frames)]."""
+    """The table (see module docstring) as a dict; ``extra``: [(name, source, max frames)] (``default_extra``)."""
     from tqdm import tqdm
 
     from .bench import _load_seq, resolve_snippets
     from .classes import get_class_set
-    from .io import open_source
     from .metrics import ConfusionMatrix
     from .models import load_model
-    from .paths import shared_dir
 
     m = load_model(model) if isinstance(model, str) else model
     ncls = len(get_class_set('cityscapes').names)
@@ -72,21 +106,11 @@ def run_spacing_bench(model='default', data=None, steps=(1, 2, 3, 5), interval=5
                      'median_inconsistent_fraction': float(np.median(fracs)), 'propagated_frames': len(fracs)})
     bar.close()
     if extra is None:
-        d = shared_dir() / 'data'
-        extra = [('udacity/solidWhiteRight.mp4 (25 Hz)', d / 'udacity' / 'solidWhiteRight.mp4', 221),
-                 ('udacity/test_video.mp4 (25 Hz)', d / 'udacity' / 'test_video.mp4', 38),
-                 ('camvid/test (1 Hz)', d / 'camvid' / 'test', 233),
-                 ('camvid/train (1 Hz)', d / 'camvid' / 'train', 367)]
-    for name, path, n in tqdm(extra, desc='unlabelled', unit='source', disable=not progress):
-        if not Path(path).exists():
+        extra = default_extra()
+    for name, source, n in tqdm(extra, desc='unlabelled', unit='source', disable=not progress):
+        frames = _frames_of(source, n)
+        if frames is None:
             continue
-        src = open_source(str(path))
-        frames = []
-        for fr in src:
-            if len(frames) >= n:
-                break
-            if fr.error is None:
-                frames.append(fr.rgb)
         _, seg = _segment(m, frames, interval)
         f = seg.inconsistent_fractions
         rows.append({'source': name, 'frames': len(frames), 'propagated_frames': len(f),

@@ -48,6 +48,7 @@ from dataclasses import replace
 import numpy as np
 
 from vidseg_ros.core.errors import InputError, VidsegError
+from vidseg_ros.core.pipeline import fraction_stats, frames_far_apart
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, latched_qos,
                                    reliable_qos, run_node)
@@ -60,6 +61,7 @@ from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 STATUS_TOPIC = graph.STATUS_TOPIC   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
 PLAUSIBLE_AGE_S = 60.0   # a frame's stamp age on the ROS clock beyond this (or negative) is another clock's
+FAR_APART_WINDOW = 50    # diagnostics: the IAM fraction's median over this many recent propagated frames
 LAG_WINDOW_S = 5.0       # load shedding: the pipeline's own latency = the lowest frame lag over this window
 KF_DELAY_HISTORY = 5     # keyframe_wait: the last this many keyframe results' delays (image -> result)
 KF_WAIT_FACTOR, KF_WAIT_MARGIN_S = 1.25, 0.05   # keyframe_wait_max: the adaptive bound (median delay x + s)
@@ -258,6 +260,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.latency = LatencyStats()      # image receipt -> labels published
         self.age = LatencyStats()          # stamp -> labels published (ROS clock)
         self.cost = LatencyStats()         # step + conversions
+        # IAM fraction of the recent propagated frames: frames too far apart for propagation (diagnostics)
+        self.recent_fractions = collections.deque(maxlen=FAR_APART_WINDOW)
         self.labels_pub = self.pub(Image, graph.LABELS_TOPIC, reliable_qos(10))
         self.color_pub = self.pub(Image, graph.LABELS_COLOR_TOPIC, reliable_qos(10)) \
             if p['publish_color'] else None
@@ -836,6 +840,8 @@ class PropagationNode(VidsegLifecycleNode):
               'refine_skipped': int(self.prop.stats.get('refine_skipped', 0))}
         if out.mask is not None:
             st['inconsistent_fraction'] = float(out.inconsistent_fraction)
+            if out.distance > 0 and self.prop.warp:
+                self.recent_fractions.append(float(out.inconsistent_fraction))
         st.update(self._context_counts())
         self.stats_pub.publish(String(data=json.dumps(st)))
 
@@ -882,6 +888,14 @@ class PropagationNode(VidsegLifecycleNode):
                  f'{kf_delay or float("nan"):.2f} s, more than keyframe_wait {self.cfg["keyframe_wait"]} s'
                  + (f' (adaptive up to keyframe_wait_max {self.cfg["keyframe_wait_max"]} s)'
                     if self.cfg['keyframe_wait_max'] > self.cfg['keyframe_wait'] else ''))
+        far = fraction_stats(self.recent_fractions)
+        if frames_far_apart(far):   # labels carried onto the wrong content: a low camera rate, dropped frames
+            level = diag_level('WARN')
+            msg = ('' if msg == 'running' else msg + '; ') + \
+                (f"labels failed the flow's forward-backward check (IAM) on {100 * far['median']:.0f} % of the "
+                 f"median of the last {far['frames']} propagated frames (driving video at 10-25 Hz: 4-21 %): "
+                 f"frames too far apart in time for propagation (camera rate, dropped frames?); a shorter "
+                 f"keyframe interval or the adaptive schedule helps")
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
@@ -892,6 +906,8 @@ class PropagationNode(VidsegLifecycleNode):
         vals.update(dict(c))
         vals.update({f'propagator_{k}': v for k, v in self.prop.stats.items()})
         vals.update(self._context_counts())
+        if far is not None:
+            vals['inconsistent_fraction_median'] = far['median']
         if kf_delay is not None:
             vals['kf_delay_median_s'] = kf_delay
         if self.cfg['keyframe_wait'] > 0:
