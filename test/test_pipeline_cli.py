@@ -801,17 +801,23 @@ def test_spacing_bench_scores_spaced_snippets_and_measures_other_sources(tmp_pat
     far.mkdir()
     for t in range(8):
         cv2.imwrite(str(far / f'f{t:03d}.png'), cv2.cvtColor(_far_apart(t), cv2.COLOR_RGB2BGR))
-    extra = [('far apart', far, 8), ('missing', tmp_path / 'nope', 5)]
+    extra = [('far apart', far, 8, 1.0), ('missing', tmp_path / 'nope', 5, None),
+             ('generated', lambda n: [_far_apart(t) for t in range(n)], 6, None)]
     res = spacing_bench.run_spacing_bench(ColourNet(), data, steps=(1, 2), extra=extra, progress=False)
     rows = res['rows']
-    assert [r.get('step') for r in rows] == [1, 2, None]          # a source that is not there is left out
-    one, two, other = rows
+    assert [r.get('step') for r in rows] == [1, 2, None, None]    # a source that is not there is left out
+    one, two, other, gen = rows
+    assert gen['source'] == 'generated' and gen['frames'] == 6 and gen['propagated_frames'] == 4
     assert one['frames'] == 24 and two['frames'] == 12 and one['rate_hz'] == 17.0 and two['rate_hz'] == 8.5
     assert one['propagated_frames'] == 2 * 9 and two['propagated_frames'] == 2 * 4   # 12 / 6 frames, S=5
     assert one['miou_per_frame'] > 0.5 and one['drop'] == pytest.approx(one['miou_per_frame'] - one['miou_s5'])
-    assert other['source'] == 'far apart' and other['frames'] == 8 and 'drop' not in other
+    assert other['source'] == 'far apart' and other['frames'] == 8 and 'drop' not in other and other['rate_hz'] == 1.0
     assert other['median_inconsistent_fraction'] > 3 * one['median_inconsistent_fraction']
     table = spacing_bench.format_table(res)
     assert '| cityscapes_seq every 2 (8.5 Hz) | 12 |' in table and '| far apart | 8 | - | - | - |' in table
+    assert spacing_bench.plot(res, tmp_path / 'p.png').stat().st_size > 10000
+    (tmp_path / 'r.json').write_text(json.dumps(res))
+    assert spacing_bench.main(['--out', str(tmp_path / 'r.json'), '--replot']) == 0
+    assert (tmp_path / 'r.png').is_file() and '| far apart | 8 |' in capsys.readouterr().out
     rc = spacing_bench.main(['--data', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'x.json'), '-q'])
     assert rc == 2 and capsys.readouterr().err.startswith('error: cityscapes_seq not found')

@@ -36,7 +36,8 @@ def _segment(model, frames, interval):
 
 
 def default_extra() -> list:
-    """The unlabelled inputs: (name, source, max frames); a source is a path or a callable giving frames."""
+    """The unlabelled inputs: (name, source, max frames, frame rate Hz or None); a source is a path or a
+    callable giving frames."""
     from .paths import shared_dir
     d = shared_dir() / 'data'
 
@@ -47,12 +48,12 @@ def default_extra() -> list:
             return [drive.render(t)[0] for t in range(n)]
         return frames
 
-    return [('udacity/solidWhiteRight.mp4 (25 Hz)', d / 'udacity' / 'solidWhiteRight.mp4', 221),
-            ('udacity/test_video.mp4 (25 Hz)', d / 'udacity' / 'test_video.mp4', 38),
-            ('synthetic drive, the demo input (10 Hz)', synth(10.0), 60),
-            ('synthetic drive at 30 Hz', synth(30.0), 60),
-            ('camvid/test (1 Hz)', d / 'camvid' / 'test', 233),
-            ('camvid/train (1 Hz)', d / 'camvid' / 'train', 367)]
+    return [('udacity/solidWhiteRight.mp4 (25 Hz)', d / 'udacity' / 'solidWhiteRight.mp4', 221, 25.0),
+            ('udacity/test_video.mp4 (25 Hz)', d / 'udacity' / 'test_video.mp4', 38, 25.0),
+            ('synthetic drive, the demo input (10 Hz)', synth(10.0), 60, 10.0),
+            ('synthetic drive at 30 Hz', synth(30.0), 60, 30.0),
+            ('camvid/test (1 Hz)', d / 'camvid' / 'test', 233, 1.0),
+            ('camvid/train (1 Hz)', d / 'camvid' / 'train', 367, 1.0)]
 
 
 def _frames_of(source, n):
@@ -73,7 +74,7 @@ def _frames_of(source, n):
 
 def run_spacing_bench(model='default', data=None, steps=(1, 2, 3, 5), interval=5, extra=None,
                       progress=True) -> dict:
-    """The table (see module docstring) as a dict; ``extra``: [(name, source, max frames)] (``default_extra``)."""
+    """The table (see module docstring) as a dict; ``extra``: [(name, source, max frames, Hz)] (``default_extra``)."""
     from tqdm import tqdm
 
     from .bench import _load_seq, resolve_snippets
@@ -107,13 +108,13 @@ def run_spacing_bench(model='default', data=None, steps=(1, 2, 3, 5), interval=5
     bar.close()
     if extra is None:
         extra = default_extra()
-    for name, source, n in tqdm(extra, desc='unlabelled', unit='source', disable=not progress):
+    for name, source, n, rate in tqdm(extra, desc='unlabelled', unit='source', disable=not progress):
         frames = _frames_of(source, n)
         if frames is None:
             continue
         _, seg = _segment(m, frames, interval)
         f = seg.inconsistent_fractions
-        rows.append({'source': name, 'frames': len(frames), 'propagated_frames': len(f),
+        rows.append({'source': name, 'rate_hz': rate, 'frames': len(frames), 'propagated_frames': len(f),
                      'median_inconsistent_fraction': float(np.median(f)) if f else None})
     return {'model': m.name, 'interval': interval, 'rows': rows}
 
@@ -133,23 +134,71 @@ def format_table(res: dict) -> str:
     return '\n'.join(lines)
 
 
+def plot(res: dict, path) -> Path:
+    """Drop at S and the median IAM fraction against the frame rate, the warning threshold, and the
+    unlabelled inputs as markers on the fraction axis."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+    from .pipeline import FAR_APART_FRACTION
+    s = res['interval']
+    lab = [r for r in res['rows'] if 'step' in r]
+    other = [r for r in res['rows'] if 'step' not in r and r['median_inconsistent_fraction'] is not None]
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rates = [r['rate_hz'] for r in lab]
+    a1.plot(rates, [100 * r['drop'] for r in lab], 'o-')
+    a1.set_ylabel(f'mIoU drop at S={s} vs per frame (points)')
+    a1.set_title('cityscapes_seq every Nth frame: propagation loss')
+    a2.plot(rates, [r['median_inconsistent_fraction'] for r in lab], 'o-', label='cityscapes_seq every Nth frame')
+    markers = 'sD^v<>ph'
+    for i, r in enumerate(o for o in other if o.get('rate_hz')):
+        a2.plot([r['rate_hz']], [r['median_inconsistent_fraction']], markers[i % len(markers)], color=f'C{i + 1}',
+                ms=8, label=r['source'])
+    a2.axhline(FAR_APART_FRACTION, color='red', lw=2, label=f'warning threshold {FAR_APART_FRACTION}')
+    a2.set_ylabel('median IAM inconsistent fraction')
+    a2.set_ylim(0, max(0.5, 1.35 * max(r['median_inconsistent_fraction'] for r in lab + other)))
+    a2.set_title('what vidseg run / the propagation node check')
+    a2.legend(fontsize=7, loc='upper right')
+    ticks = [1, 2, 3, 5, 10, 17, 25, 30]
+    for a in (a1, a2):
+        a.set_xscale('log')
+        a.set_xlim(0.8, 40)
+        a.xaxis.set_major_locator(FixedLocator(ticks))
+        a.xaxis.set_minor_locator(NullLocator())
+        a.xaxis.set_major_formatter(ScalarFormatter())
+        a.set_xlabel('frame rate (Hz)')
+        a.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='python -m vidseg_ros.core.spacing_bench', description=__doc__.split('\n')[0])
     ap.add_argument('--model', default='default')
     ap.add_argument('--data', default=None, help='cityscapes_seq folder (default ../shared/data/cityscapes_seq)')
     ap.add_argument('--steps', type=int, nargs='+', default=[1, 2, 3, 5])
-    ap.add_argument('--out', default='frame_spacing.json')
+    ap.add_argument('--out', default='frame_spacing.json', help='JSON; the plot goes beside it (.png)')
+    ap.add_argument('--replot', action='store_true', help='redraw the plot from an existing --out JSON')
     ap.add_argument('-q', '--quiet', action='store_true')
     args = ap.parse_args(argv)
     from .errors import VidsegError
+    if args.replot:
+        res = json.loads(Path(args.out).read_text())
+        print(format_table(res))
+        print(f'wrote {plot(res, Path(args.out).with_suffix(".png"))}')
+        return 0
     try:
         res = run_spacing_bench(args.model, args.data, tuple(args.steps), progress=not args.quiet)
     except VidsegError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(format_table(res))
-    Path(args.out).write_text(json.dumps(res, indent=1))
-    print(f'wrote {args.out}')
+    out = Path(args.out)
+    out.write_text(json.dumps(res, indent=1))
+    png = plot(res, out.with_suffix('.png'))
+    print(f'wrote {out}, {png}')
     return 0
 
 
