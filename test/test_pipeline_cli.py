@@ -821,3 +821,32 @@ def test_spacing_bench_scores_spaced_snippets_and_measures_other_sources(tmp_pat
     assert (tmp_path / 'r.png').is_file() and '| far apart | 8 |' in capsys.readouterr().out
     rc = spacing_bench.main(['--data', str(tmp_path / 'nothing'), '--out', str(tmp_path / 'x.json'), '-q'])
     assert rc == 2 and capsys.readouterr().err.startswith('error: cityscapes_seq not found')
+
+
+def test_frames_too_small_for_flow_are_held_not_fatal(tmp_path, capsys, monkeypatch):
+    """Frames whose flow cannot be computed (10x10: below what DIS needs) still get labels: held from the
+    previous frame and flagged degraded, counted with the first error (also two-sided); `vidseg run` says
+    so in one warning line and writes every label file."""
+    tiny = [scene(t, (10, 10))[0] for t in range(7)]
+    vs = VideoSegmenter(ColourNet(), OperatingPoint('t', scale=1, interval=3))
+    outs = [vs.process(f) for f in tiny]
+    assert [o.is_keyframe for o in outs] == [True, False, False, True, False, False, True]
+    assert [o.degraded for o in outs] == [False, True, True, False, True, True, False]
+    assert np.array_equal(outs[1].labels, outs[0].labels)          # held
+    s = vs.summary()
+    assert s['flow_failures'] == 4 and 'too small for DIS flow' in s['flow_error']
+    import vidseg_ros.core.models as models
+    monkeypatch.setattr(models, 'load_model', lambda *a, **k: ColourNet())
+    src = tmp_path / 'tiny'
+    src.mkdir()
+    for t, f in enumerate(tiny):
+        cv2.imwrite(str(src / f'f{t:03d}.png'), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    for extra in ([], ['--two-sided']):
+        out = tmp_path / ('o' + ''.join(extra))
+        rc, so, se = _run_cli(['run', str(src), '--out', str(out), '--interval', '3', '--scale', '1',
+                               '--no-overlay', '-q'] + extra, capsys)
+        assert rc == 0, se
+        assert len(list((out / 'labels').glob('*.png'))) == 7
+        summ = json.loads((out / 'summary.json').read_text())
+        assert summ['frames'] == 7 and summ['degraded_frames'] == 4 and summ['flow_failures'] == 4
+        assert 'warning: 4 frame(s) without flow (images of' in se and 'held from the previous frame' in se, se

@@ -295,6 +295,7 @@ def cmd_run(args) -> int:
         'schedule': s['schedule'], 'flow': seg.flow.describe(),
         'propagator': s['propagator'], 'two_sided': s.get('two_sided'),
         'skipped_frames': skipped,
+        'flow_failures': s.get('flow_failures', 0), 'flow_error': s.get('flow_error'),
         # how well the flow held between consecutive frames (frames far apart: far_apart_warning)
         'inconsistent_fraction': s.get('inconsistent_fraction'),
         'region_context': ({'used': seg.refiner.context_used, 'missing': seg.refiner.context_missing}
@@ -308,6 +309,9 @@ def cmd_run(args) -> int:
         print(f'{n} frames ({n_kf} keyframes), {fps:.2f} fps, '
               f'keyframe {summary["mean_keyframe_ms"] or 0:.0f} ms, propagated '
               f'{summary["mean_propagated_ms"] or 0:.1f} ms -> {out_dir}')
+    if summary['flow_failures']:   # also with -q: degraded labels are never silent
+        print(f'warning: {summary["flow_failures"]} frame(s) without flow ({summary["flow_error"]}): their labels '
+              f'are held from the previous frame (degraded; summary.json: flow_failures)', file=sys.stderr)
     far = far_apart_warning(summary['inconsistent_fraction'], summary['schedule'])
     if far:   # also with -q, like the skipped frames: labels that are likely wrong are not silent either
         print(far, file=sys.stderr)

@@ -17,6 +17,8 @@ Per frame (RGB uint8, any size):
 A change of the input resolution resets the state and forces a keyframe. NaN/Inf network outputs
 are set to void and counted (``nonfinite_pixels``); a keyframe whose output is mostly non-finite is
 rejected and counted (``rejected_keyframes``) and the frame is propagated from the previous state.
+A frame whose flow cannot be computed (frames too small for DIS) keeps the previous labels, flagged
+degraded and counted (``flow_failures``, ``flow_error``), as a missing flow does in the ROS graph.
 """
 from __future__ import annotations
 
@@ -170,6 +172,8 @@ class VideoSegmenter:
         self.rejected_keyframes = 0   # keyframes whose network output was mostly NaN/Inf
         self.nonfinite_pixels = 0     # NaN/Inf output pixels set to void in accepted keyframes
         self.inconsistent_fractions = []   # IAM fraction of every propagated frame (far_apart_warning)
+        self.flow_failures = 0      # frames whose flow could not be computed (labels held, degraded)
+        self.flow_error = None      # ... the first such error
         self.reset()
         self.resets = 0
 
@@ -202,6 +206,15 @@ class VideoSegmenter:
     def _flow_field(self):
         """flow(a, b) -> one field: DIS at its native resolution (as the ROS flow node) or upsampled."""
         return self.flow.compute_native if self.native_flow else self.flow
+
+    def _flow_failed(self, idx, exc) -> None:
+        """A frame whose flow cannot be computed (images too small for DIS, ...): counted, the first one
+        logged; the frame goes on without flow (labels held and flagged degraded, like a missing flow in
+        the ROS graph), never an abort."""
+        self.flow_failures += 1
+        if self.flow_error is None:
+            self.flow_error = str(exc)
+            log.warning('frame %d: no flow (%s); labels held from the previous frame (degraded)', idx, exc)
 
     def _keyframe_semantics(self, idx, rgb, ws) -> Semantics | None:
         """The keyframe network's semantics for this frame, NaN/Inf outputs sanitised (void, counted);
@@ -256,12 +269,15 @@ class VideoSegmenter:
                 # both fields into the keyframe: the forward one carries it back (two-sided), the pair
                 # gives that link's forward-backward check (bidirectional.link_checks)
                 t1 = time.perf_counter()
-                if self.flow_fn is not None:
-                    self.last_flows = tuple(self.flow_fn(idx, self._prev_work, gray))
-                else:
-                    fn = self._flow_field
-                    self.last_flows = (fn(gray, self._prev_work) if self.keyframe_flow_pair else None,
-                                       fn(self._prev_work, gray))
+                try:
+                    if self.flow_fn is not None:
+                        self.last_flows = tuple(self.flow_fn(idx, self._prev_work, gray))
+                    else:
+                        fn = self._flow_field
+                        self.last_flows = (fn(gray, self._prev_work) if self.keyframe_flow_pair else None,
+                                           fn(self._prev_work, gray))
+                except InputError:   # no link into this keyframe: two-sided fusion carries nothing back
+                    self.last_flows = (None, None)   # across it (its frames go out forward-only, counted there)
                 timings['flow'] = time.perf_counter() - t1
             prop.set_keyframe(idx, sem)
             out = prop.step(idx, None, None, None)
@@ -270,7 +286,10 @@ class VideoSegmenter:
             bwd = fwd = None
             if self.op.warp:
                 t1 = time.perf_counter()
-                bwd, fwd = self._flows(idx, self._prev_work, gray)
+                try:
+                    bwd, fwd = self._flows(idx, self._prev_work, gray)
+                except InputError as exc:   # e.g. frames too small for DIS: labels held (degraded), as in ROS
+                    self._flow_failed(idx, exc)
                 timings['flow'] = time.perf_counter() - t1
                 self.last_flows = (bwd, fwd)
             out = prop.step(idx, bwd, fwd, work if self.refiner is not None else None)
@@ -313,6 +332,7 @@ class VideoSegmenter:
             'resets': self.resets,
             'rejected_keyframes': self.rejected_keyframes,
             'nonfinite_pixels': self.nonfinite_pixels,
+            'flow_failures': self.flow_failures, 'flow_error': self.flow_error,
             # how well the flow held between consecutive frames (far_apart_warning)
             'inconsistent_fraction': fraction_stats(self.inconsistent_fractions),
         }
