@@ -140,6 +140,29 @@ def test_demo_live_bag_input(tmp_path, ros_domain):
     assert max(v for d, v in by_d.items() if d >= 0) > 0.15, by_d
 
 
+def test_demo_frames_too_small_for_flow(tmp_path, ros_domain):
+    """Frames too small for DIS (6x6): the whole graph keeps running and labels every frame. The flow node
+    sends chain starts (it used to die on them), the propagation node holds the labels (degraded,
+    flow_chain_restart, not a wait for flow_timeout), and the demo reports no temporal consistency, with
+    why, instead of failing after the run."""
+    src = tmp_path / 'tiny'
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        cv2.imwrite(str(src / f'f{i:03d}.png'), rng.integers(0, 255, (6, 6, 3)).astype(np.uint8))
+    out = tmp_path / 'demo'
+    res = _demo(['--input', src, '--out', out, '--domain-id', ros_domain, '--no-overlay', '-q'])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert len(list((out / 'labels').glob('*.png'))) == 6
+    s = json.loads((out / 'summary.json').read_text())
+    assert (s['frames_in'], s['frames_out'], s['missing']) == (6, 6, 0)
+    assert set(s['degraded_reasons']) == {'flow_chain_restart'}, s['degraded_reasons']
+    assert 'too small for DIS flow' in s['temporal_consistency_error'] and s['temporal_consistency'] is None
+    flow = s['diagnostics']['vidseg: flow_node']
+    assert flow['level'] == 1 and flow['values']['flow_errors'] == '5', flow
+    assert s['diagnostics']['vidseg: lifecycle/flow_node']['values']['restarts'] == '0'
+
+
 @pytest.mark.parametrize('args, needle', [
     (['--input', 'does/not/exist.mp4'], 'input not found: does/not/exist.mp4'),
     (['--schedule', 'fixed:0'], 'interval'),
@@ -173,6 +196,9 @@ def test_auto_scale_and_table_without_ground_truth():
     assert '/ 2 (keyframe_wait 0.3-0.5 s, 0.42 s at the end)' in t
     assert '/ 2 (keyframe_wait 0.3-0.5 s)' in format_table(dict(adaptive, keyframe_wait_bound_s=None))
     assert '/ 2 (keyframe_wait 0.3 s)' in format_table(dict(adaptive, keyframe_wait_max_s=0.0))
+    # no temporal consistency (e.g. frames too small for flow): why, not a number
+    t = format_table(dict(s, temporal_consistency=None, temporal_consistency_error='images of 1x1 are too small'))
+    assert 'temporal consistency' in t and 'n/a (images of 1x1 are too small)' in t
 
 
 def test_demo_mode_follows_the_config_and_the_overrides():

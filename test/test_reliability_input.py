@@ -570,6 +570,40 @@ def test_flow_node_bad_input_and_time(ros_domain):
         _close(node)
 
 
+def test_flow_node_survives_frames_too_small_for_flow(ros_domain):
+    """Frames smaller than DIS needs: the flow cannot be computed, and that used to raise out of the
+    callback and kill the node. Now each such frame goes out as a chain start (the propagation node holds
+    its labels), is counted (flow_errors) and makes the node WARN with the error; frames of a usable size
+    get flow again."""
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.flow_node import FlowNode
+    node = _node(FlowNode, {'input_qos': 'reliable', 'diagnostics_period': 0.0})
+    try:
+        assert node.trigger_configure().name == 'SUCCESS'
+        node.flow_pub = Rec()
+        node.trigger_activate()
+        out = node.flow_pub.msgs
+        rng = np.random.default_rng(0)
+
+        def send(i, w, h):
+            img = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+            hdr = Header(frame_id='c', stamp=ns_to_stamp(10**10 + i * 33_000_000))
+            node.on_image(ndarray_to_image(img, 'rgb8', hdr))
+
+        for i in range(4):
+            send(i, 6, 6)
+        assert len(out) == 4 and all(m.width == 0 for m in out)     # chain starts, one per frame
+        assert node.counts['flow_errors'] == 3 and node.counts['flows'] == 0
+        (_, level, msg, vals), = node.diagnostics()
+        assert level == 1 and '3 frame(s) without flow' in msg and 'too small for DIS flow' in msg, msg
+        send(4, 64, 48)                                             # a usable size: the chain restarts
+        send(5, 64, 48)
+        assert out[-2].width == 0 and out[-1].width > 0 and node.counts['flows'] == 1
+        assert vals['flow_errors'] == 3
+    finally:
+        _close(node)
+
+
 # ------------------------------------------------------------------------ keyframe node
 def test_nonfinite_network_outputs_are_sanitised():
     from vidseg_ros.core.errors import InputError

@@ -643,6 +643,7 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
     cm = ConfusionMatrix(k) if gt_files else None
     by_dist = AccuracyByDistance(k) if gt_files else None
     tc = None if args.no_tc else TemporalConsistency(k, FlowEstimator('dis', preset='medium'))
+    tc_error = None   # why the temporal consistency could not be measured
     overlay = None if args.no_overlay else OverlayVideoWriter(out / 'overlay.mp4', rate, cs)
     n_gt = 0
     t_eval = time.monotonic()
@@ -670,12 +671,15 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
                     tc._prev = None  # a gap: no pair across it
                 continue
             if tc is not None:
-                if scale > 1:  # at the working resolution (the flow there is what the graph used)
-                    ws = (max(1, round(fr.rgb.shape[1] / scale)), max(1, round(fr.rgb.shape[0] / scale)))
-                    tc.update(cv2.resize(pred, ws, interpolation=cv2.INTER_NEAREST),
-                              cv2.resize(fr.rgb, ws, interpolation=cv2.INTER_AREA))
-                else:
-                    tc.update(pred, fr.rgb)
+                try:
+                    if scale > 1:  # at the working resolution (the flow there is what the graph used)
+                        ws = (max(1, round(fr.rgb.shape[1] / scale)), max(1, round(fr.rgb.shape[0] / scale)))
+                        tc.update(cv2.resize(pred, ws, interpolation=cv2.INTER_NEAREST),
+                                  cv2.resize(fr.rgb, ws, interpolation=cv2.INTER_AREA))
+                    else:
+                        tc.update(pred, fr.rgb)
+                except InputError as e:   # e.g. frames too small for DIS: no TC, the rest of the summary stands
+                    tc_error, tc = str(e), None
             g = gt_files.get(fr.stem)
             if g is not None:
                 gt = read_label_png(g, args.gt_format)
@@ -720,7 +724,7 @@ def _report(args, out, src, src_desc, gt_dir, limit, rate, scale, domain, col, s
         'miou_by_distance': ({str(d): v for d, v in by_dist.miou_by_distance().items()}
                              if by_dist is not None and by_dist.by_distance else None),
         'temporal_consistency': (tc.miou() if tc is not None and tc.pairs else None),
-        'temporal_pairs': tc.pairs if tc is not None else 0,
+        'temporal_pairs': tc.pairs if tc is not None else 0, 'temporal_consistency_error': tc_error,
         'model': col.info.get('model') if col.info else args.model,
         'network_input_size': col.info.get('input_size') if col.info else None,
         'mode': mode, 'keyframe_wait_s': kf_wait,
@@ -770,7 +774,8 @@ def format_table(s: dict) -> str:
         ('mIoU vs ground truth', f"{f(s['miou'] and 100 * s['miou'], '{:.2f}', ' %')} ({s['gt_frames']} frames)"
          if s['miou'] is not None else 'n/a (no ground truth)'),
         ('pixel accuracy', f(s['pixel_accuracy'] and 100 * s['pixel_accuracy'], '{:.2f}', ' %')),
-        ('temporal consistency', f(s['temporal_consistency'] and 100 * s['temporal_consistency'], '{:.2f}', ' %')),
+        ('temporal consistency', f(s['temporal_consistency'] and 100 * s['temporal_consistency'], '{:.2f}', ' %')
+         if not s.get('temporal_consistency_error') else f"n/a ({s['temporal_consistency_error']})"),
         ('time input/startup/stream/eval/total',
          ' / '.join(f(s['time_s'].get(k)) for k in ('input', 'startup', 'streaming', 'evaluation', 'total')) + ' s'),
         ('outputs', s['outputs']['summary']),

@@ -7,7 +7,8 @@ resolution, with the newer frame's stamp; its ``header.frame_id`` is the camera'
 ``#ref_ns=<stamp of the older frame in ns>`` (:func:`flow_frame_id`), the frame the flow starts from (the
 previous frame this node received, so across a frame lost before it), read back with
 :func:`parse_flow_frame_id`. A 0x0 message marks a chain start (first frame, size change, time going
-backwards, time jump > ``max_gap``) where no flow exists (no ``#ref_ns``). Broken images and repeated
+backwards, time jump > ``max_gap``, a frame whose flow cannot be computed: frames too small for DIS,
+counted as ``flow_errors``, WARN) where no flow exists (no ``#ref_ns``). Broken images and repeated
 stamps are dropped (counted in /diagnostics, with the pid). All computation is ``core.flow`` /
 ``core.pipeline``. The camera is taken serialized (``image_from_cdr``: no per-message conversion of
 the pixels).
@@ -20,6 +21,7 @@ import time
 
 import numpy as np
 
+from vidseg_ros.core.errors import VidsegError
 from vidseg_ros.ros import graph
 from vidseg_ros.ros.common import (LatencyStats, RateCounter, check, diag_level, input_qos, reliable_qos,
                                    run_node)
@@ -96,7 +98,9 @@ class FlowNode(VidsegLifecycleNode):
         self.prev = None  # (stamp_ns, grey working-resolution frame)
         self.frames = RateCounter()
         self.latency = LatencyStats()
-        self.counts = dict(frames=0, flows=0, chain_starts=0, bad_images=0, dropped_inactive=0, duplicate_stamps=0,
+        self.last_flow_error = None   # the newest frame whose flow could not be computed: its error
+        self.counts = dict(frames=0, flows=0, flow_errors=0, chain_starts=0, bad_images=0, dropped_inactive=0,
+                           duplicate_stamps=0,
                            size_changes=0, time_backwards=0, gaps=0)
         self.flow_pub = self.pub(Image, graph.FLOW_TOPIC, reliable_qos(10))
         self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos, raw=True)
@@ -146,17 +150,31 @@ class FlowNode(VidsegLifecycleNode):
             out = empty_image(self.encoding, msg.header)
             self.counts['chain_starts'] += 1
         else:
-            bwd, fwd = self.flow_fn(prev[1], gray)
-            arr = bwd if fwd is None else np.concatenate([bwd, fwd], axis=2)
-            hdr = Header(stamp=msg.header.stamp, frame_id=flow_frame_id(msg.header.frame_id, prev[0]))
-            out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, hdr)
-            self.counts['flows'] += 1
+            try:
+                bwd, fwd = self.flow_fn(prev[1], gray)
+            except VidsegError as e:   # e.g. frames too small for DIS: never the node's end
+                bwd = fwd = None
+                self.counts['flow_errors'] += 1
+                self.last_flow_error = str(e)
+                self.get_logger().error(f'no flow for this frame: {e}', throttle_duration_sec=5.0)
+            if bwd is None:   # a chain start: the propagation node holds the labels (flow_chain_restart)
+                out = empty_image(self.encoding, msg.header)
+                self.counts['chain_starts'] += 1
+            else:
+                arr = bwd if fwd is None else np.concatenate([bwd, fwd], axis=2)
+                hdr = Header(stamp=msg.header.stamp, frame_id=flow_frame_id(msg.header.frame_id, prev[0]))
+                out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, hdr)
+                self.counts['flows'] += 1
         self.prev = (ns, gray)
         self.flow_pub.publish(out)
         self.latency.add(time.perf_counter() - t0)
 
     def diagnostics(self):
-        return [('', diag_level('OK'), 'running',
+        level, msg = diag_level('OK'), 'running'
+        if self.counts['flow_errors']:
+            level, msg = diag_level('WARN'), (f"{self.counts['flow_errors']} frame(s) without flow (sent as chain "
+                                              f"starts: labels held); the last: {self.last_flow_error}")
+        return [('', level, msg,
                  dict(self.counts, input_rate_hz=self.frames.rate(), pid=os.getpid(), **self.latency.summary()))]
 
 
