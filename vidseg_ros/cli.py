@@ -153,13 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- run
-def _auto_scale(size_wh, input_wh) -> int:
-    for d in (1, 2, 4, 8, 16):
-        if size_wh[0] / d <= input_wh[0] * 1.001 and size_wh[1] / d <= input_wh[1] * 1.001:
-            return d
-    return 16
-
-
 def cmd_run(args) -> int:
     import collections
     import itertools
@@ -169,7 +162,7 @@ def cmd_run(args) -> int:
     from .core.flow import FlowEstimator
     from .core.io import LabelWriter, OverlayVideoWriter, open_source, write_json
     from .core.models import load_model
-    from .core.pipeline import VideoSegmenter, far_apart_warning
+    from .core.pipeline import VideoSegmenter, far_apart_warning, scale_for_network
     from .core.schedule import OperatingPoint, get_operating_point
 
     src = open_source(args.source, topic=args.topic, fps=args.fps, skip_bad=not args.strict)
@@ -200,7 +193,7 @@ def cmd_run(args) -> int:
                              f'{skipped[0]["error"]})') from None
         raise InputError(f'no frames in {args.source}') from None
     size = (first.rgb.shape[1], first.rgb.shape[0])
-    scale = _auto_scale(size, model.input_size) if args.scale == 'auto' else args.scale
+    scale = scale_for_network(size, model.input_size) if args.scale == 'auto' else args.scale
     if args.preset:
         op = get_operating_point(args.preset, scale=scale, interval=args.interval)
         if args.no_warp:

@@ -35,7 +35,7 @@ from .propagation import (FrameOutput, LowResNetworkRefiner, Propagator, Semanti
 from .schedule import OperatingPoint, Schedule, make_schedule
 
 __all__ = ['VideoSegmenter', 'working_size', 'default_flow', 'STAGES', 'make_low_res_refiner',
-           'FAR_APART_FRACTION', 'far_apart_warning', 'frames_far_apart', 'fraction_stats']
+           'FAR_APART_FRACTION', 'far_apart_warning', 'frames_far_apart', 'fraction_stats', 'scale_for_network']
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,15 @@ def far_apart_warning(stats: Optional[dict], schedule: Optional[dict] = None) ->
             f'of the median propagated frame ({stats["frames"]} frames; driving video at 10-25 Hz: 4-21 %, '
             f'one frame a second: 35 %): these frames are too far apart in time for propagated labels; '
             f'use {advice}')
+
+
+def scale_for_network(size_wh, input_wh) -> int:
+    """``--scale auto``: the smallest downscale D in 1, 2, 4, 8, 16 that brings frames of ``size_wh`` within
+    the keyframe network's input size ``input_wh`` (16 beyond)."""
+    for d in (1, 2, 4, 8, 16):
+        if size_wh[0] / d <= input_wh[0] * 1.001 and size_wh[1] / d <= input_wh[1] * 1.001:
+            return d
+    return 16
 
 
 def working_size(size_wh, scale: int) -> tuple:

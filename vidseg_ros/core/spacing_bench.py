@@ -22,14 +22,13 @@ __all__ = ['run_spacing_bench', 'main']
 
 def _segment(model, frames, interval):
     """Labels of ``frames`` (RGB) at S=interval, and the segmenter (its inconsistent fractions)."""
-    from vidseg_ros.cli import _auto_scale
-    from .pipeline import VideoSegmenter
+    from .pipeline import VideoSegmenter, scale_for_network
     from .schedule import OperatingPoint
     seg = None
     labels = []
     for rgb in frames:
         if seg is None:
-            scale = _auto_scale((rgb.shape[1], rgb.shape[0]), model.input_size)
+            scale = scale_for_network((rgb.shape[1], rgb.shape[0]), model.input_size)
             seg = VideoSegmenter(model, OperatingPoint(f's{interval}', scale=scale, interval=interval))
         labels.append(seg.process(rgb).labels)
     return labels, seg
@@ -140,13 +139,13 @@ def plot(res: dict, path) -> Path:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
     from .io import save_figure
     from .pipeline import FAR_APART_FRACTION
     s = res['interval']
     lab = [r for r in res['rows'] if 'step' in r]
     other = [r for r in res['rows'] if 'step' not in r and r['median_inconsistent_fraction'] is not None]
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
     rates = [r['rate_hz'] for r in lab]
     a1.plot(rates, [100 * r['drop'] for r in lab], 'o-')
