@@ -105,6 +105,73 @@ def test_wait_linked_without_a_graph_is_a_clear_error(ros_domain, kitti_bag, tmp
     assert 'played' not in log
 
 
+def make_compressed_bag(path, frames, stamps, topic='/camera/image_raw/compressed', corrupt=()):
+    """An mcap bag of sensor_msgs/CompressedImage (JPEG) frames, as robots record cameras; the indices in
+    ``corrupt`` carry bytes that are no image. Returns the JPEG bytes written."""
+    import cv2
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    store = get_typestore(Stores.ROS2_KILTED)
+    Msg, Header, Time = (store.types[t] for t in ('sensor_msgs/msg/CompressedImage', 'std_msgs/msg/Header',
+                                                  'builtin_interfaces/msg/Time'))
+    written = []
+    with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection(topic, 'sensor_msgs/msg/CompressedImage', typestore=store)
+        for i, (rgb, ns) in enumerate(zip(frames, stamps)):
+            data = cv2.imencode('.jpg', np.ascontiguousarray(rgb[:, :, ::-1]))[1].reshape(-1)
+            if i in corrupt:
+                data = np.frombuffer(b'no jpeg here', np.uint8)
+            msg = Msg(header=Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id='camera_color_left'),
+                      format='jpeg', data=data)
+            w.write(conn, ns, store.serialize_cdr(msg, 'sensor_msgs/msg/CompressedImage'))
+            written.append(data)
+    return written
+
+
+def test_replay_decompresses_compressed_image_topics(ros_domain, kitti_bag, tmp_path, capsys):
+    """A camera recorded as sensor_msgs/CompressedImage: --decompress publishes Images (bgr8, as
+    image_transport decodes them) on the camera topic with the recorded headers; an undecodable message is
+    skipped, named and counted. Remapping it without --decompress, or a bag with only compressed topics
+    and no --topic, is a clear error that names --decompress."""
+    import cv2
+    from sensor_msgs.msg import Image
+    from vidseg_ros.ros import bag_replay
+    from vidseg_ros.ros.conversions import image_to_ndarray, stamp_to_ns
+    _, frames, stamps = kitti_bag
+    path = tmp_path / 'compressed'
+    jpegs = make_compressed_bag(path, frames, stamps, corrupt=(2,))
+    probe = Probe()
+    proc = None
+    try:
+        probe.record(Image, graph.CAMERA_TOPIC)
+        proc = start_process([sys.executable, '-m', 'vidseg_ros.ros.bag_replay', str(path), '--decompress',
+                              '--remap-to', graph.CAMERA_TOPIC, '--rate', '0', '--wait-subscribers', '1'],
+                             str(tmp_path / 'play.log'))
+        assert probe.wait_for(lambda: probe.count(graph.CAMERA_TOPIC) == len(frames) - 1, 60), read_log(proc)
+        proc.wait(20)
+        log = read_log(proc)
+        assert proc.returncode == 0, log
+        assert 'played 5 messages; 1 undecodable CompressedImage message(s) not played' in log, log
+        assert f'warning: /camera/image_raw/compressed message at {stamps[2]} not played: cannot decode' in log
+        msgs = [m for _, m in probe.messages[graph.CAMERA_TOPIC]]
+        for m, i in zip(msgs, (0, 1, 3, 4, 5)):
+            assert m.encoding == 'bgr8' and stamp_to_ns(m.header.stamp) == stamps[i]
+            assert m.header.frame_id == 'camera_color_left'
+            assert np.array_equal(image_to_ndarray(m), cv2.imdecode(jpegs[i], cv2.IMREAD_UNCHANGED))
+    finally:
+        probe.close()
+        stop_processes([proc])
+    capsys.readouterr()
+    assert bag_replay.main([str(path), '--remap-to', graph.CAMERA_TOPIC, '--topic', '/camera/image_raw/compressed',
+                            '--rate', '0']) == 2
+    err = capsys.readouterr().err
+    assert 'is sensor_msgs/msg/CompressedImage; the vidseg camera topic takes sensor_msgs/msg/Image: add ' \
+           '--decompress' in err, err
+    assert bag_replay.main([str(path), '--rate', '0']) == 2
+    err = capsys.readouterr().err
+    assert "CompressedImage topics ['/camera/image_raw/compressed']: play one with --decompress" in err, err
+
+
 @pytest.mark.slow
 def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path):
     """Replay (sim time, paced) through the graph on the KITTI topic; the recorded bag has one label

@@ -138,3 +138,30 @@ def test_image_from_cdr_reads_the_serialized_message_like_rclpy(frame_id, enc, p
     np.testing.assert_array_equal(image_to_ndarray(r), image_to_ndarray(m))
     with pytest.raises(ConversionError, match='cannot deserialize an Image message'):
         image_from_cdr(b'\x00\x01\x00\x00' + b'\xff' * 9)  # does not parse, rclpy refuses it too
+
+
+def test_compressed_image_decodes_like_image_transport():
+    """CompressedImage bytes -> Image as image_transport's compressed plugin decodes them (OpenCV): colour
+    JPEG / PNG as bgr8, grey as mono8, 16-bit grey as mono16; undecodable bytes are a ConversionError."""
+    pytest.importorskip('sensor_msgs')
+    import cv2
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.conversions import compressed_to_image
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 255, (24, 32, 3)).astype(np.uint8)
+    for ext, arr, enc in (('.png', bgr, 'bgr8'), ('.png', bgr[..., 0], 'mono8'),
+                          ('.png', (bgr[..., 0].astype(np.uint16) * 257), 'mono16'), ('.jpg', bgr, 'bgr8')):
+        ok, data = cv2.imencode(ext, arr)
+        assert ok
+        hdr = Header(frame_id='cam')
+        hdr.stamp.sec = 7
+        msg = compressed_to_image(ext[1:], data.tobytes(), hdr)
+        assert msg.encoding == enc and (msg.width, msg.height) == (32, 24) and msg.header.stamp.sec == 7
+        want = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(image_to_ndarray(msg), want)
+        if enc == 'bgr8':
+            assert np.array_equal(image_to_rgb(msg), want[..., ::-1])
+        assert np.array_equal(image_to_ndarray(compressed_to_image(ext[1:], data)), want)   # a uint8 array too
+    for bad in (b'', b'not a jpeg at all'):
+        with pytest.raises(ConversionError, match="cannot decode CompressedImage \\(format 'jpeg'"):
+            compressed_to_image('jpeg', bad)

@@ -1,11 +1,13 @@
 """vidseg_bag_play: replay a rosbag2 (sqlite3 or mcap, read with ``rosbags``) into the vidseg graph and
 optionally record the outputs to a new mcap bag -- ``ros2 bag`` is not needed.
 
-    vidseg_bag_play BAG [--topic T] [--remap-to /camera/image_raw] [--rate R] [--clock] [--loop]
+    vidseg_bag_play BAG [--topic T] [--remap-to /camera/image_raw] [--decompress] [--rate R] [--clock] [--loop]
                     [--record OUT_BAG --record-topics /semantic/labels ...] [--paced /semantic/labels]
 
 Messages are published as their recorded CDR bytes (exact), at the recorded pace times ``--rate``
-(0 = as fast as possible). ``--clock`` publishes /clock (rosgraph_msgs/Clock) with the bag time, for
+(0 = as fast as possible). ``--decompress`` decodes sensor_msgs/CompressedImage topics and publishes them
+as sensor_msgs/Image, the type the graph's camera topic takes (an undecodable message is skipped with a
+warning and counted). ``--clock`` publishes /clock (rosgraph_msgs/Clock) with the bag time, for
 nodes started with ``use_sim_time:=true``. ``--paced TOPIC`` waits, after each message, for one
 message on TOPIC (deterministic replay, e.g. one /semantic/labels per frame); with ``--wait-linked`` the
 replay starts only once every vidseg node reports its internal topics matched (no first frame loses its
@@ -66,8 +68,12 @@ def open_bag(path):
     return reader
 
 
-def select_connections(reader, topics):
-    """Connections of the requested topics (default: the bag's sensor_msgs/msg/Image topics)."""
+IMAGE, COMPRESSED = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'
+
+
+def select_connections(reader, topics, decompress: bool = False):
+    """Connections of the requested topics (default: the bag's sensor_msgs/msg/Image topics; with
+    ``decompress``, its CompressedImage topics where it has no Image topic)."""
     conns = list(reader.connections)
     if topics:
         sel = [c for c in conns if c.topic in topics]
@@ -75,10 +81,30 @@ def select_connections(reader, topics):
         if missing:
             raise InputError(f'topic(s) {missing} not in bag (topics: {sorted({c.topic for c in conns})})')
     else:
-        sel = [c for c in conns if c.msgtype == 'sensor_msgs/msg/Image']
+        sel = [c for c in conns if c.msgtype == IMAGE]
+        compressed = sorted({c.topic for c in conns if c.msgtype == COMPRESSED})
+        if not sel and decompress:
+            sel = [c for c in conns if c.msgtype == COMPRESSED]
         if not sel:
-            raise InputError(f'no sensor_msgs/msg/Image topic in bag (topics: {sorted({c.topic for c in conns})})')
+            hint = (f'; CompressedImage topics {compressed}: play one with --decompress' if compressed else '')
+            raise InputError(f'no sensor_msgs/msg/Image topic in bag (topics: {sorted({c.topic for c in conns})})'
+                             + hint)
     return sel
+
+
+def decompressed(reader, conn, raw):
+    """A recorded sensor_msgs/CompressedImage (CDR) -> a sensor_msgs/Image with its header (``--decompress``);
+    InputError when it does not deserialize or decode."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.conversions import compressed_to_image
+    try:
+        m = reader.deserialize(raw, conn.msgtype)
+    except Exception as e:
+        raise InputError(f'cannot deserialize: {type(e).__name__}: {e}') from None
+    hdr = Header(stamp=Time(sec=int(m.header.stamp.sec), nanosec=int(m.header.stamp.nanosec)),
+                 frame_id=str(m.header.frame_id))
+    return compressed_to_image(m.format, m.data, hdr)
 
 
 class Recorder:
@@ -137,6 +163,9 @@ def build_parser():
     ap.add_argument('bag', help='rosbag2 directory, .mcap or .db3')
     ap.add_argument('--topic', action='append', default=[], help='topic to play (repeatable; default: image topics)')
     ap.add_argument('--remap-to', default='', help='publish the (single) played topic under this name')
+    ap.add_argument('--decompress', action='store_true',
+                    help='publish sensor_msgs/CompressedImage topics as sensor_msgs/Image (decoded like '
+                         "image_transport's compressed plugin: bgr8 / mono8), which the vidseg graph takes")
     ap.add_argument('--rate', type=float, default=1.0, help='speed factor (0 = as fast as possible)')
     ap.add_argument('--clock', action='store_true', help='publish /clock with the bag time')
     ap.add_argument('--clock-hz', type=float, default=50.0, help='/clock rate between messages')
@@ -163,15 +192,20 @@ def play(args, node, stop: threading.Event) -> dict:
     from vidseg_ros.ros.common import reliable_qos, sensor_qos
     reader = open_bag(args.bag)
     try:
-        conns = select_connections(reader, args.topic)
+        conns = select_connections(reader, args.topic, args.decompress)
         if args.remap_to and len({c.topic for c in conns}) != 1:
             raise ConfigError('--remap-to needs exactly one played topic (use --topic)')
+        decode = {c.topic for c in conns if c.msgtype == COMPRESSED and args.decompress}
+        if args.remap_to and not args.decompress and conns[0].msgtype == COMPRESSED:
+            raise ConfigError(f'{conns[0].topic} is {COMPRESSED}; the vidseg camera topic takes {IMAGE}: '
+                              'add --decompress (or republish it with image_transport)')
         qos = reliable_qos(10) if args.qos == 'reliable' else sensor_qos(10)
         pubs = {}
         for c in conns:
             name = args.remap_to or c.topic
             if c.topic not in pubs:
-                pubs[c.topic] = node.create_publisher(ros_type(c.msgtype), name, qos)
+                pubs[c.topic] = node.create_publisher(ros_type(IMAGE if c.topic in decode else c.msgtype), name, qos)
+        undecodable = 0
         clock_pub = node.create_publisher(Clock, '/clock', reliable_qos(10)) if args.clock else None
         if args.wait_subscribers > 0:
             deadline = time.monotonic() + args.wait_timeout
@@ -238,7 +272,16 @@ def play(args, node, stop: threading.Event) -> dict:
                             break
                         time.sleep(min(left, 0.05))
                 publish_clock(t_ns)
-                pubs[conn.topic].publish(bytes(raw))
+                if conn.topic in decode:   # CompressedImage -> Image (--decompress)
+                    try:
+                        msg = decompressed(reader, conn, raw)
+                    except InputError as e:   # counted, named, never the end of the replay
+                        undecodable += 1
+                        print(f'warning: {conn.topic} message at {t_ns} not played: {e}', file=sys.stderr)
+                        continue
+                    pubs[conn.topic].publish(msg)
+                else:
+                    pubs[conn.topic].publish(bytes(raw))
                 played += 1
                 if args.paced:
                     with cv:
@@ -252,7 +295,7 @@ def play(args, node, stop: threading.Event) -> dict:
         from rclpy.duration import Duration
         for pub in list(pubs.values()) + ([clock_pub] if clock_pub is not None else []):
             pub.wait_for_all_acked(Duration(seconds=5.0))
-        return {'played': played}
+        return {'played': played, 'undecodable': undecodable}
     finally:
         reader.close()
 
@@ -284,6 +327,8 @@ def main(argv=None) -> int:
         if recorder is not None and args.tail > 0:
             time.sleep(args.tail)
         summary = f'played {result["played"]} messages'
+        if result.get('undecodable'):
+            summary += f'; {result["undecodable"]} undecodable CompressedImage message(s) not played'
         if recorder is not None:
             summary += f'; recorded {recorder.counts} to {recorder.path}'
         print(summary, flush=True)

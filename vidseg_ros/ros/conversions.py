@@ -144,6 +144,27 @@ def rgb_to_image(rgb: np.ndarray, header=None):
     return ndarray_to_image(rgb, 'rgb8', header)
 
 
+_DECODED = {(np.dtype(np.uint8), 1): 'mono8', (np.dtype(np.uint8), 3): 'bgr8', (np.dtype(np.uint8), 4): 'bgra8',
+            (np.dtype(np.uint16), 1): 'mono16', (np.dtype(np.uint16), 3): 'bgr16', (np.dtype(np.uint16), 4): 'bgra16'}
+
+
+def compressed_to_image(fmt: str, data, header=None):
+    """A sensor_msgs/CompressedImage's ``format`` and ``data`` (JPEG / PNG bytes) -> an Image, decoded as
+    image_transport's ``compressed`` plugin decodes it (OpenCV: colour as bgr8 / bgr16, grey as mono8 /
+    mono16, alpha kept); ConversionError naming the format when the bytes do not decode."""
+    import cv2
+    buf = np.frombuffer(bytes(data), np.uint8) if not isinstance(data, np.ndarray) else data.astype(np.uint8,
+                                                                                                      copy=False)
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if arr is None:
+        raise ConversionError(f'cannot decode CompressedImage (format {fmt!r}, {buf.size} bytes)')
+    enc = _DECODED.get((arr.dtype, 1 if arr.ndim == 2 else arr.shape[2]))
+    if enc is None:
+        raise ConversionError(f'CompressedImage (format {fmt!r}) decodes to {arr.dtype} x {arr.shape}: '
+                              'no image encoding for it')
+    return ndarray_to_image(np.ascontiguousarray(arr), enc, header)
+
+
 def empty_image(encoding: str, header=None):
     """A 0x0 Image (used on /vidseg/flow for 'no predecessor frame')."""
     from sensor_msgs.msg import Image
