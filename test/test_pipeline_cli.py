@@ -247,6 +247,13 @@ def test_cli_eval_matches_stems_and_formats(tmp_path, capsys):
     rc, so, se = _run_cli(['eval', str(pred), str(gt), '--gt-format', 'trainids', '--json',
                            str(tmp_path / 'r2.json'), '-q'], capsys)
     assert rc == 0 and json.loads((tmp_path / 'r2.json').read_text())['miou'] < 0.5
+    # ground truth with no labelled pixel (all label id 0, unlabeled): no score, a warning, strict JSON
+    cv2.imwrite(str(gt / 'aachen_000000_000019_gtFine_labelIds.png'), np.zeros((8, 8), np.uint8))
+    rc, so, se = _run_cli(['eval', str(pred), str(gt), '--json', str(tmp_path / 'r3.json'), '-q'], capsys)
+    assert rc == 0 and 'pixel accuracy  n/a' in so and 'nan' not in so
+    assert 'warning: no labelled pixel in the ground truth of 1 image(s)' in se and '--gt-format labelids' in se
+    text = (tmp_path / 'r3.json').read_text()
+    assert 'NaN' not in text and json.loads(text)['miou'] is None and json.loads(text)['pixel_accuracy'] is None
 
 
 def test_cli_delegates_and_help(tmp_path, capsys):

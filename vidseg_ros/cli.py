@@ -376,6 +376,8 @@ def evaluate_folders(pred_dir, gt_dir, classes='cityscapes', gt_format=None, pro
             resized += 1
         cm.update(pred, gt)
     res = cm.summary(cs.names)
+    if not res['pixels']:   # every ground-truth pixel is the ignore label: no score (not NaN in the JSON)
+        res['miou'] = res['pixel_accuracy'] = None
     res.update({'class_set': cs.name, 'gt_format': fmt, 'images': len(pairs),
                 'unmatched_predictions': len(preds) - len(pairs), 'resized_predictions': resized,
                 'pred_dir': str(pred_dir), 'gt_dir': str(gt_dir)})
@@ -394,7 +396,11 @@ def cmd_eval(args) -> int:
     ious = np.array([np.nan if res['iou'][n] is None else res['iou'][n] for n in cs.names])
     print(format_iou_table(cs.names, ious, res['miou']))
     pa = res['pixel_accuracy']
-    print(f'pixel accuracy  {100 * pa:.2f} %   ({res["images"]} images'
+    if pa is None:   # also with -q: a score of nothing is never silent
+        print(f'warning: no labelled pixel in the ground truth of {res["images"]} image(s): every pixel is '
+              f'the ignore label for --classes {res["class_set"]} --gt-format {res["gt_format"]} '
+              f'(the wrong --gt-format?)', file=sys.stderr)
+    print(f'pixel accuracy  {"n/a" if pa is None else f"{100 * pa:.2f} %"}   ({res["images"]} images'
           + (f', {res["unmatched_predictions"]} predictions without ground truth' if res['unmatched_predictions'] else '')
           + ')')
     if args.json:
