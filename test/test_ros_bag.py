@@ -217,3 +217,27 @@ def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path):
         assert (m.width, m.height, m.encoding, m.header.frame_id) == (1242, 375, 'mono8', 'camera_color_left')
         lab = np.asarray(m.data, np.uint8).reshape(375, 1242)
         assert (lab < 19).mean() > 0.95
+
+
+def test_vidseg_run_reads_a_compressed_camera_bag(kitti_bag, tmp_path, capsys):
+    """`vidseg run BAG` on a bag with only a CompressedImage camera: it decodes the JPEGs (RGB like
+    the original frames up to JPEG loss), labels every decodable frame and lists the corrupt one."""
+    import json
+    from vidseg_ros.cli import main as cli_main
+    from vidseg_ros.core.io import open_source
+    _, frames, stamps = kitti_bag
+    path = tmp_path / 'compressed'
+    make_compressed_bag(path, frames, stamps, corrupt=(2,))
+    src = open_source(str(path), skip_bad=True)
+    got = list(src)
+    assert [f.error is None for f in got] == [True, True, False, True, True, True]
+    assert np.abs(got[0].rgb.astype(int) - frames[0]).mean() < 6          # JPEG, RGB order kept
+    assert got[1].stamp_s == pytest.approx(stamps[1] * 1e-9)
+    out = tmp_path / 'out'
+    assert cli_main(['run', str(path), '--out', str(out), '--no-overlay', '-q']) == 0
+    err = capsys.readouterr().err
+    assert 'warning: frame 000002 skipped: cannot decode CompressedImage #2 (jpeg)' in err, err
+    assert sorted(p.stem for p in (out / 'labels').glob('*.png')) == ['000000', '000001', '000003', '000004',
+                                                                      '000005']
+    s = json.loads((out / 'summary.json').read_text())
+    assert s['frames'] == 5 and s['source']['kind'] == 'rosbag' and s['skipped_frames'][0]['index'] == 2
