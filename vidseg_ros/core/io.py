@@ -195,7 +195,8 @@ def image_msg_to_rgb(encoding: str, height: int, width: int, step: int, data, is
     return cv2.cvtColor(np.ascontiguousarray(img[..., 0]), cv2.COLOR_GRAY2RGB)
 
 
-_IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+IMAGE_MSG, COMPRESSED_IMAGE_MSG = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'
+_IMAGE_TYPES = (IMAGE_MSG, COMPRESSED_IMAGE_MSG)
 
 
 class RosbagSource(FrameSource):
@@ -222,7 +223,7 @@ class RosbagSource(FrameSource):
             else:
                 if not conns:
                     raise InputError(f'no sensor_msgs/msg/Image topic in bag: {self.path}')
-                raw = sorted({c.topic for c in conns if c.msgtype == _IMAGE_TYPES[0]})
+                raw = sorted({c.topic for c in conns if c.msgtype == IMAGE_MSG})
                 topic = raw[0] if raw else sorted({c.topic for c in conns})[0]
                 sel = [c for c in conns if c.topic == topic]
             self.topic = topic
@@ -277,7 +278,7 @@ class RosbagSource(FrameSource):
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         if stamp == 0:
             stamp = t_ns * 1e-9
-        if conn.msgtype == _IMAGE_TYPES[1]:
+        if conn.msgtype == COMPRESSED_IMAGE_MSG:
             bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise InputError(f'cannot decode CompressedImage #{i} ({msg.format}) on {self.topic}')

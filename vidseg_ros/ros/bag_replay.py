@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 from vidseg_ros.core.errors import ConfigError, InputError, VidsegError
+from vidseg_ros.core.io import COMPRESSED_IMAGE_MSG as COMPRESSED
+from vidseg_ros.core.io import IMAGE_MSG as IMAGE
 from vidseg_ros.ros import graph
 
 KNOWN_TYPES = {
@@ -66,9 +68,6 @@ def open_bag(path):
     except Exception as e:
         raise InputError(f'cannot open rosbag {p}: {type(e).__name__}: {e}') from None
     return reader
-
-
-IMAGE, COMPRESSED = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'
 
 
 def select_connections(reader, topics, decompress: bool = False):
@@ -205,7 +204,6 @@ def play(args, node, stop: threading.Event) -> dict:
             name = args.remap_to or c.topic
             if c.topic not in pubs:
                 pubs[c.topic] = node.create_publisher(ros_type(IMAGE if c.topic in decode else c.msgtype), name, qos)
-        undecodable = 0
         clock_pub = node.create_publisher(Clock, '/clock', reliable_qos(10)) if args.clock else None
         if args.wait_subscribers > 0:
             deadline = time.monotonic() + args.wait_timeout
@@ -251,7 +249,7 @@ def play(args, node, stop: threading.Event) -> dict:
 
         from tqdm import tqdm
         total = sum(c.msgcount for c in conns)
-        played = 0
+        played = undecodable = 0
         while not stop.is_set():
             wall0, bag0 = time.monotonic(), None
             with clock_lock:

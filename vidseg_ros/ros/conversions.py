@@ -153,8 +153,7 @@ def compressed_to_image(fmt: str, data, header=None):
     image_transport's ``compressed`` plugin decodes it (OpenCV: colour as bgr8 / bgr16, grey as mono8 /
     mono16, alpha kept); ConversionError naming the format when the bytes do not decode."""
     import cv2
-    buf = np.frombuffer(bytes(data), np.uint8) if not isinstance(data, np.ndarray) else data.astype(np.uint8,
-                                                                                                      copy=False)
+    buf = np.frombuffer(bytes(data), np.uint8)   # bytes, a list or a uint8 array (rclpy / rosbags messages)
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if arr is None:
         raise ConversionError(f'cannot decode CompressedImage (format {fmt!r}, {buf.size} bytes)')
