@@ -336,6 +336,34 @@ def test_propagation_node_warns_when_frames_are_too_far_apart(ros_domain):
         _close(node)
 
 
+def test_propagation_node_names_stamps_that_do_not_advance(ros_domain):
+    """A camera whose header.stamp stays at 0 (a misconfigured driver): every frame still gets labels (the
+    current state's, degraded: out_of_order), and /diagnostics says why in words, which the counters
+    alone did not; once the stamps advance again the warning goes (a window of recent frames)."""
+    from vidseg_ros.ros.propagation_node import FAR_APART_WINDOW
+    W, H = 64, 48
+    node = _prop({})
+    try:
+        _first_frame(node, 0, W, H, keyframe=_keyframe)
+        for _ in range(6):                       # the same stamp again and again
+            _decision(node, 0)
+            node.on_image(_img(W, H, 0))
+        assert len(node.labels_pub.msgs) == 7 and node.counts['out_of_order'] == 6
+        assert all(json.loads(m.data)['reasons'] == ['out_of_order'] for m in node.status_pub.msgs[1:])
+        (_, level, msg, _), = node.diagnostics()
+        assert level == 1 and "6 of the last 7 camera frames came with a stamp not newer" in msg, msg
+        assert "is the camera's header.stamp set and increasing?" in msg
+        T = [10**9 + i * 33 * 10**6 for i in range(FAR_APART_WINDOW)]
+        for t in T[:8]:                          # a driver that stamps again: fewer than half stale
+            _decision(node, t)
+            node.on_image(_img(W, H, t))
+            node.on_flow(_flow(W, H, t))
+        (_, level, msg, _), = node.diagnostics()
+        assert 'stamp not newer' not in msg, msg
+    finally:
+        _close(node)
+
+
 def test_propagation_node_keyframe_overdue(ros_domain):
     """A keyframe announced but never delivered (network hung) -> degraded after source_timeout,
     while decisions keep coming; cleared when a result arrives."""

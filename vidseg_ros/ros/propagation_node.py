@@ -62,6 +62,7 @@ STATUS_TOPIC = graph.STATUS_TOPIC   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
 PLAUSIBLE_AGE_S = 60.0   # a frame's stamp age on the ROS clock beyond this (or negative) is another clock's
 FAR_APART_WINDOW = 50    # diagnostics: the IAM fraction's median over this many recent propagated frames
+STALE_STAMPS_MIN = 5     # diagnostics: WARN when this many (and most) recent frames had a stale stamp
 LAG_WINDOW_S = 5.0       # load shedding: the pipeline's own latency = the lowest frame lag over this window
 KF_DELAY_HISTORY = 5     # keyframe_wait: the last this many keyframe results' delays (image -> result)
 KF_WAIT_FACTOR, KF_WAIT_MARGIN_S = 1.25, 0.05   # keyframe_wait_max: the adaptive bound (median delay x + s)
@@ -262,6 +263,8 @@ class PropagationNode(VidsegLifecycleNode):
         self.cost = LatencyStats()         # step + conversions
         # IAM fraction of the recent propagated frames: frames too far apart for propagation (diagnostics)
         self.recent_fractions = collections.deque(maxlen=FAR_APART_WINDOW)
+        # stamps of the recent camera frames: True where not newer than the newest processed one
+        self.recent_stale_stamps = collections.deque(maxlen=FAR_APART_WINDOW)
         self.labels_pub = self.pub(Image, graph.LABELS_TOPIC, reliable_qos(10))
         self.color_pub = self.pub(Image, graph.LABELS_COLOR_TOPIC, reliable_qos(10)) \
             if p['publish_color'] else None
@@ -385,7 +388,9 @@ class PropagationNode(VidsegLifecycleNode):
             self.flow_owed_since = now
         if self.kf_owed_since is None:
             self.kf_owed_since = now
-        if self.done_ns is not None and ns <= self.done_ns:
+        stale = self.done_ns is not None and ns <= self.done_ns
+        self.recent_stale_stamps.append(bool(stale) and self.done_ns - ns <= RESTART_BACKWARDS_NS)
+        if stale:
             if self.done_ns - ns > RESTART_BACKWARDS_NS:  # stream restarted (bag loop): start over
                 self._restart(f'image {ns} < newest {self.done_ns}')
             else:
@@ -393,6 +398,7 @@ class PropagationNode(VidsegLifecycleNode):
                 return
         s = self._slot(ns, now)
         if s.image is not None:
+            self.recent_stale_stamps[-1] = True
             self.counts['duplicate_images'] += 1
             self.get_logger().warning(f'duplicate image stamp {ns}: dropped', throttle_duration_sec=5.0)
             self._status(msg.header, False, True, ['duplicate_stamp'])
@@ -888,6 +894,13 @@ class PropagationNode(VidsegLifecycleNode):
                  f'{kf_delay or float("nan"):.2f} s, more than keyframe_wait {self.cfg["keyframe_wait"]} s'
                  + (f' (adaptive up to keyframe_wait_max {self.cfg["keyframe_wait_max"]} s)'
                     if self.cfg['keyframe_wait_max'] > self.cfg['keyframe_wait'] else ''))
+        stale = sum(self.recent_stale_stamps)
+        if stale >= STALE_STAMPS_MIN and 2 * stale > len(self.recent_stale_stamps):
+            level = diag_level('WARN')   # e.g. a driver that leaves header.stamp at 0 or never advances it
+            msg = ('' if msg == 'running' else msg + '; ') + \
+                (f'{stale} of the last {len(self.recent_stale_stamps)} camera frames came with a stamp not newer '
+                 f'than the newest frame processed (out_of_order / duplicate_stamp): is the camera\'s '
+                 f'header.stamp set and increasing? Flow, keyframes and labels are joined by stamp')
         far = fraction_stats(self.recent_fractions)
         if frames_far_apart(far):   # labels carried onto the wrong content: a low camera rate, dropped frames
             level = diag_level('WARN')
