@@ -119,12 +119,16 @@ def test_image_msg_encodings():
     np.testing.assert_array_equal(image_msg_to_rgb('bgra8', 4, 5, 20, bgra.tobytes()), rgb)
     g = rgb[..., 0]
     np.testing.assert_array_equal(image_msg_to_rgb('mono8', 4, 5, 5, g.tobytes())[..., 1], g)
+    # 16 bit: scaled by 255/65535 as cv_bridge (and the ROS nodes) do; big-endian data swapped
     g16 = g.astype(np.uint16) * 256 + 77
-    np.testing.assert_array_equal(image_msg_to_rgb('mono16', 4, 5, 10, g16.astype('<u2').tobytes())[..., 2], g)
-    np.testing.assert_array_equal(image_msg_to_rgb('mono16', 4, 5, 10, g16.astype('>u2').tobytes(), True)[..., 0], g)
-    with pytest.raises(InputError, match='encoding'):
-        image_msg_to_rgb('yuv422', 4, 5, 10, b'\0' * 40)
-    with pytest.raises(InputError, match='too small'):
+    want = np.round(g16 * (255 / 65535)).astype(np.uint8)
+    np.testing.assert_array_equal(image_msg_to_rgb('mono16', 4, 5, 10, g16.astype('<u2').tobytes())[..., 2], want)
+    np.testing.assert_array_equal(image_msg_to_rgb('mono16', 4, 5, 10, g16.astype('>u2').tobytes(), True)[..., 0],
+                                  want)
+    np.testing.assert_array_equal(image_msg_to_rgb('8UC3', 4, 5, 15, rgb[..., ::-1].tobytes()), rgb)  # = bgr8
+    with pytest.raises(InputError, match="camera image encoding 'nv24' is not supported"):
+        image_msg_to_rgb('nv24', 4, 5, 10, b'\0' * 40)
+    with pytest.raises(InputError, match='data has 10 bytes, expected 60'):
         image_msg_to_rgb('rgb8', 4, 5, 15, b'\0' * 10)
 
 
@@ -198,9 +202,10 @@ def test_unreadable_frames_raise_or_come_with_their_error(tmp_path):
     assert [(f.stem, f.rgb is None) for f in got] == [('0', False), ('1', True), ('2', False)]
     assert got[1].error.startswith('cannot read image') and got[0].error is None
     bag = tmp_path / 'bag'
-    _write_bag(bag, 'mcap', _frames(2, 24, 32), encoding='yuv422')
-    with pytest.raises(InputError, match="message #0 on /camera/image_raw: unsupported image encoding 'yuv422'"):
+    _write_bag(bag, 'mcap', _frames(2, 24, 32), encoding='nv24')     # (yuv422 is decoded since session 18)
+    with pytest.raises(InputError, match="message #0 on /camera/image_raw: camera image encoding 'nv24' is not"):
         list(open_source(bag))
     got = list(open_source(bag, skip_bad=True))
     assert [f.stem for f in got] == ['000000', '000001'] and all(f.rgb is None for f in got)
-    assert "unsupported image encoding 'yuv422'" in got[1].error and got[1].stamp_s == pytest.approx(1.1, abs=1e-6)
+    assert "camera image encoding 'nv24' is not supported" in got[1].error
+    assert got[1].stamp_s == pytest.approx(1.1, abs=1e-6)

@@ -85,7 +85,7 @@ def test_image_to_rgb_all_camera_encodings():
 
 
 @pytest.mark.parametrize('mutate,match', [
-    (dict(encoding='yuv422_yuy2'), 'unsupported image encoding'),
+    (dict(encoding='nv24'), 'unsupported image encoding'),
     (dict(encoding='8UC0'), 'unsupported image encoding'),
     (dict(encoding='32FC(513)'), 'unsupported image encoding'),
     (dict(step=20), 'step 20 < width'),
@@ -165,3 +165,45 @@ def test_compressed_image_decodes_like_image_transport():
     for bad in (b'', b'not a jpeg at all'):
         with pytest.raises(ConversionError, match="cannot decode CompressedImage \\(format 'jpeg'"):
             compressed_to_image('jpeg', bad)
+
+
+def _bt601_uyvy(rgb):
+    """(H, W, 3) RGB -> packed UYVY bytes (BT.601 video range, chroma averaged over pixel pairs), the way
+    YUV cameras deliver it; and the YUYV (yuv422_yuy2) packing of the same samples."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    u, v = (cb[:, 0::2] + cb[:, 1::2]) / 2, (cr[:, 0::2] + cr[:, 1::2]) / 2
+    uyvy = np.zeros(rgb.shape[:2] + (2,), np.uint8)
+    uyvy[:, 0::2, 0], uyvy[:, 1::2, 0], uyvy[..., 1] = np.round(u), np.round(v), np.round(y)
+    yuy2 = np.zeros_like(uyvy)
+    yuy2[..., 0], yuy2[:, 0::2, 1], yuy2[:, 1::2, 1] = np.round(y), np.round(u), np.round(v)
+    return uyvy, yuy2
+
+
+def test_yuv422_and_bayer_camera_images_decode_like_cv_bridge():
+    """USB (YUV 4:2:2) and machine-vision (Bayer) cameras: yuv422 (UYVY) and yuv422_yuy2 (YUYV) decode with
+    BT.601 video range, the 8-bit Bayer patterns demosaic with cv_bridge's pattern codes (the sensor's RGGB
+    is OpenCV's BayerBG). Each is checked against the colours it was made from; the wrong packing or pattern
+    would be far off. The offline bag reader decodes them the same way (core.image_msg)."""
+    import cv2
+    from vidseg_ros.core.io import image_msg_to_rgb
+    h, w = 16, 24
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = cv2.GaussianBlur(np.dstack([(40 + 8 * xx) % 256, (60 + 10 * yy) % 256,
+                                      np.full((h, w), 120)]).astype(np.uint8), (5, 5), 2)
+    uyvy, yuy2 = _bt601_uyvy(rgb)
+    for enc, packed in (('yuv422', uyvy), ('yuv422_yuy2', yuy2)):
+        out = image_to_rgb(_msg(packed, enc))
+        assert out.shape == (h, w, 3) and np.abs(out.astype(int) - rgb).max() <= 5, enc
+        np.testing.assert_array_equal(image_msg_to_rgb(enc, h, w, w * 2, packed.tobytes()), out)
+    assert np.abs(image_to_rgb(_msg(uyvy, 'yuv422_yuy2')).astype(int) - rgb).mean() > 20   # swapped packing
+    with pytest.raises(ConversionError, match='the width must be even'):
+        image_to_rgb(_msg(uyvy[:, :-1], 'yuv422'))
+    mosaic = np.zeros((h, w), np.uint8)                    # an RGGB sensor: R G / G B
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = rgb[0::2, 0::2, 0], rgb[0::2, 1::2, 1]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = rgb[1::2, 0::2, 1], rgb[1::2, 1::2, 2]
+    errs = {enc: np.abs(image_to_rgb(_msg(mosaic, enc))[2:-2, 2:-2].astype(int) - rgb[2:-2, 2:-2]).mean()
+            for enc in ('bayer_rggb8', 'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8')}
+    assert errs['bayer_rggb8'] < 1 and min(v for k, v in errs.items() if k != 'bayer_rggb8') > 10, errs

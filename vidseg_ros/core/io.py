@@ -163,36 +163,20 @@ class VideoSource(FrameSource):
 
 def image_msg_to_rgb(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False
                      ) -> np.ndarray:
-    """Decode a sensor_msgs/Image payload to RGB uint8 (H, W, 3).
+    """Decode a sensor_msgs/Image payload to RGB uint8 (H, W, 3), as the ROS nodes do
+    (``image_msg.image_to_rgb``, cv_bridge's conversions): the camera encodings ``image_msg.CAMERA_ENCODINGS``
+    (rgb8, bgr8, rgba8, bgra8, mono8, their 16-bit forms, yuv422, yuv422_yuy2, 8-bit Bayer), and the
+    generic 8UC1 = mono8, 8UC3 = bgr8, 8UC4 = bgra8, 16UC1 = mono16 that some recorders write."""
+    from types import SimpleNamespace
 
-    Encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (and 8UC1 = mono8, 8UC3 = bgr8, 8UC4 = bgra8,
-    16UC1 = mono16)."""
-    enc = str(encoding).lower()
+    from .image_msg import image_to_rgb
     alias = {'8uc1': 'mono8', '8uc3': 'bgr8', '8uc4': 'bgra8', '16uc1': 'mono16'}
-    enc = alias.get(enc, enc)
-    chans = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1, 'mono16': 1}
-    if enc not in chans:
-        raise InputError(f'unsupported image encoding {encoding!r} (supported: {", ".join(chans)})')
-    height, width, step = int(height), int(width), int(step)
-    bpp = chans[enc] * (2 if enc == 'mono16' else 1)
-    buf = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data.tobytes(), dtype=np.uint8)
-    if height <= 0 or width <= 0 or step < width * bpp or buf.size < step * height:
-        raise InputError(f'image message too small: {width}x{height} {encoding} step {step}, {buf.size} bytes')
-    rows = buf[:step * height].reshape(height, step)[:, :width * bpp]
-    if enc == 'mono16':
-        v = rows.reshape(height, width, 2).copy().view('>u2' if is_bigendian else '<u2')[..., 0]
-        g = (v >> 8).astype(np.uint8)
-        return cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)
-    img = rows.reshape(height, width, chans[enc])
-    if enc == 'rgb8':
-        return np.ascontiguousarray(img)
-    if enc == 'bgr8':
-        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2RGB)
-    if enc == 'rgba8':
-        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGBA2RGB)
-    if enc == 'bgra8':
-        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(np.ascontiguousarray(img[..., 0]), cv2.COLOR_GRAY2RGB)
+    enc = alias.get(str(encoding).lower(), str(encoding))
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.asarray(data, dtype=np.uint8).tobytes()
+    msg = SimpleNamespace(encoding=enc, height=int(height), width=int(width), step=int(step), data=data,
+                          is_bigendian=bool(is_bigendian))
+    return image_to_rgb(msg)
 
 
 IMAGE_MSG, COMPRESSED_IMAGE_MSG = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'
