@@ -303,7 +303,7 @@ def test_propagation_node_warns_when_frames_are_too_far_apart(ros_domain):
     frames), OK again once the frames follow each other closely; every frame still gets its labels."""
     from std_msgs.msg import Header
     from vidseg_ros.core.pipeline import FAR_APART_FRACTION
-    from vidseg_ros.ros.propagation_node import FAR_APART_WINDOW
+    from vidseg_ros.ros.propagation_node import RECENT_WINDOW
     W, H = 64, 48
     node = _prop({})
     try:
@@ -330,7 +330,7 @@ def test_propagation_node_warns_when_frames_are_too_far_apart(ros_domain):
             step(i, 0.5)
         (_, level, msg, vals), = node.diagnostics()
         assert level == 0 and 'too far apart' not in msg, msg
-        assert len(node.recent_fractions) == min(39, FAR_APART_WINDOW)
+        assert len(node.recent_fractions) == min(39, RECENT_WINDOW)
         assert len(node.labels_pub.msgs) == 40 and node.counts['degraded'] == 0
     finally:
         _close(node)
@@ -340,7 +340,7 @@ def test_propagation_node_names_stamps_that_do_not_advance(ros_domain):
     """A camera whose header.stamp stays at 0 (a misconfigured driver): every frame still gets labels (the
     current state's, degraded: out_of_order), and /diagnostics says why in words, which the counters
     alone did not; once the stamps advance again the warning goes (a window of recent frames)."""
-    from vidseg_ros.ros.propagation_node import FAR_APART_WINDOW
+    from vidseg_ros.ros.propagation_node import RECENT_WINDOW
     W, H = 64, 48
     node = _prop({})
     try:
@@ -353,7 +353,7 @@ def test_propagation_node_names_stamps_that_do_not_advance(ros_domain):
         (_, level, msg, _), = node.diagnostics()
         assert level == 1 and "6 of the last 7 camera frames came with a stamp not newer" in msg, msg
         assert "is the camera's header.stamp set and increasing?" in msg
-        T = [10**9 + i * 33 * 10**6 for i in range(FAR_APART_WINDOW)]
+        T = [10**9 + i * 33 * 10**6 for i in range(RECENT_WINDOW)]
         for t in T[:8]:                          # a driver that stamps again: fewer than half stale
             _decision(node, t)
             node.on_image(_img(W, H, t))

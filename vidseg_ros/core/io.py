@@ -172,8 +172,7 @@ def image_msg_to_rgb(encoding: str, height: int, width: int, step: int, data, is
     from .image_msg import image_to_rgb
     alias = {'8uc1': 'mono8', '8uc3': 'bgr8', '8uc4': 'bgra8', '16uc1': 'mono16'}
     enc = alias.get(str(encoding).lower(), str(encoding))
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        data = np.asarray(data, dtype=np.uint8).tobytes()
+    # data: bytes, a list or a uint8 array (rosbags): image_msg reads each in place, without a copy
     msg = SimpleNamespace(encoding=enc, height=int(height), width=int(width), step=int(step), data=data,
                           is_bigendian=bool(is_bigendian))
     return image_to_rgb(msg)

@@ -143,28 +143,27 @@ class FlowNode(VidsegLifecycleNode):
             restart, key = 'time went backwards', 'time_backwards'
         elif gap > 0 and (ns - prev[0]) * 1e-9 > gap:
             restart, key = f'time jump {(ns - prev[0]) * 1e-9:.3f}s > max_gap', 'gaps'
+        flows = None
         if restart is not None:
             if prev is not None:
                 self.counts[key] += 1
                 self.get_logger().warning(f'{restart}: restarting the flow chain', throttle_duration_sec=5.0)
-            out = empty_image(self.encoding, msg.header)
-            self.counts['chain_starts'] += 1
         else:
             try:
-                bwd, fwd = self.flow_fn(prev[1], gray)
-            except VidsegError as e:   # e.g. frames too small for DIS: never the node's end
-                bwd = fwd = None
+                flows = self.flow_fn(prev[1], gray)
+            except VidsegError as e:   # e.g. frames too small for DIS: a chain start, never the node's end
                 self.counts['flow_errors'] += 1
                 self.last_flow_error = str(e)
                 self.get_logger().error(f'no flow for this frame: {e}', throttle_duration_sec=5.0)
-            if bwd is None:   # a chain start: the propagation node holds the labels (flow_chain_restart)
-                out = empty_image(self.encoding, msg.header)
-                self.counts['chain_starts'] += 1
-            else:
-                arr = bwd if fwd is None else np.concatenate([bwd, fwd], axis=2)
-                hdr = Header(stamp=msg.header.stamp, frame_id=flow_frame_id(msg.header.frame_id, prev[0]))
-                out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, hdr)
-                self.counts['flows'] += 1
+        if flows is None:   # a chain start: the propagation node holds the labels (flow_chain_restart)
+            out = empty_image(self.encoding, msg.header)
+            self.counts['chain_starts'] += 1
+        else:
+            bwd, fwd = flows
+            arr = bwd if fwd is None else np.concatenate([bwd, fwd], axis=2)
+            hdr = Header(stamp=msg.header.stamp, frame_id=flow_frame_id(msg.header.frame_id, prev[0]))
+            out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, hdr)
+            self.counts['flows'] += 1
         self.prev = (ns, gray)
         self.flow_pub.publish(out)
         self.latency.add(time.perf_counter() - t0)

@@ -61,7 +61,7 @@ from vidseg_ros.ros.lifecycle_base import VidsegLifecycleNode
 STATUS_TOPIC = graph.STATUS_TOPIC   # per-frame JSON status (degraded + reasons)
 RESTART_BACKWARDS_NS = 1_000_000_000  # an image this much older than the newest frame = stream restart
 PLAUSIBLE_AGE_S = 60.0   # a frame's stamp age on the ROS clock beyond this (or negative) is another clock's
-FAR_APART_WINDOW = 50    # diagnostics: the IAM fraction's median over this many recent propagated frames
+RECENT_WINDOW = 50       # diagnostics: recent frames judged together (IAM fraction median, stale stamps)
 STALE_STAMPS_MIN = 5     # diagnostics: WARN when this many (and most) recent frames had a stale stamp
 LAG_WINDOW_S = 5.0       # load shedding: the pipeline's own latency = the lowest frame lag over this window
 KF_DELAY_HISTORY = 5     # keyframe_wait: the last this many keyframe results' delays (image -> result)
@@ -262,9 +262,9 @@ class PropagationNode(VidsegLifecycleNode):
         self.age = LatencyStats()          # stamp -> labels published (ROS clock)
         self.cost = LatencyStats()         # step + conversions
         # IAM fraction of the recent propagated frames: frames too far apart for propagation (diagnostics)
-        self.recent_fractions = collections.deque(maxlen=FAR_APART_WINDOW)
+        self.recent_fractions = collections.deque(maxlen=RECENT_WINDOW)
         # stamps of the recent camera frames: True where not newer than the newest processed one
-        self.recent_stale_stamps = collections.deque(maxlen=FAR_APART_WINDOW)
+        self.recent_stale_stamps = collections.deque(maxlen=RECENT_WINDOW)
         self.labels_pub = self.pub(Image, graph.LABELS_TOPIC, reliable_qos(10))
         self.color_pub = self.pub(Image, graph.LABELS_COLOR_TOPIC, reliable_qos(10)) \
             if p['publish_color'] else None
@@ -389,7 +389,7 @@ class PropagationNode(VidsegLifecycleNode):
         if self.kf_owed_since is None:
             self.kf_owed_since = now
         stale = self.done_ns is not None and ns <= self.done_ns
-        self.recent_stale_stamps.append(bool(stale) and self.done_ns - ns <= RESTART_BACKWARDS_NS)
+        self.recent_stale_stamps.append(stale and self.done_ns - ns <= RESTART_BACKWARDS_NS)
         if stale:
             if self.done_ns - ns > RESTART_BACKWARDS_NS:  # stream restarted (bag loop): start over
                 self._restart(f'image {ns} < newest {self.done_ns}')
@@ -863,52 +863,48 @@ class PropagationNode(VidsegLifecycleNode):
         frames = max(c['frames_out'], 1)
         drops = c['dropped_overflow'] + c['late_flows'] + c['flows_without_image']
         unpublished = c['bad_images'] + c['duplicate_images']  # input frames without labels
-        level = diag_level('OK')
-        msg = 'running'
+        notes, warn = [], False   # the status message's parts; WARN when any part says something is wrong
+
+        def note(text, is_warning=True):
+            nonlocal warn
+            notes.append(text)
+            warn = warn or is_warning
+
         src = self._source_reasons(time.monotonic())
         if c['degraded'] or drops or unpublished or src:
-            level, msg = diag_level('WARN'), (f'{c["degraded"]} degraded, {unpublished} without labels, '
-                                              f'{drops} dropped/late' + (f'; {", ".join(src)}' if src else ''))
+            note(f'{c["degraded"]} degraded, {unpublished} without labels, {drops} dropped/late'
+                 + (f'; {", ".join(src)}' if src else ''))
         if c['flow_timeouts']:   # frames that waited out flow_timeout: did any flow arrive at all?
-            level = diag_level('WARN')
-            msg = ('' if msg == 'running' else msg + '; ') + \
-                f'{c["flow_timeouts"]} frame(s) waited out flow_timeout; {c["flows_in"]} flow message(s) received'
+            note(f'{c["flow_timeouts"]} frame(s) waited out flow_timeout; {c["flows_in"]} flow message(s) received')
         merr = int(self.prop.stats.get('module_errors', 0))
         if merr:   # the temporal module failed on some frames (they kept the plain warp)
             err = getattr(self.prop, 'last_module_error', '')
-            level = diag_level('WARN')
-            msg = ('' if msg == 'running' else msg + '; ') + \
-                f'temporal module {self.temporal_mode} failed on {merr} frame(s), plain warp used: {err}'
+            note(f'temporal module {self.temporal_mode} failed on {merr} frame(s), plain warp used: {err}')
         ps = self.prop.stats
         shed, shed_cu = int(ps.get('refine_skipped', 0)), int(ps.get('catch_up_refine_skipped', 0))
         if shed or shed_cu:   # load shedding: the node fell behind the camera and skipped its temporal module
-            level = diag_level('WARN')
-            msg = ('' if msg == 'running' else msg + '; ') + \
-                (f'temporal module {self.temporal_mode} skipped on {shed} of {ps["frames"]} frame(s) '
+            note(f'temporal module {self.temporal_mode} skipped on {shed} of {ps["frames"]} frame(s) '
                  f'and {shed_cu} catch-up step(s) to keep up (lagging the camera by more than refine_max_lag '
                  f'{self.cfg["refine_max_lag"]} s beyond the pipeline\'s own latency)')
         kf_delay = float(np.median(self.kf_delays)) if self.kf_delays else None   # image -> keyframe result
         if c['keyframe_wait_skipped']:   # keyframe results come later than keyframe_wait: frames do not wait
-            msg = ('' if msg == 'running' else msg + '; ') + \
-                (f'{c["keyframe_wait_skipped"]} keyframe frame(s) did not wait: keyframe results came after a median '
+            note(f'{c["keyframe_wait_skipped"]} keyframe frame(s) did not wait: keyframe results came after a median '
                  f'{kf_delay or float("nan"):.2f} s, more than keyframe_wait {self.cfg["keyframe_wait"]} s'
                  + (f' (adaptive up to keyframe_wait_max {self.cfg["keyframe_wait_max"]} s)'
-                    if self.cfg['keyframe_wait_max'] > self.cfg['keyframe_wait'] else ''))
+                    if self.cfg['keyframe_wait_max'] > self.cfg['keyframe_wait'] else ''), is_warning=False)
         stale = sum(self.recent_stale_stamps)
         if stale >= STALE_STAMPS_MIN and 2 * stale > len(self.recent_stale_stamps):
-            level = diag_level('WARN')   # e.g. a driver that leaves header.stamp at 0 or never advances it
-            msg = ('' if msg == 'running' else msg + '; ') + \
-                (f'{stale} of the last {len(self.recent_stale_stamps)} camera frames came with a stamp not newer '
+            # e.g. a driver that leaves header.stamp at 0 or never advances it
+            note(f'{stale} of the last {len(self.recent_stale_stamps)} camera frames came with a stamp not newer '
                  f'than the newest frame processed (out_of_order / duplicate_stamp): is the camera\'s '
                  f'header.stamp set and increasing? Flow, keyframes and labels are joined by stamp')
         far = fraction_stats(self.recent_fractions)
         if frames_far_apart(far):   # labels carried onto the wrong content: a low camera rate, dropped frames
-            level = diag_level('WARN')
-            msg = ('' if msg == 'running' else msg + '; ') + \
-                (f"labels failed the flow's forward-backward check (IAM) on {100 * far['median']:.0f} % of the "
+            note(f"labels failed the flow's forward-backward check (IAM) on {100 * far['median']:.0f} % of the "
                  f"median of the last {far['frames']} propagated frames (driving video at 10-25 Hz: 4-21 %): "
                  f"frames too far apart in time for propagation (camera rate, dropped frames?); a shorter "
                  f"keyframe interval or the adaptive schedule helps")
+        level, msg = diag_level('WARN' if warn else 'OK'), '; '.join(notes) or 'running'
         vals = {'input_rate_hz': self.in_rate.rate(), 'output_rate_hz': self.out_rate.rate(),
                 'keyframe_ratio': c['keyframe_frames'] / frames, 'pending': len(self.slots),
                 'drops': drops, 'degraded': c['degraded'], 'unpublished': unpublished,
