@@ -207,3 +207,70 @@ def test_yuv422_and_bayer_camera_images_decode_like_cv_bridge():
     errs = {enc: np.abs(image_to_rgb(_msg(mosaic, enc))[2:-2, 2:-2].astype(int) - rgb[2:-2, 2:-2]).mean()
             for enc in ('bayer_rggb8', 'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8')}
     assert errs['bayer_rggb8'] < 1 and min(v for k, v in errs.items() if k != 'bayer_rggb8') > 10, errs
+
+
+def _bt601_nv12(rgb, pad=0):
+    """(H, W, 3) RGB -> nv12 and nv21 message payloads (BT.601 video range, chroma averaged over 2x2
+    blocks): the Y plane's H rows, then the chroma plane's H/2 rows (U V pairs for nv12, V U for nv21),
+    every row ``W + pad`` bytes, the layout rviz and the GStreamer bridges use."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    h, w = y.shape
+    u, v = (c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)) for c in (cb, cr))
+    out = []
+    for first, second in ((u, v), (v, u)):
+        chroma = np.zeros((h // 2, w), np.float64)
+        chroma[:, 0::2], chroma[:, 1::2] = first, second
+        planes = np.round(np.concatenate([y, chroma])).astype(np.uint8)
+        planes = np.concatenate([planes, np.full((planes.shape[0], pad), 0xAB, np.uint8)], axis=1)
+        out.append(planes)
+    return out
+
+
+def test_nv12_nv21_yuv_aliases_and_16bit_bayer_decode_like_cv_bridge():
+    """Jetson / GStreamer cameras publish semi-planar nv12 / nv21 (Y plane, then the chroma plane: height
+    * 3/2 rows of ``step`` bytes); Kilted names the packed forms uyvy / yuyv (yuv422 / yuv422_yuy2 are
+    deprecated aliases); machine-vision cameras also send 16-bit Bayer. Each decodes to the colours it was
+    made from, with row padding too; the swapped chroma order is far off; an odd height or short data is
+    a clear error. The offline bag reader decodes them the same way."""
+    from vidseg_ros.core.io import image_msg_to_rgb
+    h, w = 16, 24
+    yy, xx = np.mgrid[0:h, 0:w]
+    import cv2
+    rgb = cv2.GaussianBlur(np.dstack([(40 + 8 * xx) % 256, (60 + 10 * yy) % 256,
+                                      np.full((h, w), 120)]).astype(np.uint8), (7, 7), 3)
+    for pad in (0, 8):
+        nv12, nv21 = _bt601_nv12(rgb, pad)
+        for enc, planes in (('nv12', nv12), ('nv21', nv21)):
+            msg = SimpleNamespace(height=h, width=w, encoding=enc, is_bigendian=0, step=w + pad,
+                                  data=planes.tobytes())
+            out = image_to_rgb(msg)
+            err = np.abs(out.astype(int) - rgb)          # chroma shared by 2x2 pixels: small local errors
+            assert out.shape == (h, w, 3) and err.mean() < 4 and err.max() <= 12, (enc, pad, err.mean(), err.max())
+            np.testing.assert_array_equal(image_msg_to_rgb(enc, h, w, w + pad, planes.tobytes()), out)
+            assert image_to_ndarray(msg).shape == (h * 3 // 2, w)        # as OpenCV holds it
+        swapped = SimpleNamespace(height=h, width=w, encoding='nv21', is_bigendian=0, step=w + pad,
+                                  data=nv12.tobytes())
+        assert np.abs(image_to_rgb(swapped).astype(int) - rgb).mean() > 20
+    with pytest.raises(ConversionError, match='data has 384 bytes, expected 576'):      # the Y plane only
+        image_to_rgb(SimpleNamespace(height=h, width=w, encoding='nv12', is_bigendian=0, step=w,
+                                     data=nv12[:h, :w].tobytes()))
+    with pytest.raises(ConversionError, match='the height must be even'):
+        image_to_rgb(SimpleNamespace(height=h - 1, width=w, encoding='nv12', is_bigendian=0, step=w,
+                                     data=bytes(w * h * 2)))
+    uyvy, yuy2 = _bt601_uyvy(rgb)
+    np.testing.assert_array_equal(image_to_rgb(_msg(uyvy, 'uyvy')), image_to_rgb(_msg(uyvy, 'yuv422')))
+    np.testing.assert_array_equal(image_to_rgb(_msg(yuy2, 'yuyv')), image_to_rgb(_msg(yuy2, 'yuv422_yuy2')))
+    mosaic = np.zeros((h, w), np.uint16)                   # an RGGB sensor with 16-bit samples
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = rgb[0::2, 0::2, 0], rgb[0::2, 1::2, 1]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = rgb[1::2, 0::2, 1], rgb[1::2, 1::2, 2]
+    mosaic16 = mosaic * 257                                # 8-bit values at full 16-bit scale
+    for big in (False, True):
+        errs = {enc: np.abs(image_to_rgb(_msg(mosaic16, enc, bigendian=big))[2:-2, 2:-2].astype(int)
+                            - rgb[2:-2, 2:-2]).mean()
+                for enc in ('bayer_rggb16', 'bayer_bggr16', 'bayer_gbrg16', 'bayer_grbg16')}
+        assert errs['bayer_rggb16'] < 1 and min(v for k, v in errs.items() if k != 'bayer_rggb16') > 10, errs
+    eight = image_to_rgb(_msg(mosaic.astype(np.uint8), 'bayer_rggb8')).astype(int)
+    assert np.abs(image_to_rgb(_msg(mosaic16, 'bayer_rggb16')).astype(int) - eight).max() <= 1

@@ -165,7 +165,7 @@ def image_msg_to_rgb(encoding: str, height: int, width: int, step: int, data, is
                      ) -> np.ndarray:
     """Decode a sensor_msgs/Image payload to RGB uint8 (H, W, 3), as the ROS nodes do
     (``image_msg.image_to_rgb``, cv_bridge's conversions): the camera encodings ``image_msg.CAMERA_ENCODINGS``
-    (rgb8, bgr8, rgba8, bgra8, mono8, their 16-bit forms, yuv422, yuv422_yuy2, 8-bit Bayer), and the
+    (rgb8, bgr8, rgba8, bgra8, mono8, their 16-bit forms, packed YUV 4:2:2, nv12 / nv21, Bayer), and the
     generic 8UC1 = mono8, 8UC3 = bgr8, 8UC4 = bgra8, 16UC1 = mono16 that some recorders write."""
     from types import SimpleNamespace
 

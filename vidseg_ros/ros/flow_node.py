@@ -1,6 +1,6 @@
 """flow_node: DIS optical flow between consecutive camera frames.
 
-Subscribes ``/camera/image_raw`` (remappable; rgb8/bgr8/mono8/rgba8/bgra8/yuv422/bayer_*8/...), publishes
+Subscribes ``/camera/image_raw`` (remappable; rgb8/bgr8/mono8/rgba8/bgra8/yuv/nv12/bayer/...), publishes
 ``/vidseg/flow`` as sensor_msgs/Image ``32FC4`` (backward dx, dy = flow(t, t-1) on t's grid; forward
 dx, dy = flow(t-1, t)) or ``32FC2`` (backward only, ``forward:=false``) at the flow's native (coarse)
 resolution, with the newer frame's stamp; its ``header.frame_id`` is the camera's followed by
