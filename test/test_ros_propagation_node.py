@@ -141,3 +141,71 @@ def test_propagation_node_live_join(ros_domain, tmp_path):
     finally:
         probe.close()
         stop_processes([proc])
+
+
+def test_parameters_set_at_run_time_apply_or_are_refused(ros_domain, tmp_path):
+    """``ros2 param set`` on a running node: the join's bounds (LIVE_PARAMS) apply at once; a parameter read
+    on configure is refused with the reason instead of being stored and silently ignored until the next
+    configure; unconfigured, anything goes and configure reads it. The manager likewise applies its
+    timeouts and refuses its fixed parameters."""
+    from lifecycle_msgs.msg import Transition
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 20.0, 'keyframe_wait': 0.0,
+                                           'source_timeout': 30.0}, log_dir=str(tmp_path))
+    mgr = start_node('lifecycle_manager', {'autostart': False, 'node_names': ['propagation_node']},
+                     log_dir=str(tmp_path))
+    probe = Probe()
+    try:
+        probe.record(Image, graph.LABELS_TOPIC)
+        cam = probe.publisher(Image, graph.CAMERA_TOPIC)
+        flow_pub = probe.publisher(Image, graph.FLOW_TOPIC)
+        assert probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE), read_log(proc)
+        assert probe.transition('propagation_node', Transition.TRANSITION_ACTIVATE)
+        assert probe.wait_subscribers(cam) and probe.wait_subscribers(flow_pub)
+        img = np.zeros((H, W, 3), np.uint8)
+        hdrs = [Header(frame_id='cam', stamp=ns_to_stamp(5 * 10**9 + i * 10**8)) for i in range(3)]
+        cam.publish(ndarray_to_image(img, 'rgb8', hdrs[0]))
+        flow_pub.publish(empty_image('32FC4', hdrs[0]))
+        assert probe.wait_for(lambda: probe.count(graph.LABELS_TOPIC) == 1, 10), read_log(proc)
+        # a live bound: frame 1's flow never comes; with the configured 20 s it would wait 20 s (the
+        # source_timeout, which would end the wait at 3 s by default, is 30 s here)
+        assert probe.set_param('propagation_node', 'flow_timeout', 0.3) == (True, '')
+        assert probe.set_param('propagation_node', 'keyframe_wait', 0.05)[0]   # restarts the join's timer
+        t0 = time.monotonic()
+        cam.publish(ndarray_to_image(img, 'rgb8', hdrs[1]))
+        assert probe.wait_for(lambda: probe.count(graph.LABELS_TOPIC) == 2, 8), read_log(proc)
+        assert 0.25 <= time.monotonic() - t0 < 8
+        assert 'parameter flow_timeout -> 0.3 (applied)' in read_log(proc)
+        # read on configure: refused while configured, with the reason and what does apply
+        ok, reason = probe.set_param('propagation_node', 'scale', 2)
+        assert not ok and 'scale: read once, so a change now would be ignored' in reason, reason
+        assert 'deactivate, cleanup, set, configure, activate' in reason and 'keyframe_wait' in reason
+        assert probe.get_param('propagation_node', 'scale') == 1
+        # a live parameter out of its range: refused by its descriptor
+        assert not probe.set_param('propagation_node', 'flow_timeout', 100.0)[0]
+        assert probe.get_param('propagation_node', 'flow_timeout') == 0.3
+        # rclpy's own parameters are not ours to refuse
+        assert probe.set_param('propagation_node', 'use_sim_time', False)[0]
+        # the node still works on both changes: frame 2 with its flow goes out
+        cam.publish(ndarray_to_image(img, 'rgb8', hdrs[2]))
+        flow_pub.publish(empty_image('32FC4', hdrs[2]))
+        assert probe.wait_for(lambda: probe.count(graph.LABELS_TOPIC) == 3, 10), read_log(proc)
+        # unconfigured: accepted, and the next configure reads it
+        assert probe.transition('propagation_node', Transition.TRANSITION_DEACTIVATE)
+        assert not probe.set_param('propagation_node', 'scale', 2)[0]      # inactive is still configured
+        assert probe.transition('propagation_node', Transition.TRANSITION_CLEANUP)
+        assert probe.set_param('propagation_node', 'scale', 2) == (True, '')
+        assert probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE), read_log(proc)
+        assert probe.get_param('propagation_node', 'scale') == 2
+        # the manager: timeouts apply, the node list and the timer period are fixed at start
+        assert probe.set_param('lifecycle_manager', 'restart_after', 20.0) == (True, '')
+        assert 'parameter restart_after -> 20.0 (applied)' in read_log(mgr)
+        ok, reason = probe.set_param('lifecycle_manager', 'health_period', 0.5)
+        assert not ok and 'health_period: read once' in reason and 'give it at start-up' in reason, reason
+        ok, reason = probe.set_param('lifecycle_manager', 'schedule', 'fixed:0')
+        assert not ok and 'interval must be in' in reason, reason
+    finally:
+        probe.close()
+        stop_processes([proc, mgr])

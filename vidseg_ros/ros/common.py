@@ -50,7 +50,57 @@ class ParamsMixin:
     An invalid value given at start-up (wrong type or out of the declared range, e.g. ``-p scale:=0``)
     does not crash the process: the parameter is re-declared with dynamic typing and
     :meth:`validate_params` (called on configure) raises a ConfigError naming it.
+
+    Parameters at run time (``ros2 param set``): a node reads its parameters once (on configure; the
+    manager at start). While they are in use (:meth:`params_in_use`), a change to one of them would be
+    stored and silently ignored, so it is refused with the reason, except for the node's ``LIVE_PARAMS``:
+    those are checked (type, range, :meth:`check_live_param`) and applied at once (:meth:`apply_live_param`).
+    Call :meth:`watch_params` after declaring them.
     """
+
+    LIVE_PARAMS: tuple = ()
+    # how to change the others (the lifecycle nodes: while unconfigured)
+    FIXED_PARAMS_HINT = 'give it at start-up'
+
+    def watch_params(self):
+        self.add_on_set_parameters_callback(self._on_set_params_checked)
+
+    def params_in_use(self) -> bool:
+        """True while the values read from the parameters are in use (a configured node)."""
+        return False
+
+    def check_live_param(self, name, value):
+        """Raise a VidsegError if ``value`` cannot be applied to live parameter ``name``."""
+
+    def apply_live_param(self, name, value):
+        """Apply a checked value of live parameter ``name`` to the running node."""
+        if isinstance(getattr(self, 'cfg', None), dict) and name in self.cfg:
+            self.cfg[name] = value
+
+    def _on_set_params_checked(self, params):
+        from rcl_interfaces.msg import SetParametersResult
+        from vidseg_ros.core.errors import VidsegError
+        specs = getattr(self, '_param_specs', {})
+        ours = [p for p in params if p.name in specs]     # not rclpy's own (use_sim_time, ...)
+        in_use = self.params_in_use()
+        fixed = [p.name for p in ours if p.name not in self.LIVE_PARAMS]
+        if in_use and fixed:
+            live = ', '.join(self.LIVE_PARAMS) or 'none'
+            return SetParametersResult(successful=False, reason=(
+                f'{", ".join(fixed)}: read once, so a change now would be ignored; {self.FIXED_PARAMS_HINT} '
+                f'(parameters that apply at run time: {live})'))
+        live = [p for p in ours if p.name in self.LIVE_PARAMS]
+        try:
+            for p in live:
+                self._check_value(p.name, p.value)
+                self.check_live_param(p.name, p.value)
+        except VidsegError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        if in_use:
+            for p in live:
+                self.apply_live_param(p.name, p.value)
+                self.get_logger().info(f'parameter {p.name} -> {p.value!r} (applied)')
+        return SetParametersResult(successful=True)
 
     def declare(self, name, default, description, read_only=False, **ranges):
         from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -86,22 +136,26 @@ class ParamsMixin:
             known = ', '.join(sorted(getattr(self, '_param_specs', {})))
             raise ConfigError(f'unknown parameter{"s" if len(unknown) > 1 else ""} {", ".join(unknown)} '
                               f'(known: {known})')
-        for name, (default, rng) in getattr(self, '_param_specs', {}).items():
-            v = self.get_parameter(name).value
-            if isinstance(default, bool):
-                ok = isinstance(v, bool)
-            elif isinstance(default, int):
-                ok = isinstance(v, int) and not isinstance(v, bool)
-            elif isinstance(default, float):
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            elif isinstance(default, str):
-                ok = isinstance(v, str)
-            else:
-                ok = isinstance(v, (list, tuple))
-            if not ok:
-                raise ConfigError(f'parameter {name} must be {type(default).__name__}, got {v!r}')
-            if rng is not None and not (rng[0] <= v <= rng[1]):
-                raise ConfigError(f'parameter {name} must be in [{rng[0]}, {rng[1]}], got {v!r}')
+        for name in getattr(self, '_param_specs', {}):
+            self._check_value(name, self.get_parameter(name).value)
+
+    def _check_value(self, name, v):
+        """Raise ConfigError when ``v`` has the wrong type for parameter ``name`` or is out of its range."""
+        default, rng = self._param_specs[name]
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif isinstance(default, str):
+            ok = isinstance(v, str)
+        else:
+            ok = isinstance(v, (list, tuple))
+        if not ok:
+            raise ConfigError(f'parameter {name} must be {type(default).__name__}, got {v!r}')
+        if rng is not None and not (rng[0] <= v <= rng[1]):
+            raise ConfigError(f'parameter {name} must be in [{rng[0]}, {rng[1]}], got {v!r}')
 
     def params(self, *names) -> dict:
         return {n: self.get_parameter(n).value for n in names}

@@ -74,6 +74,8 @@ def working_gray(rgb: np.ndarray, scale: int) -> np.ndarray:
 
 
 class FlowNode(VidsegLifecycleNode):
+    LIVE_PARAMS = ('max_gap',)   # applied at run time; the rest are read on configure
+
     def __init__(self, **kw):
         super().__init__('flow_node', **kw)
 

@@ -135,9 +135,11 @@ def _transfer_history(old, new):
 
 
 class KeyframeNode(VidsegLifecycleNode):
+    # applied at run time (the rest are read on configure); schedule: the lifecycle manager's switch
+    LIVE_PARAMS = ('schedule', 'max_gap', 'stuck_timeout')
+
     def __init__(self, **kw):
         super().__init__('keyframe_node', **kw)
-        self.add_on_set_parameters_callback(self._on_set_params)
 
     def declare_params(self):
         self.declare('model', 'default', 'model registry name, config yaml or model file')
@@ -163,24 +165,19 @@ class KeyframeNode(VidsegLifecycleNode):
                      'region-ctx): publish the network\'s global context grids with each keyframe (ESPNetv2 only)')
 
     # ------------------------------------------------------------------ parameters at run time
-    def _on_set_params(self, params):
-        from rcl_interfaces.msg import SetParametersResult
-        for p in params:
-            if p.name == 'schedule':
-                try:
-                    from vidseg_ros.core.schedule import make_schedule
-                    sched = make_schedule(graph.parse_schedule(p.value))
-                except VidsegError as e:
-                    return SetParametersResult(successful=False, reason=str(e))
-                with self.lock:
-                    if getattr(self, 'schedule', None) is not None:
-                        self._next_schedule = sched
-                self.get_logger().info(f'schedule -> {sched!r}')
-            elif p.name in ('model', 'weights', 'device', 'backend', 'input_size', 'scale',
-                            'cache_levels', 'region_context') and self.active:
-                return SetParametersResult(successful=False,
-                                           reason=f'{p.name} can only change while inactive (reconfigure)')
-        return SetParametersResult(successful=True)
+    def check_live_param(self, name, value):
+        if name == 'schedule':
+            from vidseg_ros.core.schedule import make_schedule
+            make_schedule(graph.parse_schedule(value))
+
+    def apply_live_param(self, name, value):
+        if name != 'schedule':
+            return super().apply_live_param(name, value)
+        from vidseg_ros.core.schedule import make_schedule
+        sched = make_schedule(graph.parse_schedule(value))
+        with self.lock:
+            self._next_schedule = sched
+        self.get_logger().info(f'schedule -> {sched!r}')
 
     # ------------------------------------------------------------------ lifecycle
     def configure(self):

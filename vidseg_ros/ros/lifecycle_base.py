@@ -4,6 +4,8 @@ Subclasses declare parameters in ``declare_params()``, validate them and build t
 ROS entities in ``configure()`` (raise a VidsegError to fail the transition: the reason is logged and
 the node stays unconfigured), and may override ``activate()`` / ``deactivate()`` / ``teardown()``.
 Entities made with ``self.pub`` / ``self.sub`` / ``self.timer`` are destroyed on cleanup/shutdown.
+Parameters are read on configure; while the node is configured, a change is refused with the reason
+except for the subclass's ``LIVE_PARAMS``, which apply at once (``common.ParamsMixin``).
 """
 from __future__ import annotations
 
@@ -17,15 +19,20 @@ from vidseg_ros.ros import graph
 
 
 class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
+    FIXED_PARAMS_HINT = ('set it while the node is unconfigured (deactivate, cleanup, set, configure, activate) '
+                         'or at start-up')
+
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
         self.active = False
+        self.configured = False   # parameters read and in use (configure succeeded, no cleanup since)
         self._pubs, self._subs, self._timers = [], [], []
         self._diag_pub = None
         self.lock = threading.RLock()
         self.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages (0 = off)',
                      float_range=(0.0, 3600.0))
         self.declare_params()
+        self.watch_params()
 
     # ---------------------------------------------------------------- for subclasses
     def declare_params(self):
@@ -42,6 +49,9 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
 
     def teardown(self):
         pass
+
+    def params_in_use(self) -> bool:
+        return self.configured
 
     def diagnostics(self) -> list:
         """[(name_suffix, level, message, values)] for /diagnostics."""
@@ -107,6 +117,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
             self.get_logger().error(f'configure failed: {type(e).__name__}: {e}')
             self._safe_teardown()
             return TransitionCallbackReturn.FAILURE
+        self.configured = True
         self.get_logger().info('configured')
         return TransitionCallbackReturn.SUCCESS
 
@@ -144,6 +155,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _safe_teardown(self):
+        self.configured = False
         try:
             self.teardown()
         except Exception as e:  # a failing teardown must not turn a clean FAILURE into an error state

@@ -111,6 +111,11 @@ class _Managed:
 
 
 class LifecycleManager(ParamsMixin, Node):
+    # applied at run time (read per use); node_names, keyframe_node, autostart and health_period are
+    # fixed at start
+    LIVE_PARAMS = ('schedule', 'transition_timeout', 'startup_timeout', 'health_timeout', 'reactivate',
+                   'restart_after', 'links_grace')
+
     def __init__(self, **kwargs):
         from rclpy.callback_groups import ReentrantCallbackGroup
         from diagnostic_msgs.msg import DiagnosticArray
@@ -157,7 +162,7 @@ class LifecycleManager(ParamsMixin, Node):
                                  reliable_qos(50), callback_group=self.cbg)
         self.create_service(Trigger, '~/startup', self._srv_startup, callback_group=self.cbg)
         self.create_service(Trigger, '~/shutdown', self._srv_shutdown, callback_group=self.cbg)
-        self.add_on_set_parameters_callback(self._on_set_params)
+        self.watch_params()
         from rclpy.clock import Clock, ClockType
         self.create_timer(p['health_period'], self._health_tick, callback_group=self.cbg,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))  # also while /clock pauses
@@ -510,17 +515,22 @@ class LifecycleManager(ParamsMixin, Node):
         except VidsegError as e:
             return str(e)
 
-    def _on_set_params(self, params):
-        from rcl_interfaces.msg import SetParametersResult
-        for p in params:
-            if p.name == 'schedule' and p.value:
-                err = self._validate_schedule(p.value)
-                if err:
-                    return SetParametersResult(successful=False, reason=err)
-                threading.Thread(target=self._switch_schedule, args=(p.value,), daemon=True).start()
-            elif p.name in ('node_names', 'keyframe_node'):
-                return SetParametersResult(successful=False, reason=f'{p.name} is fixed at start')
-        return SetParametersResult(successful=True)
+    def params_in_use(self) -> bool:
+        return True     # read once at start (no configure step)
+
+    def check_live_param(self, name, value):
+        if name == 'schedule' and value:
+            err = self._validate_schedule(value)
+            if err:
+                from vidseg_ros.core.errors import ConfigError
+                raise ConfigError(err)
+
+    def apply_live_param(self, name, value):
+        if name == 'schedule':
+            if value:
+                threading.Thread(target=self._switch_schedule, args=(value,), daemon=True).start()
+            return
+        super().apply_live_param(name, value)
 
     def _on_schedule_cmd(self, msg):
         spec = msg.data.strip()

@@ -135,6 +135,10 @@ def features_from_msgs(msgs: dict) -> dict:
 
 
 class PropagationNode(VidsegLifecycleNode):
+    # applied at run time (the rest are read on configure): the join's bounds, read per frame
+    LIVE_PARAMS = ('keyframe_wait', 'keyframe_wait_max', 'flow_timeout', 'refine_max_lag', 'max_pending',
+                   'source_timeout')
+
     def __init__(self, **kw):
         super().__init__('propagation_node', **kw)
 
@@ -289,8 +293,25 @@ class PropagationNode(VidsegLifecycleNode):
             self.sub(Image, graph.KEYFRAME_FEATURES_TOPIC, self.on_kf_features, reliable_qos(10))
         self.sub(String, graph.KEYFRAME_DECISION_TOPIC, self.on_decision, reliable_qos(50))
         self.sub(String, graph.KEYFRAME_INFO_TOPIC, self.on_info, latched_qos())
-        waits = [v for v in (p['flow_timeout'], p['keyframe_wait']) if v > 0]
-        self.timer(min([0.05] + [v / 4 for v in waits]) if waits else 0.05, self.pump)
+        self._pump_timer = None
+        self._start_pump()
+
+    def _start_pump(self):
+        """(Re)start the join's timer: every 50 ms, or a quarter of the shortest wait bound."""
+        waits = [v for v in (self.cfg['flow_timeout'], self.cfg['keyframe_wait']) if v > 0]
+        period = min([0.05] + [v / 4 for v in waits])
+        if self._pump_timer is not None:
+            if abs(self._pump_timer.timer_period_ns * 1e-9 - period) < 1e-6:
+                return
+            self._timers.remove(self._pump_timer)
+            self.destroy_timer(self._pump_timer)
+        self._pump_timer = self.timer(period, self.pump)
+
+    def apply_live_param(self, name, value):
+        with self.lock:
+            super().apply_live_param(name, value)
+            if name in ('flow_timeout', 'keyframe_wait'):
+                self._start_pump()
 
     def _reset_join(self):
         self.slots = collections.OrderedDict()   # ns -> _Slot, unprocessed

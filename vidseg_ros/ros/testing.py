@@ -201,6 +201,24 @@ class Probe:
         res = self.call(GetState, f'/{node_name}/get_state', GetState.Request(), timeout, attempt_s=3.0)
         return None if res is None else res.current_state.label
 
+    def set_param(self, node_name: str, name: str, value, timeout: float = 10.0) -> tuple:
+        """``ros2 param set``: (successful, reason) of setting one parameter (a Python bool / int / float / str)."""
+        from rclpy.parameter import Parameter
+        from rcl_interfaces.srv import SetParameters
+        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        res = self.call(SetParameters, f'/{node_name}/set_parameters', req, timeout)
+        if res is None:
+            return False, self.last_call_failure
+        return res.results[0].successful, res.results[0].reason
+
+    def get_param(self, node_name: str, name: str, timeout: float = 10.0):
+        """A parameter's current value (``ros2 param get``), or None when the node does not answer."""
+        from rclpy.parameter import parameter_value_to_python
+        from rcl_interfaces.srv import GetParameters
+        res = self.call(GetParameters, f'/{node_name}/get_parameters', GetParameters.Request(names=[name]),
+                        timeout, attempt_s=3.0)
+        return None if res is None else parameter_value_to_python(res.values[0])
+
     def wait_subscribers(self, pub, n: int = 1, timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout
         while pub.get_subscription_count() < n:
