@@ -1476,3 +1476,59 @@ def test_propagation_node_two_sided_topic(ros_domain):
         assert all(image_to_ndarray(m).shape == (H, W) for m in two.msgs)
     finally:
         _close(node)
+
+
+def test_nodes_say_why_no_camera_frame_can_arrive(ros_domain):
+    """A camera the nodes cannot hear gave no labels and only a line in the log at discovery (or nothing):
+    no publisher on the topic, a best-effort camera under input_qos:=reliable, a compressed camera remapped
+    onto the topic. Each node now names the cause on /diagnostics (WARN, ``camera_problem``) for as long as
+    it lasts, and clears it once a matching camera appears."""
+    from sensor_msgs.msg import CompressedImage, Image
+    from vidseg_ros.ros import graph
+    from vidseg_ros.ros.common import reliable_qos, sensor_qos
+    from vidseg_ros.ros.flow_node import FlowNode
+    from vidseg_ros.ros.testing import Probe
+    node = _node(FlowNode, {'input_qos': 'reliable', 'diagnostics_period': 0.0})
+    probe = other = None
+    try:
+        assert node.trigger_configure().name == 'SUCCESS'
+        node.trigger_activate()
+        node._diag_pub = Rec()
+
+        def diag():
+            node._publish_diagnostics()
+            st = node._diag_pub.msgs[-1].status[0]
+            vals = {kv.key: kv.value for kv in st.values}
+            return int.from_bytes(st.level, 'little'), st.message, vals['camera_problem']
+
+        def problem_becomes(pred, timeout=15.0):   # the nodes learn of publishers by discovery
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if pred(node.camera_problem()):
+                    return True
+                time.sleep(0.1)
+            return False
+        assert node.camera_problem() is None     # just activated: the camera may still be starting
+        assert 'no publisher on the camera topic /camera/image_raw' in \
+            node.camera_problem(now=time.monotonic() + node.CAMERA_SILENT_S + 1)
+        probe = Probe('camera_best_effort')
+        best_effort = probe.publisher(Image, graph.CAMERA_TOPIC, sensor_qos(5))
+        assert problem_becomes(lambda p: p and 'cannot match' in p), node.camera_problem()
+        level, msg, val = diag()
+        assert level == 1 and msg.startswith('the publisher(s) of the camera topic /camera/image_raw offer QoS') \
+            and 'Best effort publisher and reliable subscription' in msg and 'input_qos:=sensor_data' in msg, msg
+        assert val == msg
+        probe.node.destroy_publisher(best_effort)
+        other = Probe('camera_compressed')
+        other.publisher(CompressedImage, graph.CAMERA_TOPIC)
+        assert problem_becomes(lambda p: p and 'published as sensor_msgs/msg/CompressedImage' in p), \
+            node.camera_problem()
+        assert 'Compressed cameras' in node.camera_problem()
+        probe.publisher(Image, graph.CAMERA_TOPIC, reliable_qos(5))    # a camera this node can hear
+        assert problem_becomes(lambda p: p is None), node.camera_problem()
+        assert diag() == (0, 'running', '')
+    finally:
+        for p in (probe, other):
+            if p is not None:
+                p.close()
+        _close(node)

@@ -105,7 +105,7 @@ class FlowNode(VidsegLifecycleNode):
                            duplicate_stamps=0,
                            size_changes=0, time_backwards=0, gaps=0)
         self.flow_pub = self.pub(Image, graph.FLOW_TOPIC, reliable_qos(10))
-        self.sub(Image, graph.CAMERA_TOPIC, self.on_image, qos, raw=True)
+        self.camera_sub(self.on_image, qos)
 
     def deactivate(self):
         self.prev = None

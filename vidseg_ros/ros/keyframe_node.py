@@ -233,7 +233,7 @@ class KeyframeNode(VidsegLifecycleNode):
                      'scale': p['scale'], 'cache_levels': p['cache_levels'],
                      'region_context': p['region_context']}
         self.worker = None
-        self.sub(Image, graph.CAMERA_TOPIC, self.on_image_raw, qos, raw=True)
+        self.camera_sub(self.on_image_raw, qos)
         self.sub(String, graph.STATS_TOPIC, self.on_stats, reliable_qos(10))
 
     def activate(self):

@@ -10,24 +10,29 @@ except for the subclass's ``LIVE_PARAMS``, which apply at once (``common.ParamsM
 from __future__ import annotations
 
 import threading
+import time
 
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
 from vidseg_ros.core.errors import VidsegError
-from vidseg_ros.ros.common import ParamsMixin, diagnostic_status, reliable_qos
+from vidseg_ros.ros.common import ParamsMixin, diag_level, diagnostic_status, reliable_qos
 from vidseg_ros.ros import graph
 
 
 class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
+    CAMERA_SILENT_S = 5.0   # active this long without a camera publisher: WARN (camera_problem)
     FIXED_PARAMS_HINT = ('set it while the node is unconfigured (deactivate, cleanup, set, configure, activate) '
                          'or at start-up')
 
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
         self.active = False
+        self._active_since = time.monotonic()
+        self._camera = None
         self.configured = False   # parameters read and in use (configure succeeded, no cleanup since)
         self._pubs, self._subs, self._timers = [], [], []
         self._diag_pub = None
+        self._camera = None
         self.lock = threading.RLock()
         self.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages (0 = off)',
                      float_range=(0.0, 3600.0))
@@ -68,6 +73,54 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         self._subs.append(s)
         return s
 
+    def camera_sub(self, cb, qos):
+        """The camera subscription (serialized Images, see :meth:`camera_message`), watched by
+        :meth:`camera_problem` for what would keep every frame away."""
+        from sensor_msgs.msg import Image
+        self._camera = (self.sub(Image, graph.CAMERA_TOPIC, cb, qos, raw=True), qos)
+        return self._camera[0]
+
+    def camera_problem(self, now: float | None = None) -> str | None:
+        """Why this node cannot receive a camera frame, in words, or None. Checked on the ROS graph, so
+        it also names what the log said once at discovery: no publisher on the topic (after
+        ``CAMERA_SILENT_S`` active), publishers of another message type (e.g. a compressed camera
+        remapped onto the topic), or a publisher whose QoS cannot match this subscription's
+        (``input_qos``: a reliable subscription and a best-effort camera)."""
+        from rclpy.qos import QoSCompatibility, qos_check_compatible
+        cam = getattr(self, '_camera', None)
+        if cam is None or not self.active:
+            return None
+        sub, qos = cam
+        topic = sub.topic_name
+        infos = self.get_publishers_info_by_topic(topic)
+        if not infos:
+            now = time.monotonic() if now is None else now
+            if now - self._active_since > self.CAMERA_SILENT_S:
+                return (f'no publisher on the camera topic {topic} (is the camera driver running? is the topic '
+                        f'remapped, e.g. camera_topic:=...?)')
+            return None
+        image_type = 'sensor_msgs/msg/Image'
+
+        def who(i):   # the node's name is discovered a little after its endpoints
+            return f'/{i.node_namespace.strip("/")}/{i.node_name}'.replace('//', '/') \
+                if i.node_name and not i.node_name.startswith('_NODE_NAME_UNKNOWN') else 'a publisher'
+        others = sorted({f'{i.topic_type} ({who(i)})' for i in infos if i.topic_type != image_type})
+        if others and not any(i.topic_type == image_type for i in infos):
+            return (f'the camera topic {topic} is published as {", ".join(others)}, not {image_type}: no frame '
+                    f'can arrive (a compressed camera needs decoding first: docs/ROS.md, "Compressed cameras")')
+        bad = []
+        for i in infos:
+            if i.topic_type != image_type:
+                continue
+            ok, why = qos_check_compatible(i.qos_profile, qos)
+            if ok == QoSCompatibility.ERROR:
+                bad.append(f'{who(i)}: {why.replace("ERROR:", "").strip(" ;")}')
+        if bad and len(bad) == sum(i.topic_type == image_type for i in infos):
+            return (f'the publisher(s) of the camera topic {topic} offer QoS this node\'s subscription cannot '
+                    f'match, so no frame arrives ({"; ".join(bad)}); input_qos:=sensor_data takes both '
+                    f'reliable and best-effort cameras')
+        return None
+
     def camera_message(self, raw: bytes):
         """A serialized camera Image (``sub(..., raw=True)``) -> its fields with the pixels a view of the
         bytes (``conversions.image_from_cdr``); None when it does not parse (counted in
@@ -98,6 +151,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
             self.destroy_lifecycle_publisher(p)
         self._pubs, self._subs, self._timers = [], [], []
         self._diag_pub = None
+        self._camera = None
 
     # ---------------------------------------------------------------- transitions
     def on_configure(self, state):
@@ -125,6 +179,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         ret = super().on_activate(state)  # enables the lifecycle publishers first
         with self.lock:
             self.active = True
+            self._active_since = time.monotonic()
             self.activate()
         self.get_logger().info('activated')
         return ret
@@ -188,6 +243,11 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         for suffix, level, message, values in self.diagnostics():
             if suffix == '':
                 values = dict(values, **{graph.LINKS_UNMATCHED_KEY: ' '.join(self.unmatched_links())})
+                problem = self.camera_problem()
+                if problem:   # no frame can arrive: say why, above whatever the node reports
+                    level = max(level, diag_level('WARN'))
+                    message = problem if message in ('', 'running', 'OK') else f'{problem}; {message}'
+                values['camera_problem'] = problem or ''
             arr.status.append(diagnostic_status(f'vidseg: {self.get_name()}{suffix}', self.get_name(), level,
                                                 message, values))
         if arr.status:

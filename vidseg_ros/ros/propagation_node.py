@@ -285,7 +285,7 @@ class PropagationNode(VidsegLifecycleNode):
         self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
         self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
         self.status_pub = self.pub(String, STATUS_TOPIC, reliable_qos(30))
-        self.sub(Image, graph.CAMERA_TOPIC, self.on_image_raw, qos, raw=True)
+        self.camera_sub(self.on_image_raw, qos)
         self.sub(Image, graph.FLOW_TOPIC, self.on_flow, reliable_qos(30))
         self.sub(Image, graph.KEYFRAME_LABELS_TOPIC, self.on_kf_labels, reliable_qos(10))
         self.sub(Image, graph.KEYFRAME_PROBS_TOPIC, self.on_kf_probs, reliable_qos(10))
