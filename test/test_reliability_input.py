@@ -1532,3 +1532,49 @@ def test_nodes_say_why_no_camera_frame_can_arrive(ros_domain):
             if p is not None:
                 p.close()
         _close(node)
+
+
+def test_propagation_node_names_subscribers_it_cannot_serve(ros_domain):
+    """A robot-stack subscriber that asks /semantic/labels for transient-local durability (the labels are
+    volatile) is never matched and gets nothing, silently on both sides. The node now names it on
+    /diagnostics (WARN, ``subscriber_problems``); matching subscribers (volatile, or transient local on the
+    latched /semantic/classes) are not named, and the warning goes once the subscriber does."""
+    from rclpy.qos import DurabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+    from vidseg_ros.ros import graph
+    from vidseg_ros.ros.common import reliable_qos
+    from vidseg_ros.ros.testing import Probe
+    node = _prop({})
+    probe = None
+    try:
+        node._diag_pub = Rec()
+        latched = reliable_qos(1)
+        latched.durability = DurabilityPolicy.TRANSIENT_LOCAL
+        probe = Probe('robot_stack')
+        probe.node.create_subscription(Image, graph.LABELS_COLOR_TOPIC, lambda m: None, reliable_qos(5))
+        probe.node.create_subscription(String, graph.CLASSES_TOPIC, lambda m: None, latched)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not node.get_subscriptions_info_by_topic(graph.CLASSES_TOPIC):
+            time.sleep(0.1)
+        assert node.subscriber_problems() == []
+        bad = probe.node.create_subscription(Image, graph.LABELS_TOPIC, lambda m: None, latched)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not node.subscriber_problems():
+            time.sleep(0.1)
+        (problem,) = node.subscriber_problems()
+        assert 'on /semantic/labels (Volatile publisher and transient local subscription)' in problem, problem
+        node._publish_diagnostics()
+        st = node._diag_pub.msgs[-1].status[0]
+        vals = {kv.key: kv.value for kv in st.values}
+        assert int.from_bytes(st.level, 'little') == 1 and vals['subscriber_problems'] == problem
+        assert '1 subscriber(s) ask for QoS this node does not offer and get nothing' in st.message, st.message
+        probe.node.destroy_subscription(bad)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and node.subscriber_problems():
+            time.sleep(0.1)
+        assert node.subscriber_problems() == []
+    finally:
+        if probe is not None:
+            probe.close()
+        _close(node)

@@ -19,6 +19,36 @@ from vidseg_ros.ros.common import ParamsMixin, diag_level, diagnostic_status, re
 from vidseg_ros.ros import graph
 
 
+def _who(info, unknown: str = 'a publisher') -> str:
+    """The node behind a topic endpoint (its name is discovered a little after the endpoint)."""
+    name = info.node_name
+    if not name or name.startswith('_NODE_NAME_UNKNOWN'):
+        return unknown
+    return f'/{info.node_namespace.strip("/")}/{name}'.replace('//', '/')
+
+
+def _qos_compatible(pub_qos, sub_qos) -> tuple:
+    """rclpy's qos_check_compatible on a profile made here and one discovered on the graph: discovery
+    reports an unset deadline / lifespan / lease as Infinite, a profile made here holds 0 (unset), which the
+    check would take for a promise the other side lacks. Both are read as Infinite."""
+    import copy
+    from rclpy.duration import Duration, Infinite
+    from rclpy.qos import qos_check_compatible
+    profiles = []
+    for qos in (pub_qos, sub_qos):
+        q = copy.copy(qos)
+        for attr in ('deadline', 'lifespan', 'liveliness_lease_duration'):
+            if getattr(q, attr) == Duration():
+                setattr(q, attr, Infinite)
+        profiles.append(q)
+    return qos_check_compatible(*profiles)
+
+
+def _why(reason: str) -> str:
+    """rclpy's qos_check_compatible reason without its 'ERROR:' prefix and trailing ';'."""
+    return reason.replace('ERROR:', '').strip(' ;')
+
+
 class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
     CAMERA_SILENT_S = 5.0   # active this long without a camera publisher: WARN (camera_problem)
     FIXED_PARAMS_HINT = ('set it while the node is unconfigured (deactivate, cleanup, set, configure, activate) '
@@ -86,7 +116,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         ``CAMERA_SILENT_S`` active), publishers of another message type (e.g. a compressed camera
         remapped onto the topic), or a publisher whose QoS cannot match this subscription's
         (``input_qos``: a reliable subscription and a best-effort camera)."""
-        from rclpy.qos import QoSCompatibility, qos_check_compatible
+        from rclpy.qos import QoSCompatibility
         cam = getattr(self, '_camera', None)
         if cam is None or not self.active:
             return None
@@ -100,11 +130,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
                         f'remapped, e.g. camera_topic:=...?)')
             return None
         image_type = 'sensor_msgs/msg/Image'
-
-        def who(i):   # the node's name is discovered a little after its endpoints
-            return f'/{i.node_namespace.strip("/")}/{i.node_name}'.replace('//', '/') \
-                if i.node_name and not i.node_name.startswith('_NODE_NAME_UNKNOWN') else 'a publisher'
-        others = sorted({f'{i.topic_type} ({who(i)})' for i in infos if i.topic_type != image_type})
+        others = sorted({f'{i.topic_type} ({_who(i)})' for i in infos if i.topic_type != image_type})
         if others and not any(i.topic_type == image_type for i in infos):
             return (f'the camera topic {topic} is published as {", ".join(others)}, not {image_type}: no frame '
                     f'can arrive (a compressed camera needs decoding first: docs/ROS.md, "Compressed cameras")')
@@ -112,14 +138,32 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         for i in infos:
             if i.topic_type != image_type:
                 continue
-            ok, why = qos_check_compatible(i.qos_profile, qos)
+            ok, why = _qos_compatible(i.qos_profile, qos)
             if ok == QoSCompatibility.ERROR:
-                bad.append(f'{who(i)}: {why.replace("ERROR:", "").strip(" ;")}')
+                bad.append(f'{_who(i)}: {_why(why)}')
         if bad and len(bad) == sum(i.topic_type == image_type for i in infos):
             return (f'the publisher(s) of the camera topic {topic} offer QoS this node\'s subscription cannot '
                     f'match, so no frame arrives ({"; ".join(bad)}); input_qos:=sensor_data takes both '
                     f'reliable and best-effort cameras')
         return None
+
+    def subscriber_problems(self) -> list:
+        """The subscribers of this node's outputs (topics outside the graph's internal ``/vidseg/`` and
+        ``/diagnostics``) whose QoS its publisher cannot match, so that they get nothing (e.g. a subscriber
+        asking for transient-local durability from a volatile topic), in words."""
+        from rclpy.qos import QoSCompatibility
+        out = []
+        if not self.active:
+            return out
+        for p in self._pubs:
+            topic = p.topic_name
+            if topic.startswith(graph.INTERNAL_PREFIX) or topic == graph.DIAGNOSTICS_TOPIC:
+                continue
+            for i in self.get_subscriptions_info_by_topic(topic):
+                ok, why = _qos_compatible(p.qos_profile, i.qos_profile)
+                if ok == QoSCompatibility.ERROR:
+                    out.append(f'{_who(i, "a subscriber")} on {topic} ({_why(why)})')
+        return out
 
     def camera_message(self, raw: bytes):
         """A serialized camera Image (``sub(..., raw=True)``) -> its fields with the pixels a view of the
@@ -248,6 +292,13 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
                     level = max(level, diag_level('WARN'))
                     message = problem if message in ('', 'running', 'OK') else f'{problem}; {message}'
                 values['camera_problem'] = problem or ''
+                deaf = self.subscriber_problems()
+                if deaf:    # a consumer gets nothing: name it and what the outputs offer
+                    level = max(level, diag_level('WARN'))
+                    note = (f'{len(deaf)} subscriber(s) ask for QoS this node does not offer and get nothing: '
+                            f'{"; ".join(deaf)} (docs/ROS.md, "Output QoS")')
+                    message = note if message in ('', 'running', 'OK') else f'{message}; {note}'
+                values['subscriber_problems'] = '; '.join(deaf)
             arr.status.append(diagnostic_status(f'vidseg: {self.get_name()}{suffix}', self.get_name(), level,
                                                 message, values))
         if arr.status:
