@@ -3,6 +3,10 @@
     ros2 launch vidseg_ros pipeline.launch.py camera_topic:=/kitti/camera_color_left/image_raw \\
         model:=espnetv2_s2.0 schedule:=fixed:5 use_sim_time:=true
 
+One graph per camera: ``namespace:=front camera_topic:=/cams/front/image_raw`` puts the nodes and
+their topics under /front (/front/semantic/labels, ...); a namespace pushed by an including launch file
+(PushRosNamespace) composes with it.
+
 The processes, parameters and remappings come from ``vidseg_ros.ros.graph`` (the same description
 ``vidseg_graph`` uses without ros2 launch). Empty arguments keep the config file's values.
 """
@@ -30,7 +34,9 @@ def launch_setup(context, *args, **kwargs):
     # Fast DDS profile with a large shared-memory segment (config/fastdds.xml), unless one is set
     actions = [SetEnvironmentVariable(k, v) for k, v in graph.fastdds_profile_env().items()]
     for inv in graph.invocations(**values):
-        common = dict(package=graph.PACKAGE, executable=inv.executable, name=inv.name, namespace='',
+        # relative, so that it composes with a namespace pushed by an including launch file
+        common = dict(package=graph.PACKAGE, executable=inv.executable, name=inv.name,
+                      namespace=inv.namespace.lstrip('/'),
                       parameters=inv.parameters, remappings=inv.remappings, output='screen',
                       arguments=['--ros-args', '--log-level', log_level])
         if inv.lifecycle:

@@ -223,3 +223,77 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
     finally:
         probe.close()
         stop_processes([runner], grace=20)
+
+
+def test_two_graphs_in_namespaces_keep_to_their_own_camera(ros_domain, shared, tmp_path):
+    """One graph per camera: two runners with --namespace left / right in one ROS domain. Each graph's
+    topics are under its namespace (the internal ones too, so the flows and keyframes of one camera never
+    reach the other's propagation node), each manager brings up and switches its own nodes, and
+    /diagnostics (global) names every node with its namespace. Before, every topic was absolute: two
+    graphs crossed their flows and keyframe results, and a namespace given to the launch file was ignored."""
+    import json
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header, String
+
+    frames = [__import__('cv2').resize(f, (512, 256)) for f in _frames(shared, 4)]
+    procs, probe = [], Probe()
+    schedules = {'left': 'fixed:2', 'right': 'fixed:1'}
+    try:
+        for ns, sched in schedules.items():
+            cmd = [sys.executable, '-m', 'vidseg_ros.ros.runner', '--namespace', ns, '--model', MODEL,
+                   '--schedule', sched, '--log-dir', str(tmp_path / ns), '--stop-timeout', '20',
+                   '--param', 'keyframe_node:backend=torch', '--param', 'keyframe_node:num_threads=1',
+                   '--param', 'propagation_node:keyframe_wait=30.0',
+                   '--param', 'propagation_node:flow_timeout=30.0']
+            cmd += [a for n in NODES for a in ('--param', f'{n}:input_qos=reliable')]
+            procs.append(start_process(cmd, str(tmp_path / f'runner_{ns}.log')))
+
+        def logs_text():
+            return '\n'.join(f'--- {f.name}\n' + f.read_text(errors='replace')[-2000:]
+                             for f in sorted(tmp_path.rglob('*.log')))
+        cams = {}
+        for ns in schedules:
+            probe.record(Image, f'/{ns}/semantic/labels', key=f'{ns}/labels')
+            probe.record(Image, f'/{ns}/vidseg/keyframe/labels', key=f'{ns}/kf')
+            probe.record(String, f'/{ns}/vidseg/schedule_status', key=f'{ns}/sched', qos=latched())
+            cams[ns] = probe.publisher(Image, f'/{ns}/camera/image_raw')
+        probe.record(Image, graph.LABELS_TOPIC)                  # the root namespace: nothing comes here
+        probe.record(DiagnosticArray, graph.DIAGNOSTICS_TOPIC)
+        for ns, cam in cams.items():
+            assert probe.wait_subscribers(cam, 3, timeout=120), logs_text()
+        linked, missing = probe.wait_linked(timeout=90, nodes=[f'{ns}/{n}' for ns in schedules for n in NODES])
+        assert linked, missing + '\n' + logs_text()
+        stamps = {'left': [], 'right': []}
+        for i, f in enumerate(frames):
+            for k, ns in enumerate(schedules):
+                hdr = Header(frame_id=f'cam_{ns}', stamp=ns_to_stamp(10**18 + i * 10**8 + k * 10**7))
+                stamps[ns].append(stamp_to_ns(hdr.stamp))
+                cams[ns].publish(ndarray_to_image(f, 'rgb8', hdr))
+                assert probe.wait_for(lambda: probe.count(f'{ns}/labels') == i + 1, 60), logs_text()
+        for ns in schedules:
+            got = [m for _, m in probe.messages[f'{ns}/labels']]
+            assert [stamp_to_ns(m.header.stamp) for m in got] == stamps[ns]
+            assert {m.header.frame_id for m in got} == {f'cam_{ns}'}
+        assert probe.count('left/kf') == 2 and probe.count('right/kf') == 4    # each manager's schedule
+        assert probe.count(graph.LABELS_TOPIC) == 0
+        # a schedule switch through one namespace's manager reaches its keyframe node only
+        switch = probe.publisher(String, '/left/vidseg/schedule_cmd')
+        assert probe.wait_subscribers(switch)
+        switch.publish(String(data='fixed:1'))
+        assert probe.wait_for(lambda: probe.count('left/sched') >= 1, 30), logs_text()
+        assert json.loads(probe.messages['left/sched'][-1][1].data)['ok'] is True
+        assert probe.count('right/sched') == 0
+        names = {s.name: s for _, a in probe.messages[graph.DIAGNOSTICS_TOPIC] for s in a.status}
+        for ns in schedules:
+            for n in NODES:
+                assert f'vidseg: {ns}/{n}' in names and names[f'vidseg: lifecycle/{ns}/{n}'].message == 'active'
+        assert 'vidseg: flow_node' not in names
+    finally:
+        probe.close()
+        stop_processes(procs, grace=20)
+
+
+def latched():
+    from vidseg_ros.ros.common import latched_qos
+    return latched_qos()

@@ -138,6 +138,7 @@ def test_launch_declares_arguments(monkeypatch):
     ({'two_sided': 'true', 'two_sided_max_wait_s': '0.45'}, ['--two-sided', '--two-sided-max-wait', '0.45']),
     ({'keyframe_wait': '0'}, ['--keyframe-wait', '0']),
     ({'keyframe_wait': '0.15'}, ['--keyframe-wait', '0.15']),
+    ({'namespace': 'front', 'camera_topic': 'image_raw'}, ['--namespace', 'front', '--camera-topic', 'image_raw']),
 ])
 def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     _, actions = _expand(_load(monkeypatch), **overrides)
@@ -147,7 +148,9 @@ def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     for act, (inv, argv) in zip(actions, cmds):
         kw = act.kwargs
         assert type(act).__name__ == ('LifecycleNode' if inv.lifecycle else 'Node')
-        assert kw['package'] == 'vidseg_ros' and kw['namespace'] == ''
+        assert kw['package'] == 'vidseg_ros' and kw['namespace'] == overrides.get('namespace', '')
+        assert inv.namespace == ('/' + overrides['namespace'] if overrides.get('namespace') else '')
+        assert ('__ns:=/front' in argv) == bool(overrides.get('namespace'))
         assert (kw['name'], kw['executable']) == (inv.name, inv.executable)
         assert kw['parameters'] == inv.parameters
         assert kw['remappings'] == inv.remappings
@@ -162,7 +165,10 @@ def test_launch_matches_runner_graph(monkeypatch, overrides, cli):
     camera_nodes = {a.kwargs['name'] for a in actions if a.kwargs['remappings']}
     if overrides.get('camera_topic'):
         assert camera_nodes == {'flow_node', 'keyframe_node', 'propagation_node'}
-        assert actions[0].kwargs['remappings'] == [('/camera/image_raw', overrides['camera_topic'])]
+        # relative, so that the rule matches the node's topic in its namespace; a relative camera topic
+        # given with a namespace resolves in it (/front/image_raw), one without it in the root
+        assert actions[0].kwargs['remappings'] == [('camera/image_raw', overrides['camera_topic'])]
+    if overrides.get('schedule'):
         assert actions[1].kwargs['parameters'][1]['schedule'] == 'fixed:3'
         assert all(a.kwargs['parameters'][1]['use_sim_time'] is True for a in actions)
     if overrides.get('operating_point'):
@@ -262,3 +268,27 @@ def test_links_ready_needs_every_node_reporting_no_unmatched_link():
     assert graph.links_ready(unmatched) == \
         (False, 'propagation_node: sub:/vidseg/flow sub:/vidseg/keyframe/labels')
     assert graph.links_ready(unmatched, nodes=['flow_node']) == (True, '')
+
+
+def test_namespace_argument_is_checked_and_resolves_topics():
+    """namespace:= must be a ROS namespace (one graph per camera); the nodes' topics are relative so that
+    they resolve under it, /diagnostics stays global."""
+    from vidseg_ros.core.errors import ConfigError
+    assert graph.normalize_namespace('') == '' and graph.normalize_namespace('/') == ''
+    assert graph.normalize_namespace('front') == graph.normalize_namespace('/front/') == '/front'
+    assert graph.normalize_namespace('car/front_1') == '/car/front_1'
+    for bad in ('1cam', 'front cam', 'a//b', 'a-b'):
+        with pytest.raises(ConfigError, match='is not a valid ROS namespace'):
+            graph.invocations(namespace=bad)
+    assert graph.node_topic(graph.LABELS_TOPIC) == 'semantic/labels'
+    assert graph.node_topic(graph.DIAGNOSTICS_TOPIC) == '/diagnostics'
+    assert graph.in_namespace('/front', 'semantic/labels') == '/front/semantic/labels'
+    assert graph.in_namespace('/', 'semantic/labels') == '/semantic/labels'
+    assert graph.in_namespace('/front', '/cams/x') == '/cams/x'
+    assert graph.status_name('/front/flow_node') == 'vidseg: front/flow_node'
+    assert graph.status_name('/flow_node') == 'vidseg: flow_node'
+    # an absolute camera topic stays absolute in a namespace, a relative one resolves in it (root: made absolute)
+    inv = graph.invocations(namespace='front', camera_topic='/cams/front/image_raw')[0]
+    assert inv.namespace == '/front' and inv.remappings == [('camera/image_raw', '/cams/front/image_raw')]
+    assert graph.invocations(camera_topic='cams/x')[0].remappings == [('camera/image_raw', '/cams/x')]
+    assert graph.invocations(namespace='front')[0].remappings == []

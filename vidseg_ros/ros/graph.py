@@ -7,6 +7,7 @@ turns these into ``launch_ros`` actions; the runner into ``--ros-args`` command 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from vidseg_ros.core.errors import ConfigError, InputError
 PACKAGE = 'vidseg_ros'
 CAMERA_TOPIC = '/camera/image_raw'
 
-# Topics (absolute; the camera input is the only one meant to be remapped).
+# Topics, as seen from the root namespace (the camera input is the only one meant to be remapped). The
+# nodes use them relative (``node_topic``), so a graph started in a namespace (``namespace:=front``: one
+# graph per camera) has all of them under it: /front/camera/image_raw, /front/semantic/labels, ... Only
+# /diagnostics stays global, as diagnostic aggregators expect; its status names carry the namespace.
 FLOW_TOPIC = '/vidseg/flow'
 KEYFRAME_LABELS_TOPIC = '/vidseg/keyframe/labels'
 KEYFRAME_PROBS_TOPIC = '/vidseg/keyframe/probs'
@@ -39,6 +43,40 @@ INTERNAL_PREFIX = '/vidseg/'
 LINKS_UNMATCHED_KEY = 'links_unmatched'
 
 
+_NS_PART = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+
+
+def node_topic(topic: str) -> str:
+    """The name a node uses for one of the graph's topics: relative, so that it resolves under the node's
+    namespace (``/semantic/labels`` -> ``semantic/labels``); /diagnostics stays absolute."""
+    return topic if topic == DIAGNOSTICS_TOPIC else topic.lstrip('/')
+
+
+def in_namespace(namespace: str, name: str) -> str:
+    """A topic / node name as resolved in ``namespace``: ``('/front', 'semantic/labels')`` ->
+    ``/front/semantic/labels``; absolute names stay as they are."""
+    if name.startswith('/'):
+        return name
+    return f'{namespace.rstrip("/")}/{name}'
+
+
+def normalize_namespace(namespace: str) -> str:
+    """'' (the root) or '/a/b' from 'a/b', '/a/b/' ...; ConfigError for a name ROS would reject."""
+    ns = (namespace or '').strip().strip('/')
+    if not ns:
+        return ''
+    if not all(_NS_PART.match(part) for part in ns.split('/')):
+        raise ConfigError(f'namespace {namespace!r} is not a valid ROS namespace (letters, digits and _ in '
+                          f'/-separated parts that do not start with a digit, e.g. front or car/front)')
+    return '/' + ns
+
+
+def status_name(qualified_name: str) -> str:
+    """The /diagnostics status name of a node by its fully qualified name: ``vidseg: flow_node`` in the
+    root namespace, ``vidseg: front/flow_node`` in /front."""
+    return f'vidseg: {qualified_name.lstrip("/")}'
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
@@ -59,7 +97,10 @@ NODES = MANAGED_NODES + (MANAGER,)
 
 #: Launch arguments (name, default, description); '' means "keep the value from the config file".
 LAUNCH_ARGUMENTS = (
-    ('camera_topic', CAMERA_TOPIC, 'camera image topic (sensor_msgs/Image) remapped onto /camera/image_raw'),
+    ('camera_topic', CAMERA_TOPIC, 'camera image topic (sensor_msgs/Image) remapped onto /camera/image_raw '
+                                   '(relative: in the namespace)'),
+    ('namespace', '', 'ROS namespace of the graph: its nodes and topics (not /diagnostics) go under it, e.g. '
+                      'front -> /front/semantic/labels; one graph per camera'),
     ('config', '', 'parameters YAML (default: share/vidseg_ros/config/pipeline.yaml)'),
     ('use_sim_time', 'false', 'use /clock (set true when replaying bags with vidseg_bag_play --clock)'),
     ('model', '', 'keyframe model: registry name or path (default: from the config)'),
@@ -96,6 +137,7 @@ class Invocation:
     lifecycle: bool
     parameters: list = field(default_factory=list)   # [params_file_path, {overrides}]
     remappings: list = field(default_factory=list)   # [(from, to)]
+    namespace: str = ''                               # '' = the root, else '/front' ...
 
 
 def config_file(name: str) -> str:
@@ -140,13 +182,15 @@ def _truthy(v) -> bool:
 def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time=False,
                 model: str = '', weights: str = '', device: str = '', schedule: str = '',
                 operating_point: str = '', temporal_mode: str = '', two_sided='',
-                two_sided_max_wait_s='', keyframe_wait='') -> list:
-    """The processes of the graph (managed nodes in activation order, then the manager)."""
+                two_sided_max_wait_s='', keyframe_wait='', namespace: str = '') -> list:
+    """The processes of the graph (managed nodes in activation order, then the manager), in ``namespace``
+    ('' = the root). A relative ``camera_topic`` resolves in the namespace, an absolute one does not."""
     config = config or default_config_path()
     if not Path(config).is_file():
         raise InputError(f'config file not found: {config}')
-    camera_topic = camera_topic or CAMERA_TOPIC
-    if not camera_topic.startswith('/'):
+    namespace = normalize_namespace(namespace)
+    camera_topic = (camera_topic or CAMERA_TOPIC).strip()
+    if not namespace and not camera_topic.startswith('/'):
         camera_topic = '/' + camera_topic
     common = {'use_sim_time': _truthy(use_sim_time)}
     per_node = {s.name: dict(common) for s in NODES}
@@ -185,9 +229,10 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
             per_node['propagation_node'][key] = val
     out = []
     for spec in NODES:
-        remaps = [(CAMERA_TOPIC, camera_topic)] if spec.camera_input and camera_topic != CAMERA_TOPIC else []
+        cam = node_topic(CAMERA_TOPIC)
+        remaps = [(cam, camera_topic)] if spec.camera_input and camera_topic not in (CAMERA_TOPIC, cam) else []
         out.append(Invocation(spec.name, spec.executable, spec.module, spec.lifecycle,
-                              [config, per_node[spec.name]], remaps))
+                              [config, per_node[spec.name]], remaps, namespace))
     return out
 
 
@@ -221,6 +266,8 @@ def ros_args(inv: Invocation) -> list:
     """``--ros-args`` for one invocation: node name, params file, ``-p`` overrides, ``-r`` remaps."""
     import yaml
     args = ['--ros-args', '-r', f'__node:={inv.name}']
+    if inv.namespace:
+        args += ['-r', f'__ns:={inv.namespace}']
     for p in inv.parameters:
         if isinstance(p, (str, os.PathLike)):
             args += ['--params-file', str(p)]
@@ -243,7 +290,7 @@ def links_ready(diagnostics: dict, nodes=None) -> tuple:
     'no_keyframe' on the first frames of a deterministic run)."""
     missing = []
     for n in nodes or [s.name for s in MANAGED_NODES]:
-        values = diagnostics.get(f'vidseg: {n}')
+        values = diagnostics.get(status_name(n))
         if values is None or LINKS_UNMATCHED_KEY not in values:
             missing.append(f'{n}: no diagnostics yet')
         elif values[LINKS_UNMATCHED_KEY]:

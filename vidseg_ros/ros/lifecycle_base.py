@@ -93,13 +93,19 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         return []
 
     # ---------------------------------------------------------------- entity helpers
+    def internal_prefix(self) -> str:
+        """``graph.INTERNAL_PREFIX`` as resolved in this node's namespace (``/vidseg/``, ``/front/vidseg/``)."""
+        return graph.in_namespace(self.get_namespace(), graph.node_topic(graph.INTERNAL_PREFIX))
+
     def pub(self, msg_type, topic, qos):
-        p = self.create_lifecycle_publisher(msg_type, topic, qos)
+        """A lifecycle publisher on one of the graph's topics (``graph.*_TOPIC``), in this node's namespace."""
+        p = self.create_lifecycle_publisher(msg_type, graph.node_topic(topic), qos)
         self._pubs.append(p)
         return p
 
     def sub(self, msg_type, topic, cb, qos, **kw):
-        s = self.create_subscription(msg_type, topic, cb, qos, **kw)
+        """A subscription to one of the graph's topics, in this node's namespace."""
+        s = self.create_subscription(msg_type, graph.node_topic(topic), cb, qos, **kw)
         self._subs.append(s)
         return s
 
@@ -157,7 +163,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
             return out
         for p in self._pubs:
             topic = p.topic_name
-            if topic.startswith(graph.INTERNAL_PREFIX) or topic == graph.DIAGNOSTICS_TOPIC:
+            if topic.startswith(self.internal_prefix()) or topic == graph.DIAGNOSTICS_TOPIC:
                 continue
             for i in self.get_subscriptions_info_by_topic(topic):
                 ok, why = _qos_compatible(p.qos_profile, i.qos_profile)
@@ -273,9 +279,9 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         so a driver that must not lose a frame (the demo's deterministic mode, the graph tests) waits until
         every node reports none (``links_unmatched`` on /diagnostics)."""
         out = {f'pub:{p.topic_name}' for p in self._pubs
-               if p.topic_name.startswith(graph.INTERNAL_PREFIX) and p.get_subscription_count() == 0}
+               if p.topic_name.startswith(self.internal_prefix()) and p.get_subscription_count() == 0}
         out |= {f'sub:{s.topic_name}' for s in self._subs
-                if s.topic_name.startswith(graph.INTERNAL_PREFIX) and s.get_publisher_count() == 0}
+                if s.topic_name.startswith(self.internal_prefix()) and s.get_publisher_count() == 0}
         return sorted(out)
 
     def _publish_diagnostics(self):
@@ -299,7 +305,8 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
                             f'{"; ".join(deaf)} (docs/ROS.md, "Output QoS")')
                     message = note if message in ('', 'running', 'OK') else f'{message}; {note}'
                 values['subscriber_problems'] = '; '.join(deaf)
-            arr.status.append(diagnostic_status(f'vidseg: {self.get_name()}{suffix}', self.get_name(), level,
+            arr.status.append(diagnostic_status(graph.status_name(self.get_fully_qualified_name()) + suffix,
+                                                self.get_name(), level,
                                                 message, values))
         if arr.status:
             self._diag_pub.publish(arr)

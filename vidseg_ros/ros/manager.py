@@ -83,9 +83,12 @@ class _Managed:
         from lifecycle_msgs.srv import ChangeState, GetState
         from rcl_interfaces.srv import SetParameters
         self.name = name
-        self.change = node.create_client(ChangeState, f'/{name}/change_state', callback_group=node.cbg)
-        self.get = node.create_client(GetState, f'/{name}/get_state', callback_group=node.cbg)
-        self.setp = node.create_client(SetParameters, f'/{name}/set_parameters', callback_group=node.cbg)
+        # relative names resolve in the manager's namespace (a graph per camera: namespace:=front)
+        self.fqn = graph.in_namespace(node.get_namespace(), name)
+        self.status_name = graph.status_name(self.fqn)     # its own /diagnostics status
+        self.change = node.create_client(ChangeState, f'{self.fqn}/change_state', callback_group=node.cbg)
+        self.get = node.create_client(GetState, f'{self.fqn}/get_state', callback_group=node.cbg)
+        self.setp = node.create_client(SetParameters, f'{self.fqn}/set_parameters', callback_group=node.cbg)
         self.state = 0
         self.responsive = None
         self.last_ok = None
@@ -146,6 +149,7 @@ class LifecycleManager(ParamsMixin, Node):
         self.cfg = p
         self.nodes = [_Managed(self, n) for n in p['node_names']]
         self._by_name = {m.name: m for m in self.nodes}
+        self._by_status = {m.status_name: m for m in self.nodes}
         self.want_active = False
         self._lock = threading.RLock()
         self._ops = threading.Lock()  # one transition sequence at a time (see _operation)
@@ -155,8 +159,9 @@ class LifecycleManager(ParamsMixin, Node):
         self.call_times = deque(maxlen=200)   # (service, s waiting for the server, s for the reply, answered)
         self.schedule_spec = None
         self.diag_pub = self.create_publisher(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, reliable_qos(10))
-        self.status_pub = self.create_publisher(String, graph.SCHEDULE_STATUS_TOPIC, latched_qos())
-        self.create_subscription(String, graph.SCHEDULE_CMD_TOPIC, self._on_schedule_cmd, reliable_qos(10),
+        self.status_pub = self.create_publisher(String, graph.node_topic(graph.SCHEDULE_STATUS_TOPIC), latched_qos())
+        self.create_subscription(String, graph.node_topic(graph.SCHEDULE_CMD_TOPIC), self._on_schedule_cmd,
+                                 reliable_qos(10),
                                  callback_group=self.cbg)
         self.create_subscription(DiagnosticArray, graph.DIAGNOSTICS_TOPIC, self._on_diagnostics,
                                  reliable_qos(50), callback_group=self.cbg)
@@ -339,7 +344,7 @@ class LifecycleManager(ParamsMixin, Node):
         for st in arr.status:
             if not st.name.startswith('vidseg: '):
                 continue
-            m = self._by_name.get(st.name[len('vidseg: '):])
+            m = self._by_status.get(st.name)
             if m is None:
                 continue
             vals = {kv.key: kv.value for kv in st.values}
@@ -498,7 +503,7 @@ class LifecycleManager(ParamsMixin, Node):
             else:
                 level, msg = diag_level('OK'), name
             arr.status.append(diagnostic_status(
-                f'vidseg: lifecycle/{m.name}', m.name, level, msg,
+                f'vidseg: lifecycle/{m.fqn.lstrip("/")}', m.name, level, msg,
                 {'state': name, 'responsive': m.responsive, 'rtt_ms': 1000 * m.last_rtt,
                  'restarts': m.restarts, 'unresponsive_events': m.unresponsive_events, 'kills': m.kills,
                  'stuck': m.stuck, 'pid': m.pid, graph.LINKS_UNMATCHED_KEY: m.unlinked,

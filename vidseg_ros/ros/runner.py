@@ -27,6 +27,8 @@ STACK_DUMP_WAIT_S = 0.5   # how long a process that will be SIGKILLed gets to wr
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='vidseg_graph', description=__doc__.splitlines()[0])
     ap.add_argument('--camera-topic', default=graph.CAMERA_TOPIC, help='camera Image topic')
+    ap.add_argument('--namespace', default='', help='ROS namespace of the graph (its nodes and topics, not '
+                    '/diagnostics), e.g. front -> /front/semantic/labels; one graph per camera')
     ap.add_argument('--config', default='', help='parameters YAML (default: the package config/pipeline.yaml)')
     ap.add_argument('--use-sim-time', action='store_true', help='use /clock (bag replay with --clock)')
     ap.add_argument('--model', default='', help='keyframe model (registry name, yaml or file)')
@@ -92,7 +94,8 @@ def commands(args) -> list:
                              model=args.model, weights=args.weights, device=args.device,
                              schedule=args.schedule, operating_point=args.operating_point,
                              temporal_mode=args.temporal_mode, two_sided='true' if args.two_sided else '',
-                             two_sided_max_wait_s=args.two_sided_max_wait, keyframe_wait=args.keyframe_wait)
+                             two_sided_max_wait_s=args.two_sided_max_wait, keyframe_wait=args.keyframe_wait,
+                             namespace=args.namespace)
     by_name = {i.name: i for i in invs}
     for text in args.param:
         node, name, val = parse_param(text)
