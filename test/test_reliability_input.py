@@ -1578,3 +1578,56 @@ def test_propagation_node_names_subscribers_it_cannot_serve(ros_domain):
         if probe is not None:
             probe.close()
         _close(node)
+
+
+def test_frames_of_several_cameras_on_one_topic(ros_domain):
+    """Two cameras remapped onto one camera topic (or a stereo driver publishing both there): the flow
+    between a left and a right frame means nothing, yet it was computed and the labels carried across.
+    Now the flow node restarts its chain where the frame_id changes (``frame_id_changes``), the keyframe
+    node forces a keyframe there (``forced_frame_id_change``), and frames that keep switching make every
+    node name the cause (``camera_problem``: one graph per camera). One change of frame_id (a driver
+    restarted with a new name) restarts once and does not warn."""
+    from std_msgs.msg import Header
+    from vidseg_ros.ros.flow_node import FlowNode
+    from vidseg_ros.ros.keyframe_node import KeyframeNode
+    flow = _node(FlowNode, {'input_qos': 'reliable', 'diagnostics_period': 0.0})
+    kf = _node(KeyframeNode, {'warmup': False, 'num_threads': 1, 'schedule': 'fixed:100',
+                              'input_qos': 'reliable', 'diagnostics_period': 0.0})
+    rng = np.random.default_rng(1)
+    scene = rng.integers(0, 255, (48, 80, 3)).astype(np.uint8)
+
+    def frame(i, cam):
+        hdr = Header(frame_id=cam, stamp=ns_to_stamp(10**10 + i * 33_000_000))
+        return ndarray_to_image(np.ascontiguousarray(np.roll(scene, i, axis=1)[:, :64]), 'rgb8', hdr)
+    try:
+        for n in (flow, kf):
+            assert n.trigger_configure().name == 'SUCCESS'
+        flow.flow_pub = Rec()
+        for a in ('labels_pub', 'probs_pub', 'decision_pub', 'info_pub'):
+            setattr(kf, a, Rec())
+        flow.trigger_activate()
+        kf.trigger_activate()
+        cams = ['left'] * 4 + ['left_new'] * 4              # one change: a restart, no warning
+        for i, cam in enumerate(cams):
+            flow.on_image(frame(i, cam))
+            kf._process((i, frame(i, cam)))
+        widths = [m.width for m in flow.flow_pub.msgs]
+        assert widths[0] == 0 and widths[4] == 0 and all(w > 0 for k, w in enumerate(widths) if k not in (0, 4))
+        assert flow.counts['frame_id_changes'] == 1 and flow.camera_problem() is None
+        dec = [json.loads(m.data)['keyframe'] for m in kf.decision_pub.msgs]
+        assert dec == [True, False, False, False, True, False, False, False]
+        assert kf.counts['forced_frame_id_change'] == 1
+        n0 = len(flow.flow_pub.msgs)
+        for i in range(8, 14):                                # left and right interleaved
+            cam = ('left', 'right')[i % 2]
+            flow.on_image(frame(i, cam))
+            kf.on_image(frame(i, cam))
+        assert all(m.width == 0 for m in flow.flow_pub.msgs[n0:])    # no flow across cameras
+        assert flow.counts['frame_id_changes'] == 7
+        for n in (flow, kf):
+            problem = n.camera_problem()
+            assert problem and "carries the frames of several cameras (frame_id 'left', " in problem \
+                and "'right': " in problem and 'one graph per camera' in problem, problem
+    finally:
+        _close(flow)
+        _close(kf)

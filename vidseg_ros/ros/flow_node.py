@@ -103,7 +103,7 @@ class FlowNode(VidsegLifecycleNode):
         self.last_flow_error = None   # the newest frame whose flow could not be computed: its error
         self.counts = dict(frames=0, flows=0, flow_errors=0, chain_starts=0, bad_images=0, dropped_inactive=0,
                            duplicate_stamps=0,
-                           size_changes=0, time_backwards=0, gaps=0)
+                           size_changes=0, frame_id_changes=0, time_backwards=0, gaps=0)
         self.flow_pub = self.pub(Image, graph.FLOW_TOPIC, reliable_qos(10))
         self.camera_sub(self.on_image, qos)
 
@@ -127,6 +127,8 @@ class FlowNode(VidsegLifecycleNode):
             self.get_logger().error(str(e), throttle_duration_sec=5.0)
             return
         ns = stamp_to_ns(msg.header.stamp)
+        frame_id = msg.header.frame_id
+        self.track_camera(frame_id)
         prev = self.prev
         if prev is not None and ns == prev[0]:  # a repeated stamp: no new frame, no flow
             self.counts['duplicate_stamps'] += 1
@@ -141,6 +143,8 @@ class FlowNode(VidsegLifecycleNode):
             restart = 'first frame'
         elif prev[1].shape != gray.shape:
             restart, key = f'input size changed {prev[1].shape[::-1]} -> {gray.shape[::-1]}', 'size_changes'
+        elif frame_id != prev[2]:   # another camera: flow between the two means nothing
+            restart, key = f'camera frame_id changed {prev[2]!r} -> {frame_id!r}', 'frame_id_changes'
         elif ns < prev[0]:
             restart, key = 'time went backwards', 'time_backwards'
         elif gap > 0 and (ns - prev[0]) * 1e-9 > gap:
@@ -166,7 +170,7 @@ class FlowNode(VidsegLifecycleNode):
             hdr = Header(stamp=msg.header.stamp, frame_id=flow_frame_id(msg.header.frame_id, prev[0]))
             out = ndarray_to_image(np.ascontiguousarray(arr, dtype=np.float32), self.encoding, hdr)
             self.counts['flows'] += 1
-        self.prev = (ns, gray)
+        self.prev = (ns, gray, frame_id)
         self.flow_pub.publish(out)
         self.latency.add(time.perf_counter() - t0)
 

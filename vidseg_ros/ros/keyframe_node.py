@@ -213,9 +213,10 @@ class KeyframeNode(VidsegLifecycleNode):
             self.model.segment(np.zeros((h, w, 3), np.uint8))
         self.counts = dict(frames=0, keyframes=0, skipped_busy=0, bad_images=0, errors=0, dropped_inactive=0,
                            restarts=0, nonfinite_keyframes=0, nonfinite_pixels=0, forced_size_change=0,
-                           forced_gap=0, duplicate_stamps=0)
+                           forced_gap=0, forced_frame_id_change=0, duplicate_stamps=0)
         self.last_ns = None
         self.last_size = None
+        self.last_frame_id = None
         self.busy_since = None   # monotonic start of the running network pass
         self.rate = RateCounter()
         self.latency = LatencyStats()
@@ -277,6 +278,7 @@ class KeyframeNode(VidsegLifecycleNode):
                 if hasattr(self, 'counts'):
                     self.counts['dropped_inactive'] += 1
                 return
+            self.track_camera(msg.header.frame_id)
             if not self._info_published:  # after activation: the latched publisher is enabled now
                 self._publish_info()
                 self._info_published = True
@@ -320,6 +322,13 @@ class KeyframeNode(VidsegLifecycleNode):
                 stats['force'] = True  # resolution change: propagation state is reset downstream
                 self.counts['forced_size_change'] += 1
                 self.get_logger().warning(f'input size changed {self.last_size} -> {size}: forcing a keyframe')
+            fid = msg.header.frame_id
+            if self.last_frame_id is not None and fid != self.last_frame_id:
+                stats['force'] = True  # another camera: the flow chain restarts, the semantics must too
+                self.counts['forced_frame_id_change'] += 1
+                self.get_logger().warning(f'camera frame_id changed {self.last_frame_id!r} -> {fid!r}: forcing a '
+                                          'keyframe', throttle_duration_sec=5.0)
+            self.last_frame_id = fid
             self.last_ns = ns
             if size[0] > 0 and size[1] > 0:
                 self.last_size = size

@@ -9,6 +9,7 @@ except for the subclass's ``LIVE_PARAMS``, which apply at once (``common.ParamsM
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -51,6 +52,7 @@ def _why(reason: str) -> str:
 
 class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
     CAMERA_SILENT_S = 5.0   # active this long without a camera publisher: WARN (camera_problem)
+    MIXED_CAMERA_SWITCHES = 3   # frame_id switches within the recent frames that mean several cameras
     FIXED_PARAMS_HINT = ('set it while the node is unconfigured (deactivate, cleanup, set, configure, activate) '
                          'or at start-up')
 
@@ -59,10 +61,12 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         self.active = False
         self._active_since = time.monotonic()
         self._camera = None
+        self._recent_frame_ids = collections.deque(maxlen=50)   # of the camera frames (track_camera)
         self.configured = False   # parameters read and in use (configure succeeded, no cleanup since)
         self._pubs, self._subs, self._timers = [], [], []
         self._diag_pub = None
         self._camera = None
+        self._recent_frame_ids.clear()
         self.lock = threading.RLock()
         self.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages (0 = off)',
                      float_range=(0.0, 3600.0))
@@ -116,18 +120,31 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         self._camera = (self.sub(Image, graph.CAMERA_TOPIC, cb, qos, raw=True), qos)
         return self._camera[0]
 
+    def track_camera(self, frame_id: str):
+        """Note the frame_id of a camera frame this node takes (:meth:`camera_problem`: several cameras)."""
+        self._recent_frame_ids.append(frame_id)
+
     def camera_problem(self, now: float | None = None) -> str | None:
-        """Why this node cannot receive a camera frame, in words, or None. Checked on the ROS graph, so
-        it also names what the log said once at discovery: no publisher on the topic (after
-        ``CAMERA_SILENT_S`` active), publishers of another message type (e.g. a compressed camera
-        remapped onto the topic), or a publisher whose QoS cannot match this subscription's
-        (``input_qos``: a reliable subscription and a best-effort camera)."""
+        """What is wrong with this node's camera input, in words, or None: frames of several cameras on
+        the one topic (their frame_id switching back and forth: :meth:`track_camera`), or why no camera
+        frame can arrive. The latter is checked on the ROS graph, so it also names what the log said once
+        at discovery: no publisher on the topic (after ``CAMERA_SILENT_S`` active), publishers of another
+        message type (e.g. a compressed camera remapped onto the topic), or a publisher whose QoS cannot
+        match this subscription's (``input_qos``: a reliable subscription and a best-effort camera)."""
         from rclpy.qos import QoSCompatibility
         cam = getattr(self, '_camera', None)
         if cam is None or not self.active:
             return None
         sub, qos = cam
         topic = sub.topic_name
+        ids = list(self._recent_frame_ids)
+        switches = sum(a != b for a, b in zip(ids, ids[1:]))
+        if switches >= self.MIXED_CAMERA_SWITCHES:
+            names = ', '.join(repr(i) for i in sorted(set(ids))[:4])
+            return (f'the camera topic {topic} carries the frames of several cameras (frame_id {names}: '
+                    f'{switches} switches in the last {len(ids)} frames); flow between two cameras means '
+                    f'nothing, so frames are held or re-segmented: start one graph per camera, each in its '
+                    f'namespace (namespace:=..., docs/ROS.md)')
         infos = self.get_publishers_info_by_topic(topic)
         if not infos:
             now = time.monotonic() if now is None else now
@@ -202,6 +219,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         self._pubs, self._subs, self._timers = [], [], []
         self._diag_pub = None
         self._camera = None
+        self._recent_frame_ids.clear()
 
     # ---------------------------------------------------------------- transitions
     def on_configure(self, state):

@@ -397,6 +397,7 @@ class PropagationNode(VidsegLifecycleNode):
         ns = stamp_to_ns(msg.header.stamp)
         self.in_rate.tick(now)
         self.counts['frames_in'] += 1
+        self.track_camera(msg.header.frame_id)
         try:
             check_image(msg, named_only=True)
         except ConversionError as e:  # no labels can be made at its size: counted and reported
