@@ -816,11 +816,13 @@ def test_manager_kills_a_hung_node_that_never_reported_its_pid(ros_domain):
     other_domain = dict(os.environ, ROS_DOMAIN_ID=str((ros_domain + 1) % 233))
     victim = subprocess.Popen(hang)
     elsewhere = subprocess.Popen(hang, env=other_domain)
+    other_graph = subprocess.Popen(hang + ['-r', '__ns:=/front'])     # another camera's graph, same domain
     try:
         m = mgr._by_name['flow_node']
         mgr.want_active = True
         assert m.pid is None
         assert [p for p, _ in node_processes('flow_node', str(ros_domain))] == [victim.pid]
+        assert [p for p, _ in node_processes('flow_node', str(ros_domain), namespace='/front')] == [other_graph.pid]
         t0 = time.monotonic()
         while victim.poll() is None and time.monotonic() - t0 < 10:
             mgr._health_tick()   # no such service: unresponsive from the first tick
@@ -828,9 +830,9 @@ def test_manager_kills_a_hung_node_that_never_reported_its_pid(ros_domain):
         took = time.monotonic() - t0
         assert victim.wait(2) == -9 and m.kills == 1
         assert 1.3 < took < 8, took   # not before the process is startup_timeout old
-        assert elsewhere.poll() is None
+        assert elsewhere.poll() is None and other_graph.poll() is None
     finally:
-        for p in (victim, elsewhere):
+        for p in (victim, elsewhere, other_graph):
             p.kill()
             p.wait(2)
         _close(mgr)

@@ -46,12 +46,15 @@ SHUTDOWN_STACK_DUMP_S = 6.0   # a stop still running after this dumps every thre
 _STATE_NAMES = {0: 'unknown', 1: 'unconfigured', 2: 'inactive', 3: 'active', 4: 'finalized'}
 
 
-def node_processes(name: str, domain_id: str, exclude=(), proc: str = '/proc') -> list:
+def node_processes(name: str, domain_id: str, exclude=(), proc: str = '/proc', namespace: str = '') -> list:
     """[(pid, age_s)] of the processes on this host started as ROS node ``name`` (``__node:=name`` among
-    their arguments) in ROS domain ``domain_id`` (their ``ROS_DOMAIN_ID``; unset = '0'), minus this process
-    and ``exclude``. How the manager finds a node that hangs before it could report its pid: nodes publish
-    /diagnostics only while active, so a respawned node that never answers has reported none."""
+    their arguments) in ``namespace`` (``__ns:=/front``; the root: no ``__ns`` or ``__ns:=/``) and ROS domain
+    ``domain_id`` (their ``ROS_DOMAIN_ID``; unset = '0'), minus this process and ``exclude``. How the
+    manager finds a node that hangs before it could report its pid: nodes publish /diagnostics only while
+    active, so a respawned node that never answers has reported none."""
     needle = f'__node:={name}'.encode()
+    ns = namespace.rstrip('/')
+    ns_args = {f'__ns:={ns}'.encode()} if ns else {b'__ns:=/'}
     me = os.getpid()
     try:
         with open(f'{proc}/uptime') as f:
@@ -66,8 +69,12 @@ def node_processes(name: str, domain_id: str, exclude=(), proc: str = '/proc') -
             continue
         try:
             with open(f'{proc}/{e}/cmdline', 'rb') as f:
-                if needle not in f.read().split(b'\0'):
-                    continue
+                args = f.read().split(b'\0')
+            if needle not in args:
+                continue
+            given = {a for a in args if a.startswith(b'__ns:=')}
+            if (given or ns) and not given & ns_args:   # another namespace's node of that name
+                continue
             with open(f'{proc}/{e}/environ', 'rb') as f:
                 env = dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
             start_ticks = int(proc_stat(e, proc)[19])   # field 22: starttime
@@ -375,7 +382,9 @@ class LifecycleManager(ParamsMixin, Node):
         domain (``node_processes``) is killed, once it is older than ``startup_timeout``."""
         pid = m.pid
         if pid is None:
-            found = node_processes(m.name, os.environ.get('ROS_DOMAIN_ID', '').strip() or '0', m.killed_pids)
+            ns, _, base = m.fqn.rpartition('/')
+            found = node_processes(base, os.environ.get('ROS_DOMAIN_ID', '').strip() or '0', m.killed_pids,
+                                   namespace=ns)
             if len(found) != 1 or found[0][1] <= self.cfg['startup_timeout']:
                 if len(found) > 1:
                     self.get_logger().error(f'{m.name}: {why}; no pid reported and {len(found)} processes '
