@@ -4,8 +4,9 @@
         model:=espnetv2_s2.0 schedule:=fixed:5 use_sim_time:=true
 
 One graph per camera: ``namespace:=front camera_topic:=/cams/front/image_raw`` puts the nodes and
-their topics under /front (/front/semantic/labels, ...); a namespace pushed by an including launch file
-(PushRosNamespace) composes with it.
+their topics under /front (/front/semantic/labels, ...). The node namespace is given relative, so a
+namespace pushed by an including launch file (PushRosNamespace) is prefixed to it by launch_ros (not run
+here: launch_ros is not installable on the development machine).
 
 The processes, parameters and remappings come from ``vidseg_ros.ros.graph`` (the same description
 ``vidseg_graph`` uses without ros2 launch). Empty arguments keep the config file's values.
