@@ -65,8 +65,6 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         self.configured = False   # parameters read and in use (configure succeeded, no cleanup since)
         self._pubs, self._subs, self._timers = [], [], []
         self._diag_pub = None
-        self._camera = None
-        self._recent_frame_ids.clear()
         self.lock = threading.RLock()
         self.declare('diagnostics_period', 1.0, 'seconds between /diagnostics messages (0 = off)',
                      float_range=(0.0, 3600.0))
@@ -117,8 +115,8 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         """The camera subscription (serialized Images, see :meth:`camera_message`), watched by
         :meth:`camera_problem` for what would keep every frame away."""
         from sensor_msgs.msg import Image
-        self._camera = (self.sub(Image, graph.CAMERA_TOPIC, cb, qos, raw=True), qos)
-        return self._camera[0]
+        self._camera = self.sub(Image, graph.CAMERA_TOPIC, cb, qos, raw=True)
+        return self._camera
 
     def track_camera(self, frame_id: str):
         """Note the frame_id of a camera frame this node takes (:meth:`camera_problem`: several cameras)."""
@@ -132,11 +130,10 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         message type (e.g. a compressed camera remapped onto the topic), or a publisher whose QoS cannot
         match this subscription's (``input_qos``: a reliable subscription and a best-effort camera)."""
         from rclpy.qos import QoSCompatibility
-        cam = getattr(self, '_camera', None)
+        cam = self._camera
         if cam is None or not self.active:
             return None
-        sub, qos = cam
-        topic = sub.topic_name
+        topic = cam.topic_name
         ids = list(self._recent_frame_ids)
         switches = sum(a != b for a, b in zip(ids, ids[1:]))
         if switches >= self.MIXED_CAMERA_SWITCHES:
@@ -161,7 +158,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         for i in infos:
             if i.topic_type != image_type:
                 continue
-            ok, why = _qos_compatible(i.qos_profile, qos)
+            ok, why = _qos_compatible(i.qos_profile, cam.qos_profile)
             if ok == QoSCompatibility.ERROR:
                 bad.append(f'{_who(i)}: {_why(why)}')
         if bad and len(bad) == sum(i.topic_type == image_type for i in infos):
@@ -311,18 +308,18 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         for suffix, level, message, values in self.diagnostics():
             if suffix == '':
                 values = dict(values, **{graph.LINKS_UNMATCHED_KEY: ' '.join(self.unmatched_links())})
-                problem = self.camera_problem()
-                if problem:   # no frame can arrive: say why, above whatever the node reports
-                    level = max(level, diag_level('WARN'))
-                    message = problem if message in ('', 'running', 'OK') else f'{problem}; {message}'
+                # what the node cannot see from inside: its camera input and its consumers, on the graph
+                problem, deaf = self.camera_problem(), self.subscriber_problems()
                 values['camera_problem'] = problem or ''
-                deaf = self.subscriber_problems()
-                if deaf:    # a consumer gets nothing: name it and what the outputs offer
-                    level = max(level, diag_level('WARN'))
-                    note = (f'{len(deaf)} subscriber(s) ask for QoS this node does not offer and get nothing: '
-                            f'{"; ".join(deaf)} (docs/ROS.md, "Output QoS")')
-                    message = note if message in ('', 'running', 'OK') else f'{message}; {note}'
                 values['subscriber_problems'] = '; '.join(deaf)
+                notes = [problem] if problem else []     # the camera's first: it explains what follows
+                if message not in ('', 'running', 'OK'):
+                    notes.append(message)
+                if deaf:
+                    notes.append(f'{len(deaf)} subscriber(s) ask for QoS this node does not offer and get '
+                                 f'nothing: {"; ".join(deaf)} (docs/ROS.md, "Output QoS")')
+                if problem or deaf:
+                    level, message = max(level, diag_level('WARN')), '; '.join(notes)
             arr.status.append(diagnostic_status(graph.status_name(self.get_fully_qualified_name()) + suffix,
                                                 self.get_name(), level,
                                                 message, values))
