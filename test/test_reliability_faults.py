@@ -140,9 +140,16 @@ def test_graph_survives_hung_keyframe_node_and_dead_flow_node(ros_domain, tmp_pa
         assert all(s['published'] for s in during)
         silent = [s for s in during if {'keyframe_node_silent', 'keyframe_overdue'} & set(s['reasons'])]
         assert silent and all(s['degraded'] for s in silent)
-        d = [s['distance'] for s in during]
-        c = [s['confidence_scale'] for s in during]
-        assert d[-1] > d[0] >= 0 and c[-1] < c[0]  # confidence decays with distance from the keyframe
+        # confidence decays with distance from the keyframe in force when the node hung. Judged on the frames
+        # that still carry that keyframe: under load, the status of a frame that already got the respawned
+        # node's first keyframe can reach the probe before that keyframe's labels message does (session 19:
+        # distances 5 ... 2 once in a full run, not reproduced alone)
+        kf0 = during[0]['keyframe_stamp_ns']
+        same = [s for s in during if s['keyframe_stamp_ns'] == kf0]
+        d = [s['distance'] for s in same]
+        c = [s['confidence_scale'] for s in same]
+        assert len(same) >= 5 and d == sorted(d), d
+        assert d[-1] > d[0] >= 0 and c[-1] < c[0]
         assert probe.wait_for(lambda: lifecycle('keyframe_node').get('restarts') == '1', 30), logs_text()
         kf_diag = lifecycle('keyframe_node')
         assert kf_diag['kills'] == '1'
