@@ -228,8 +228,8 @@ def invocations(camera_topic: str = CAMERA_TOPIC, config: str = '', use_sim_time
             per_node['keyframe_node'][key] = val
             per_node['propagation_node'][key] = val
     out = []
+    cam = node_topic(CAMERA_TOPIC)   # the rule's match is relative: it then holds in any namespace
     for spec in NODES:
-        cam = node_topic(CAMERA_TOPIC)
         remaps = [(cam, camera_topic)] if spec.camera_input and camera_topic not in (CAMERA_TOPIC, cam) else []
         out.append(Invocation(spec.name, spec.executable, spec.module, spec.lifecycle,
                               [config, per_node[spec.name]], remaps, namespace))

@@ -349,8 +349,6 @@ class LifecycleManager(ParamsMixin, Node):
     def _on_diagnostics(self, arr):
         """Pick up each managed node's pid and 'stuck' flag from its own diagnostics."""
         for st in arr.status:
-            if not st.name.startswith('vidseg: '):
-                continue
             m = self._by_status.get(st.name)
             if m is None:
                 continue
