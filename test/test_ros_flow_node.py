@@ -31,18 +31,12 @@ def test_flow_node_lifecycle_and_output(ros_domain, tmp_path):
     try:
         cam = probe.publisher(Image, graph.CAMERA_TOPIC)
         # a bad parameter value fails configure with the reason logged; fixing it lets configure pass
-        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-        from rcl_interfaces.srv import SetParameters
-
-        def set_param(name, **value):
-            req = SetParameters.Request(parameters=[Parameter(name=name, value=ParameterValue(**value))])
-            return probe.call(SetParameters, '/flow_node/set_parameters', req).results[0].successful
         # out-of-range start-up value (scale:=0): the node stays up, configure fails naming it
         assert not probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
         assert probe.get_state('flow_node') == 'unconfigured'
-        assert set_param('scale', type=ParameterType.PARAMETER_INTEGER, integer_value=2)
+        assert probe.set_param('flow_node', 'scale', 2)[0]
         assert not probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
-        assert set_param('method', type=ParameterType.PARAMETER_STRING, string_value='dis')
+        assert probe.set_param('flow_node', 'method', 'dis')[0]
         assert probe.transition('flow_node', Transition.TRANSITION_CONFIGURE)
         assert probe.transition('flow_node', Transition.TRANSITION_ACTIVATE)
         # /diagnostics names the internal topic nobody takes yet; a subscriber links it

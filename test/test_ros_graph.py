@@ -150,17 +150,10 @@ def test_graph_end_to_end(ros_domain, shared, tmp_path):
         assert kf_b == n_b and kf_a / n_a < 0.5 < kf_b / n_b
 
         # the same through the manager's parameter (ros2 param set /lifecycle_manager schedule ...)
-        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-        from rcl_interfaces.srv import SetParameters
-
-        def set_manager_schedule(value):
-            req = SetParameters.Request(parameters=[Parameter(name='schedule', value=ParameterValue(
-                type=ParameterType.PARAMETER_STRING, string_value=value))])
-            return probe.call(SetParameters, '/lifecycle_manager/set_parameters', req).results[0]
-        r = set_manager_schedule('adaptive:min_interval=5,max_interval=2')
-        assert not r.successful and 'min_interval' in r.reason
+        ok, reason = probe.set_param('lifecycle_manager', 'schedule', 'adaptive:min_interval=5,max_interval=2')
+        assert not ok and 'min_interval' in reason
         n_status = probe.count(graph.SCHEDULE_STATUS_TOPIC)
-        assert set_manager_schedule('fixed:2').successful
+        assert probe.set_param('lifecycle_manager', 'schedule', 'fixed:2')[0]
         assert probe.wait_for(lambda: probe.count(graph.SCHEDULE_STATUS_TOPIC) > n_status, 20)
         st = json.loads(probe.messages[graph.SCHEDULE_STATUS_TOPIC][-1][1].data)
         assert st['ok'] is True and st['schedule'] == 'fixed:2', st

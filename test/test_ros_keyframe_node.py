@@ -17,8 +17,6 @@ pytestmark = [pytest.mark.ros, pytest.mark.shared, pytest.mark.timeout(150)]
 
 def test_keyframe_node_burst_and_schedule_switch(ros_domain, shared, tmp_path):
     from lifecycle_msgs.msg import Transition
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header, String
     from vidseg_ros.ros.common import latched_qos
@@ -62,14 +60,9 @@ def test_keyframe_node_burst_and_schedule_switch(ros_domain, shared, tmp_path):
         info = json.loads(probe.messages[graph.KEYFRAME_INFO_TOPIC][-1][1].data)
         assert info['class_map'] == list(range(19)) + [255] and info['num_outputs'] == 20
 
-        def set_schedule(value):
-            req = SetParameters.Request(parameters=[Parameter(name='schedule', value=ParameterValue(
-                type=ParameterType.PARAMETER_STRING, string_value=value))])
-            return probe.call(SetParameters, '/keyframe_node/set_parameters', req).results[0]
-
-        r = set_schedule('sometimes')
-        assert not r.successful and 'unknown schedule type' in r.reason
-        assert set_schedule('fixed:100').successful
+        ok, reason = probe.set_param('keyframe_node', 'schedule', 'sometimes')
+        assert not ok and 'unknown schedule type' in reason
+        assert probe.set_param('keyframe_node', 'schedule', 'fixed:100')[0]
         before = probe.count(graph.KEYFRAME_LABELS_TOPIC)
         for i in range(4):  # paced: no keyframe under fixed:100 (history kept across the switch)
             cam.publish(ndarray_to_image(img, 'rgb8', Header(frame_id='cam', stamp=ns_to_stamp(9 * 10**9 + i))))
