@@ -173,15 +173,20 @@ def test_replay_decompresses_compressed_image_topics(ros_domain, kitti_bag, tmp_
 
 
 @pytest.mark.slow
-def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path):
+@pytest.mark.parametrize('namespace', ['', 'front'])
+def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path, namespace):
     """Replay (sim time, paced) through the graph on the KITTI topic; the recorded bag has one label
-    image per input frame with its stamp and the input size."""
+    image per input frame with its stamp and the input size. Also with the graph in a namespace (one graph
+    per camera): the player waits for that graph's nodes, paces on and records its topics."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
     path, frames, stamps = kitti_bag
     out = tmp_path / 'labels_bag'
+    ns = f'/{namespace}' if namespace else ''
+    labels_topic, classes_topic = ns + graph.LABELS_TOPIC, ns + graph.CLASSES_TOPIC
     cmd = [sys.executable, '-m', 'vidseg_ros.ros.runner', '--model', 'espnetv2_s0.5_512x256', '--schedule', 'fixed:3',
            '--camera-topic', KITTI_TOPIC, '--use-sim-time', '--log-dir', str(tmp_path / 'logs'),
+           '--namespace', namespace,
            '--param', 'keyframe_node:backend=torch', '--param', 'keyframe_node:num_threads=1',
            '--param', 'propagation_node:keyframe_wait=30.0']  # deterministic: frames wait for keyframes
     for n in ('flow_node', 'keyframe_node', 'propagation_node'):
@@ -192,25 +197,25 @@ def test_kitti_replay_through_graph_recorded(ros_domain, kitti_bag, tmp_path):
         probe = Probe()
         try:  # wait until the graph is active
             deadline = time.monotonic() + 120
-            while not all(probe.get_state(n, 2.0) == 'active'
+            while not all(probe.get_state(ns.lstrip('/') + ('/' if ns else '') + n, 2.0) == 'active'
                           for n in ('flow_node', 'keyframe_node', 'propagation_node')):
                 assert time.monotonic() < deadline and graph_proc.poll() is None, read_log(graph_proc)
                 time.sleep(0.3)
         finally:
             probe.close()
         play = start_process([sys.executable, '-m', 'vidseg_ros.ros.bag_replay', str(path), '--rate', '0',
-                              '--clock', '--wait-subscribers', '3', '--wait-linked', '--paced', graph.LABELS_TOPIC,
-                              '--record', str(out), '--record-topics', graph.LABELS_TOPIC, graph.CLASSES_TOPIC,
-                              '--tail', '0.5'], str(tmp_path / 'play.log'))
+                              '--clock', '--wait-subscribers', '3', '--wait-linked', '--namespace', namespace,
+                              '--paced', labels_topic, '--record', str(out), '--record-topics', labels_topic,
+                              classes_topic, '--tail', '0.5'], str(tmp_path / 'play.log'))
         play.wait(150)
         logs = ''.join(f.read_text()[-2000:] for f in sorted((tmp_path / 'logs').glob('*.log')))
         assert play.returncode == 0, read_log(play) + read_log(graph_proc) + logs
     finally:
         stop_processes([play, graph_proc], grace=15)
     with AnyReader([out], default_typestore=get_typestore(Stores.ROS2_KILTED)) as r:
-        conns = [c for c in r.connections if c.topic == graph.LABELS_TOPIC]
+        conns = [c for c in r.connections if c.topic == labels_topic]
         labels = [r.deserialize(raw, c.msgtype) for c, _, raw in r.messages(connections=conns)]
-        classes = [c for c in r.connections if c.topic == graph.CLASSES_TOPIC]
+        classes = [c for c in r.connections if c.topic == classes_topic]
         assert classes and classes[0].msgcount == 1
     assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in labels] == stamps
     for m in labels:

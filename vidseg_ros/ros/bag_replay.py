@@ -19,7 +19,9 @@ KITTI raw drives: convert a drive with ``kitti2mcap`` (it writes rgb8 images on
     vidseg_bag_play kitti_2011_09_26_drive_0005_sync --topic /kitti/camera_color_left/image_raw \\
         --remap-to /camera/image_raw --clock --record out_bag --record-topics /semantic/labels
 
-or keep the topic and start the graph with ``camera_topic:=/kitti/camera_color_left/image_raw``.
+or keep the topic and start the graph with ``camera_topic:=/kitti/camera_color_left/image_raw``. A graph
+in a namespace (one per camera): ``--namespace front`` for ``--wait-linked``, and its topics by their
+full names (``--paced /front/semantic/labels --record-topics /front/semantic/labels``).
 """
 from __future__ import annotations
 
@@ -42,6 +44,15 @@ KNOWN_TYPES = {
     graph.KEYFRAME_LABELS_TOPIC: 'sensor_msgs/msg/Image', graph.KEYFRAME_PROBS_TOPIC: 'sensor_msgs/msg/Image',
     graph.CAMERA_TOPIC: 'sensor_msgs/msg/Image',
 }
+
+
+def known_type(topic: str):
+    """The message type of one of the graph's topics, also under a namespace (/front/semantic/labels), or
+    None (then the recorder asks the running graph)."""
+    for name, msgtype in KNOWN_TYPES.items():
+        if topic == name or (name != graph.DIAGNOSTICS_TOPIC and topic.endswith(name)):
+            return msgtype
+    return None
 
 
 def ros_type(msgtype: str):
@@ -119,7 +130,7 @@ class Recorder:
         types = {}
         deadline = time.monotonic() + type_timeout
         for t in topics:
-            types[t] = KNOWN_TYPES.get(t)
+            types[t] = known_type(t)
             while types[t] is None:
                 found = dict(node.get_topic_names_and_types())
                 if t in found:
@@ -137,7 +148,7 @@ class Recorder:
         self.subs = []
         for t in topics:
             self.conns[t] = self.writer.add_connection(t, types[t], typestore=self.store)
-            qos = latched_qos() if t == graph.CLASSES_TOPIC else reliable_qos(100)
+            qos = latched_qos() if t.endswith(graph.CLASSES_TOPIC) else reliable_qos(100)   # latched there
             self.subs.append(node.create_subscription(ros_type(types[t]), t, self._cb(t), qos, raw=True))
 
     def _cb(self, topic):
@@ -174,6 +185,8 @@ def build_parser():
     ap.add_argument('--wait-linked', action='store_true',
                     help="wait until every vidseg node reports its internal topics matched on /diagnostics "
                          "(graph.links_ready): a frame played before may lose its flow or keyframe result")
+    ap.add_argument('--namespace', default='', help="the graph's namespace (vidseg_graph --namespace), for "
+                    '--wait-linked; give --remap-to, --paced and --record-topics with it, e.g. /front/semantic/labels')
     ap.add_argument('--wait-timeout', type=float, default=60.0,
                     help='seconds to wait for subscribers / linked nodes')
     ap.add_argument('--paced', default='', metavar='TOPIC',
@@ -214,7 +227,9 @@ def play(args, node, stop: threading.Event) -> dict:
                 time.sleep(0.05)
         if args.wait_linked:
             from vidseg_ros.ros.common import wait_linked
-            linked, missing = wait_linked(node, args.wait_timeout, stop)
+            ns = graph.normalize_namespace(args.namespace).lstrip('/')
+            nodes = [f'{ns}/{s.name}' if ns else s.name for s in graph.MANAGED_NODES]
+            linked, missing = wait_linked(node, args.wait_timeout, stop, nodes=nodes)
             if not linked and not stop.is_set():
                 raise InputError(f'the vidseg nodes are not linked within {args.wait_timeout}s ({missing})')
         paced = {'n': 0}
@@ -224,7 +239,7 @@ def play(args, node, stop: threading.Event) -> dict:
                 with cv:
                     paced['n'] += 1
                     cv.notify_all()
-            node.create_subscription(ros_type(KNOWN_TYPES.get(args.paced, 'sensor_msgs/msg/Image')), args.paced,
+            node.create_subscription(ros_type(known_type(args.paced) or 'sensor_msgs/msg/Image'), args.paced,
                                      on_paced, reliable_qos(100), raw=True)
         state = {'base': None, 'last': 0}   # base: (wall0, bag0) of the current pass
         clock_lock = threading.Lock()
