@@ -1483,8 +1483,9 @@ def test_propagation_node_two_sided_topic(ros_domain):
 def test_nodes_say_why_no_camera_frame_can_arrive(ros_domain):
     """A camera the nodes cannot hear gave no labels and only a line in the log at discovery (or nothing):
     no publisher on the topic, a best-effort camera under input_qos:=reliable, a compressed camera remapped
-    onto the topic. Each node now names the cause on /diagnostics (WARN, ``camera_problem``) for as long as
-    it lasts, and clears it once a matching camera appears."""
+    onto the topic, a matching camera that sends nothing (paused, or large best-effort images lost on the
+    network). Each node now names the cause on /diagnostics (WARN, ``camera_problem``) for as long as it
+    lasts, and clears it once a matching camera's frames come."""
     from sensor_msgs.msg import CompressedImage, Image
     from vidseg_ros.ros import graph
     from vidseg_ros.ros.common import reliable_qos, sensor_qos
@@ -1527,8 +1528,16 @@ def test_nodes_say_why_no_camera_frame_can_arrive(ros_domain):
             node.camera_problem()
         assert 'Compressed cameras' in node.camera_problem()
         probe.publisher(Image, graph.CAMERA_TOPIC, reliable_qos(5))    # a camera this node can hear
-        assert problem_becomes(lambda p: p is None), node.camera_problem()
-        assert diag() == (0, 'running', '')
+        assert problem_becomes(lambda p: p is None or p.startswith('1 publisher(s) on the camera topic')), \
+            node.camera_problem()
+        # ... and a frame from it (the subscription's callback, as the executor would call it)
+        from rclpy.serialization import serialize_message
+        node._camera.callback(serialize_message(_img(64, 48, 10**10)))
+        assert node.camera_problem() is None and diag() == (0, 'running', '')
+        # matched but silent (a paused camera, or large best-effort images lost on the network)
+        silent = node.camera_problem(now=time.monotonic() + node.CAMERA_SILENT_S + 1)
+        assert silent.startswith("1 publisher(s) on the camera topic /camera/image_raw match this node's "
+                                 'subscription, but no message came for 6 s') and 'LARGE_DATA' in silent, silent
     finally:
         for p in (probe, other):
             if p is not None:

@@ -51,7 +51,7 @@ def _why(reason: str) -> str:
 
 
 class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
-    CAMERA_SILENT_S = 5.0   # active this long without a camera publisher: WARN (camera_problem)
+    CAMERA_SILENT_S = 5.0   # active this long without a camera publisher or message: WARN (camera_problem)
     MIXED_CAMERA_SWITCHES = 3   # frame_id switches within the recent frames that mean several cameras
     FIXED_PARAMS_HINT = ('set it while the node is unconfigured (deactivate, cleanup, set, configure, activate) '
                          'or at start-up')
@@ -61,6 +61,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         self.active = False
         self._active_since = time.monotonic()
         self._camera = None
+        self._camera_msg_t = None   # monotonic time the camera subscription last delivered a message
         self._recent_frame_ids = collections.deque(maxlen=50)   # of the camera frames (track_camera)
         self.configured = False   # parameters read and in use (configure succeeded, no cleanup since)
         self._pubs, self._subs, self._timers = [], [], []
@@ -115,7 +116,11 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         """The camera subscription (serialized Images, see :meth:`camera_message`), watched by
         :meth:`camera_problem` for what would keep every frame away."""
         from sensor_msgs.msg import Image
-        self._camera = self.sub(Image, graph.CAMERA_TOPIC, cb, qos, raw=True)
+
+        def on_camera(raw):
+            self._camera_msg_t = time.monotonic()   # every delivered message, readable or not
+            cb(raw)
+        self._camera = self.sub(Image, graph.CAMERA_TOPIC, on_camera, qos, raw=True)
         return self._camera
 
     def track_camera(self, frame_id: str):
@@ -128,7 +133,9 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         frame can arrive. The latter is checked on the ROS graph, so it also names what the log said once
         at discovery: no publisher on the topic (after ``CAMERA_SILENT_S`` active), publishers of another
         message type (e.g. a compressed camera remapped onto the topic), or a publisher whose QoS cannot
-        match this subscription's (``input_qos``: a reliable subscription and a best-effort camera)."""
+        match this subscription's (``input_qos``: a reliable subscription and a best-effort camera); and
+        matching publishers from which no message came for ``CAMERA_SILENT_S`` (a paused camera, or large
+        best-effort images that lose fragments on the network)."""
         from rclpy.qos import QoSCompatibility
         cam = self._camera
         if cam is None or not self.active:
@@ -161,10 +168,20 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
             ok, why = _qos_compatible(i.qos_profile, cam.qos_profile)
             if ok == QoSCompatibility.ERROR:
                 bad.append(f'{_who(i)}: {_why(why)}')
-        if bad and len(bad) == sum(i.topic_type == image_type for i in infos):
+        matching = sum(i.topic_type == image_type for i in infos) - len(bad)
+        if not matching:
             return (f'the publisher(s) of the camera topic {topic} offer QoS this node\'s subscription cannot '
                     f'match, so no frame arrives ({"; ".join(bad)}); input_qos:=sensor_data takes both '
                     f'reliable and best-effort cameras')
+        # matched, yet silent: since activation, or since the last message delivered in this activation
+        now = time.monotonic() if now is None else now
+        last = self._camera_msg_t
+        since = last if last is not None and last > self._active_since else self._active_since
+        if now - since > self.CAMERA_SILENT_S:
+            return (f'{matching} publisher(s) on the camera topic {topic} match this node\'s subscription, but '
+                    f'no message came for {now - since:.0f} s (a paused camera or bag? a best-effort camera '
+                    f'whose large images lose fragments on the network: reliable on both sides, or '
+                    f'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA; docs/ROS.md)')
         return None
 
     def subscriber_problems(self) -> list:
@@ -215,7 +232,7 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
             self.destroy_lifecycle_publisher(p)
         self._pubs, self._subs, self._timers = [], [], []
         self._diag_pub = None
-        self._camera = None
+        self._camera = self._camera_msg_t = None
         self._recent_frame_ids.clear()
 
     # ---------------------------------------------------------------- transitions
