@@ -227,8 +227,8 @@ def play(args, node, stop: threading.Event) -> dict:
                 time.sleep(0.05)
         if args.wait_linked:
             from vidseg_ros.ros.common import wait_linked
-            ns = graph.normalize_namespace(args.namespace).lstrip('/')
-            nodes = [f'{ns}/{s.name}' if ns else s.name for s in graph.MANAGED_NODES]
+            ns = graph.normalize_namespace(args.namespace)
+            nodes = [graph.in_namespace(ns, s.name).lstrip('/') for s in graph.MANAGED_NODES]
             linked, missing = wait_linked(node, args.wait_timeout, stop, nodes=nodes)
             if not linked and not stop.is_set():
                 raise InputError(f'the vidseg nodes are not linked within {args.wait_timeout}s ({missing})')

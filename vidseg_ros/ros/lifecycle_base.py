@@ -16,6 +16,7 @@ import time
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
 from vidseg_ros.core.errors import VidsegError
+from vidseg_ros.core.io import IMAGE_MSG
 from vidseg_ros.ros.common import ParamsMixin, diag_level, diagnostic_status, reliable_qos
 from vidseg_ros.ros import graph
 
@@ -149,32 +150,29 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
                     f'{switches} switches in the last {len(ids)} frames); flow between two cameras means '
                     f'nothing, so frames are held or re-segmented: start one graph per camera, each in its '
                     f'namespace (namespace:=..., docs/ROS.md)')
+        now = time.monotonic() if now is None else now
         infos = self.get_publishers_info_by_topic(topic)
         if not infos:
-            now = time.monotonic() if now is None else now
             if now - self._active_since > self.CAMERA_SILENT_S:
                 return (f'no publisher on the camera topic {topic} (is the camera driver running? is the topic '
                         f'remapped, e.g. camera_topic:=...?)')
             return None
-        image_type = 'sensor_msgs/msg/Image'
-        others = sorted({f'{i.topic_type} ({_who(i)})' for i in infos if i.topic_type != image_type})
-        if others and not any(i.topic_type == image_type for i in infos):
-            return (f'the camera topic {topic} is published as {", ".join(others)}, not {image_type}: no frame '
+        images = [i for i in infos if i.topic_type == IMAGE_MSG]
+        if not images:
+            others = sorted({f'{i.topic_type} ({_who(i)})' for i in infos})
+            return (f'the camera topic {topic} is published as {", ".join(others)}, not {IMAGE_MSG}: no frame '
                     f'can arrive (a compressed camera needs decoding first: docs/ROS.md, "Compressed cameras")')
         bad = []
-        for i in infos:
-            if i.topic_type != image_type:
-                continue
+        for i in images:
             ok, why = _qos_compatible(i.qos_profile, cam.qos_profile)
             if ok == QoSCompatibility.ERROR:
                 bad.append(f'{_who(i)}: {_why(why)}')
-        matching = sum(i.topic_type == image_type for i in infos) - len(bad)
+        matching = len(images) - len(bad)
         if not matching:
             return (f'the publisher(s) of the camera topic {topic} offer QoS this node\'s subscription cannot '
                     f'match, so no frame arrives ({"; ".join(bad)}); input_qos:=sensor_data takes both '
                     f'reliable and best-effort cameras')
         # matched, yet silent: since activation, or since the last message delivered in this activation
-        now = time.monotonic() if now is None else now
         last = self._camera_msg_t
         since = last if last is not None and last > self._active_since else self._active_since
         if now - since > self.CAMERA_SILENT_S:
