@@ -143,17 +143,37 @@ def test_propagation_node_live_join(ros_domain, tmp_path):
         stop_processes([proc])
 
 
+DEPTH_OVERRIDE = 'qos_overrides./semantic/labels.publisher.depth'
+COLOR_OVERRIDE = 'qos_overrides./semantic/labels_color.publisher.reliability'
+
+
+def test_a_bad_qos_override_fails_the_configure_naming_the_topic(ros_domain, tmp_path):
+    from lifecycle_msgs.msg import Transition
+    proc = start_node('propagation_node', {'qos_overrides./semantic/status.publisher.reliability': 'sometimes'},
+                      log_dir=str(tmp_path))
+    probe = Probe()
+    try:
+        assert not probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE)
+        assert probe.wait_for(lambda: 'configure failed: QoS override for /semantic/status:' in read_log(proc), 5)
+        assert 'sometimes' in read_log(proc)
+    finally:
+        probe.close()
+        stop_processes([proc])
+
+
 def test_parameters_set_at_run_time_apply_or_are_refused(ros_domain, tmp_path):
     """``ros2 param set`` on a running node: the join's bounds (LIVE_PARAMS) apply at once; a parameter read
     on configure is refused with the reason instead of being stored and silently ignored until the next
     configure; unconfigured, anything goes and configure reads it. The manager likewise applies its
     timeouts and refuses its fixed parameters."""
     from lifecycle_msgs.msg import Transition
+    from rclpy.qos import ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
     proc = start_node('propagation_node', {'input_qos': 'reliable', 'flow_timeout': 20.0, 'keyframe_wait': 0.0,
-                                           'source_timeout': 30.0}, log_dir=str(tmp_path))
+                                           'source_timeout': 30.0, DEPTH_OVERRIDE: 30, COLOR_OVERRIDE: 'best_effort'},
+                      log_dir=str(tmp_path))
     mgr = start_node('lifecycle_manager', {'autostart': False, 'node_names': ['propagation_node']},
                      log_dir=str(tmp_path))
     probe = Probe()
@@ -169,6 +189,16 @@ def test_parameters_set_at_run_time_apply_or_are_refused(ros_domain, tmp_path):
         cam.publish(ndarray_to_image(img, 'rgb8', hdrs[0]))
         flow_pub.publish(empty_image('32FC4', hdrs[0]))
         assert probe.wait_for(lambda: probe.count(graph.LABELS_TOPIC) == 1, 10), read_log(proc)
+        # ROS 2's standard QoS overrides of the outputs, given at start-up: applied, logged, read-only after
+        color = probe.node.get_publishers_info_by_topic(graph.LABELS_COLOR_TOPIC)
+        assert [i.qos_profile.reliability for i in color] == [ReliabilityPolicy.BEST_EFFORT], color
+        assert [i.qos_profile.reliability for i in probe.node.get_publishers_info_by_topic(graph.LABELS_TOPIC)] \
+            == [ReliabilityPolicy.RELIABLE]
+        assert '/semantic/labels: QoS overridden to reliable, keep_last 30' in read_log(proc)
+        assert '/semantic/labels_color: QoS overridden to best_effort, keep_last 10' in read_log(proc)
+        assert probe.get_param('propagation_node', DEPTH_OVERRIDE) == 30
+        ok, reason = probe.set_param('propagation_node', DEPTH_OVERRIDE, 5)
+        assert not ok and 'read-only' in reason, reason
         # a live bound: frame 1's flow never comes; with the configured 20 s it would wait 20 s (the
         # source_timeout, which would end the wait at 3 s by default, is 30 s here)
         assert probe.set_param('propagation_node', 'flow_timeout', 0.3) == (True, '')
@@ -199,6 +229,7 @@ def test_parameters_set_at_run_time_apply_or_are_refused(ros_domain, tmp_path):
         assert probe.set_param('propagation_node', 'scale', 2) == (True, '')
         assert probe.transition('propagation_node', Transition.TRANSITION_CONFIGURE), read_log(proc)
         assert probe.get_param('propagation_node', 'scale') == 2
+        assert read_log(proc).count('/semantic/labels: QoS overridden to reliable, keep_last 30') == 2
         # the manager: timeouts apply, the node list and the timer period are fixed at start
         assert probe.set_param('lifecycle_manager', 'restart_after', 20.0) == (True, '')
         assert 'parameter restart_after -> 20.0 (applied)' in read_log(mgr)

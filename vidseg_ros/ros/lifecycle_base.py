@@ -15,7 +15,7 @@ import time
 
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
-from vidseg_ros.core.errors import VidsegError
+from vidseg_ros.core.errors import ConfigError, VidsegError
 from vidseg_ros.core.io import IMAGE_MSG
 from vidseg_ros.ros.common import ParamsMixin, diag_level, diagnostic_status, reliable_qos
 from vidseg_ros.ros import graph
@@ -101,9 +101,26 @@ class VidsegLifecycleNode(ParamsMixin, LifecycleNode):
         """``graph.INTERNAL_PREFIX`` as resolved in this node's namespace (``/vidseg/``, ``/front/vidseg/``)."""
         return graph.in_namespace(self.get_namespace(), graph.node_topic(graph.INTERNAL_PREFIX))
 
-    def pub(self, msg_type, topic, qos):
-        """A lifecycle publisher on one of the graph's topics (``graph.*_TOPIC``), in this node's namespace."""
-        p = self.create_lifecycle_publisher(msg_type, graph.node_topic(topic), qos)
+    def pub(self, msg_type, topic, qos, overridable: bool = False):
+        """A lifecycle publisher on one of the graph's topics (``graph.*_TOPIC``), in this node's namespace.
+
+        ``overridable``: an output a consumer subscribes to. Its history, depth and reliability can then be
+        set at start-up with ROS 2's standard QoS override parameters (read-only once declared), e.g.
+        ``qos_overrides./semantic/labels.publisher.depth: 30``; the name is the resolved topic
+        (``/front/semantic/labels`` in a namespace). A bad value fails the configure with the reason."""
+        kw = {}
+        if overridable:
+            from rclpy.qos_overriding_options import QoSOverridingOptions
+            kw['qos_overriding_options'] = QoSOverridingOptions.with_default_policies()
+        default = (qos.history, qos.depth, qos.reliability)
+        try:
+            p = self.create_lifecycle_publisher(msg_type, graph.node_topic(topic), qos, **kw)
+        except (RuntimeError, ValueError, TypeError) as e:   # rclpy's message does not name the topic
+            raise ConfigError(f'QoS override for {self.resolve_topic_name(graph.node_topic(topic))}: {e}') from None
+        q = p.qos_profile
+        if (q.history, q.depth, q.reliability) != default:
+            self.get_logger().info(f'{p.topic_name}: QoS overridden to {q.reliability.name.lower()}, '
+                                   f'{q.history.name.lower()} {q.depth}')
         self._pubs.append(p)
         return p
 

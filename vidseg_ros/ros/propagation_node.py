@@ -269,10 +269,10 @@ class PropagationNode(VidsegLifecycleNode):
         self.recent_fractions = collections.deque(maxlen=RECENT_WINDOW)
         # stamps of the recent camera frames: True where not newer than the newest processed one
         self.recent_stale_stamps = collections.deque(maxlen=RECENT_WINDOW)
-        self.labels_pub = self.pub(Image, graph.LABELS_TOPIC, reliable_qos(10))
-        self.color_pub = self.pub(Image, graph.LABELS_COLOR_TOPIC, reliable_qos(10)) \
+        self.labels_pub = self.pub(Image, graph.LABELS_TOPIC, reliable_qos(10), overridable=True)
+        self.color_pub = self.pub(Image, graph.LABELS_COLOR_TOPIC, reliable_qos(10), overridable=True) \
             if p['publish_color'] else None
-        self.conf_pub = self.pub(Image, graph.CONFIDENCE_TOPIC, reliable_qos(10)) \
+        self.conf_pub = self.pub(Image, graph.CONFIDENCE_TOPIC, reliable_qos(10), overridable=True) \
             if p['publish_confidence'] else None
         self.two = self.two_pub = None
         self.two_frames = {}   # ns -> (camera header, (w, h)) of frames waiting on the two-sided topic
@@ -281,10 +281,10 @@ class PropagationNode(VidsegLifecycleNode):
             from vidseg_ros.core.bidirectional import TwoSidedBuffer
             self.two = TwoSidedBuffer(max_delay=p['two_sided_max_delay'],
                                       max_wait_s=p['two_sided_max_wait_s'] or None, trust=p['two_sided_trust'])
-            self.two_pub = self.pub(Image, graph.LABELS_TWO_SIDED_TOPIC, reliable_qos(10))
+            self.two_pub = self.pub(Image, graph.LABELS_TWO_SIDED_TOPIC, reliable_qos(10), overridable=True)
         self.classes_pub = self.pub(String, graph.CLASSES_TOPIC, latched_qos())
         self.stats_pub = self.pub(String, graph.STATS_TOPIC, reliable_qos(10))
-        self.status_pub = self.pub(String, STATUS_TOPIC, reliable_qos(30))
+        self.status_pub = self.pub(String, STATUS_TOPIC, reliable_qos(30), overridable=True)
         self.camera_sub(self.on_image_raw, qos)
         self.sub(Image, graph.FLOW_TOPIC, self.on_flow, reliable_qos(30))
         self.sub(Image, graph.KEYFRAME_LABELS_TOPIC, self.on_kf_labels, reliable_qos(10))
